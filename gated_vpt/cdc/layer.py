@@ -1,0 +1,351 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The per-block state and updates of CDC prompt tuning (METHODS.md §3, our reconstruction of iVPT).
+
+For the prompted blocks s..e of an adapter (D = width, N_p = prompts, P_l in R^{N_p x D} owned by every block):
+
+- block s inserts ``Dropout(P_s)`` after the prefix tokens;
+- block l > s receives the previous block's output prompts Z_{l-1} in its prompt slots and replaces them with
+  ``P^_l = alpha_l * Z_{l-1} + (1 - alpha_l) * Dropout(P_l)`` where, with cross-layer connection (CDC) and dynamic
+  aggregation (DA), ``alpha_l = sigmoid(w_l^T [Z_{l-1}; Dropout(P_l)] + b_l)`` per sample and prompt token; with CDC
+  but no DA ``alpha_l = sigmoid(b_l)``; without CDC ``alpha_l = 0`` (VPT-deep);
+- attentive reinforcement (AR), in every prompted block: the CLS token's attention to the patch tokens (softmax over
+  all keys of q_cls . k / sqrt(d_h), mean over heads) ranks them; ``lambda_l * mean(prompt outputs of block l)`` is
+  added to the top ``ceil(rho * N_patches)`` of them at the block output. The selection carries no gradient.
+
+How AR stays cheap and consistent with transformers:
+
+- The CLS query row and the keys are taken from the block's *own* `q_proj` / `k_proj` outputs by forward hooks on
+  those projections; whichever fires second computes the detached ``[B, H, T]`` CLS logits, so the full ``T x T``
+  attention map is never built and SDPA (or flash attention) stays the attention implementation.
+- Position terms the backbone puts on the attention logits are included, so the ranking is the CLS row of the
+  attention the block really computes: an additive `attention_mask` / `relative_position_bias` passed to the attention
+  module (BEiT's per-block and shared relative position biases, Data2Vec's shared one, a user's mask), the output of a
+  relative-position-bias module inside it (Data2Vec's per-block bias) and the rotary embedding of the patch keys
+  (`position_embeddings`, DINOv3). A forward pre-hook on the attention module captures them; only CLS rows are kept.
+- The addition happens in a forward hook on the wrapped block registered with ``prepend=True``: it runs before the
+  hooks transformers uses to record ``output_hidden_states``, so the recorded hidden state is exactly what the next
+  block receives. transformers' activation checkpointing wraps the block's ``forward`` (not ``__call__``), so this
+  hook runs once, outside the checkpoint; the capture hooks run inside it and are re-run by the backward recompute,
+  which only rewrites small detached scratch tensors (cleared again before the block's next real forward).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, replace_prompts, scalar_parameter
+from .config import CDCPromptConfig
+
+QUERY_NAMES = ("q_proj", "query")
+KEY_NAMES = ("k_proj", "key")
+# Arguments of an attention module that carry additive terms on the attention logits, and the rotary embedding.
+LOGIT_TERM_ARGUMENTS = ("attention_mask", "relative_position_bias")
+ROTARY_ARGUMENT = "position_embeddings"
+
+
+def find_projection(block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Linear]:
+    """The first `nn.Linear` in `block` whose attribute name is one of `names` (e.g. the attention key projection)."""
+    for name, module in block.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names:
+            return module
+    return None
+
+
+def find_parent(root: nn.Module, child: nn.Module) -> Optional[nn.Module]:
+    """The module of `root` (or `root` itself) that holds `child` as a direct child."""
+    for module in root.modules():
+        if any(c is child for c in module.children()):
+            return module
+    return None
+
+
+def attention_head_dim(attention: nn.Module, query: nn.Linear) -> Optional[int]:
+    """Head size of an attention module: its `head_dim` / `attention_head_size`, else from its head count."""
+    for attr in ("head_dim", "attention_head_size"):
+        value = getattr(attention, attr, None)
+        if isinstance(value, int) and value > 0 and query.out_features % value == 0:
+            return value
+    for owner in (attention, getattr(attention, "config", None)):
+        heads = getattr(owner, "num_attention_heads", None) or getattr(owner, "num_heads", None)
+        if isinstance(heads, int) and heads > 0 and query.out_features % heads == 0:
+            return query.out_features // heads
+    return None
+
+
+def num_reinforced(ratio: float, num_patches: int) -> int:
+    """k = ceil(ratio * num_patches), robust to float round-off (0.3 * 10 is 3, not 4), at least 1."""
+    return min(num_patches, max(1, math.ceil(ratio * num_patches - 1e-9)))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def cls_attention_logits(
+    query_cls: torch.Tensor, keys: torch.Tensor, head_dim: int, scaling: float, rotary: Optional[tuple] = None
+) -> torch.Tensor:
+    """q_cls . k * scaling per head: ``[B, H*d] x [B, T, H*d] -> [B, H, T]`` in float32. With `rotary` = (cos, sin)
+    for the last ``cos.shape[-2]`` tokens, those keys are rotated first (the CLS query, a prefix token, is not)."""
+    batch, length, width = keys.shape
+    heads = width // head_dim
+    q = query_cls.float().reshape(batch, heads, 1, head_dim)
+    k = keys.float().reshape(batch, length, heads, head_dim).transpose(1, 2)  # [B, H, T, d]
+    if rotary is not None:
+        cos, sin = (t.float() for t in rotary)
+        rotated = cos.shape[-2]
+        k_prefix, k_rot = k.split((length - rotated, rotated), dim=-2)
+        k = torch.cat((k_prefix, k_rot * cos + _rotate_half(k_rot) * sin), dim=-2)
+    return (q @ k.transpose(-1, -2)).squeeze(2) * scaling
+
+
+def _argument_positions(module: nn.Module, names: tuple[str, ...]) -> dict[str, Optional[int]]:
+    """Positional index (in a forward hook's `args`) of each named parameter of `module.forward`, None if absent."""
+    try:
+        parameters = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        parameters = []
+    return {name: parameters.index(name) if name in parameters else None for name in names}
+
+
+def find_attention_parts(block: nn.Module) -> Optional[tuple[nn.Module, nn.Linear, nn.Linear, int]]:
+    """(attention module, query projection, key projection, head size) of a block, or None when AR cannot read them:
+    the attention module is the direct parent of both projections."""
+    query, key = find_projection(block, QUERY_NAMES), find_projection(block, KEY_NAMES)
+    attention = None if query is None else find_parent(block, query)
+    if key is None or attention is None or not any(c is key for c in attention.children()):
+        return None
+    head_dim = attention_head_dim(attention, query)
+    return None if head_dim is None else (attention, query, key, head_dim)
+
+
+class CDCPromptBlock(PromptBlock):
+    adapter_layer_names = ("cdc_prompts", "cdc_aggregation_weights", "cdc_aggregation_biases", "cdc_reinforce_scales")
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        num_prefix_tokens: int,
+        hidden_size: int,
+        patch_size: int,
+        cls_index: Optional[int] = None,
+        final_block: bool = False,
+    ) -> None:
+        super().__init__(base_layer, num_prefix_tokens, hidden_size, patch_size)
+        self.final_block = final_block  # the backbone's last block: its output goes only to the head
+        self.cdc_prompts = nn.ParameterDict()
+        self.cdc_aggregation_weights = nn.ParameterDict()
+        self.cdc_aggregation_biases = nn.ParameterDict()
+        self.cdc_reinforce_scales = nn.ParameterDict()
+        self.cls_index = cls_index
+        self.head_dim = 0
+        self.scaling = 1.0
+        # AR scratch of the current inner call (see the module docstring).
+        self._ar_query: Optional[torch.Tensor] = None
+        self._ar_keys: Optional[torch.Tensor] = None
+        self._ar_rotary: Optional[tuple] = None
+        self._ar_logits: Optional[torch.Tensor] = None
+        self._ar_terms: list[torch.Tensor] = []
+        self._ar_argument_positions: dict[str, Optional[int]] = {}
+        self.supports_reinforcement = self._install_reinforcement_hooks()
+
+    def _install_reinforcement_hooks(self) -> bool:
+        """Hook the block's attention for AR; False when the block does not expose what AR needs."""
+        parts = find_attention_parts(self.base_layer)
+        if self.cls_index is None or parts is None:
+            return False
+        attention, query, key, head_dim = parts
+        self.head_dim = head_dim
+        scaling = getattr(attention, "scaling", None)
+        self.scaling = float(scaling) if isinstance(scaling, (int, float)) else head_dim**-0.5
+        self._ar_argument_positions = _argument_positions(attention, (*LOGIT_TERM_ARGUMENTS, ROTARY_ARGUMENT))
+        handles = [
+            attention.register_forward_pre_hook(self._capture_attention_arguments, with_kwargs=True),
+            query.register_forward_hook(self._capture_query),
+            key.register_forward_hook(self._capture_keys),
+        ]
+        # A relative position bias computed inside the attention module (Data2Vec's per-block bias).
+        for child in attention.children():
+            if isinstance(getattr(child, "relative_position_bias_table", None), nn.Parameter):
+                handles.append(child.register_forward_hook(self._capture_bias_output))
+        handles.append(self.base_layer.register_forward_hook(self._reinforce, prepend=True))
+        self._hook_handles.extend(handles)
+        return True
+
+    # -- parameters ---------------------------------------------------------------------------------------------
+
+    def update_layer(self, adapter_name: str, role: BlockRole) -> None:
+        config: CDCPromptConfig = role.config
+        device = self._base_device()
+        # Only parameters that can receive a gradient are created (DDP's unused-parameter check): the first prompted
+        # block has nothing to aggregate with, w_l exists only with dynamic aggregation, and the final block's lambda
+        # only when the user says the head reads patch tokens (`reinforce_final_block`).
+        self.cdc_prompts[adapter_name] = new_prompt_parameter(
+            config.num_prompts, self.hidden_size, self.patch_size, config.prompt_init, device
+        )
+        if config.cross_layer and not role.first:
+            self.cdc_aggregation_biases[adapter_name] = scalar_parameter(config.aggregation_bias_init, device)
+            if config.dynamic_aggregation:
+                self.cdc_aggregation_weights[adapter_name] = nn.Parameter(
+                    torch.zeros(2 * self.hidden_size, device=device, dtype=torch.float32)
+                )
+        if config.attentive_reinforcement and (config.reinforce_final_block or not self.final_block):
+            self.cdc_reinforce_scales[adapter_name] = scalar_parameter(config.reinforce_scale_init, device)
+        self.prompt_roles[adapter_name] = role
+        self.set_adapter(self.active_adapters)
+
+    # -- prompts: insertion (first block) and cross-layer aggregation (later blocks) ----------------------------
+
+    def _own_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
+        prompts = self.cdc_prompts[adapter].to(hidden_states.dtype)
+        prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+        return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
+
+    def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._own_prompts(adapter, role, hidden_states)
+
+    def aggregation_alpha(self, adapter: str, previous: torch.Tensor, own: torch.Tensor) -> Optional[torch.Tensor]:
+        """alpha_l for the previous block's output prompts `previous` and this block's prompts `own` (both
+        ``[B, N_p, D]``): ``[B, N_p, 1]`` with DA, a 0-d tensor without, None without CDC."""
+        if adapter not in self.cdc_aggregation_biases:
+            return None
+        bias = self.cdc_aggregation_biases[adapter]
+        if adapter not in self.cdc_aggregation_weights:
+            return torch.sigmoid(bias).to(own.dtype)
+        weight = self.cdc_aggregation_weights[adapter]
+        width = own.shape[-1]
+        # In float32 (a bf16 backbone would round the logit coarsely), and multiply-and-sum rather than `@`: matmul
+        # picks its kernel by `requires_grad`, which would make a loaded (inference-mode) adapter differ from the
+        # trained one in the last bit.
+        logits = (previous.float() * weight[:width]).sum(-1) + (own.float() * weight[width:]).sum(-1) + bias
+        return torch.sigmoid(logits).to(own.dtype).unsqueeze(-1)
+
+    def _refresh_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
+        start = self.num_prefix_tokens
+        own = self._own_prompts(adapter, role, hidden_states)
+        previous = hidden_states[:, start : start + role.config.num_prompts]
+        alpha = self.aggregation_alpha(adapter, previous, own)
+        # lerp is exact at alpha = 0: the block then sees its own prompts only (VPT-deep).
+        prompts = own if alpha is None else torch.lerp(own, previous, alpha)
+        return replace_prompts(hidden_states, prompts, start)
+
+    # -- attentive reinforcement: capture ------------------------------------------------------------------------
+
+    def _before_block(self, adapter: str, role: BlockRole) -> None:
+        # Runs once per real forward, outside any checkpoint: drop scratch left behind by a backward recompute (which
+        # re-runs the capture hooks but not `_reinforce`), so the hooks only ever see this call's tensors.
+        self._clear_scratch()
+
+    def _clear_scratch(self) -> None:
+        self._ar_query = self._ar_keys = self._ar_rotary = self._ar_logits = None
+        self._ar_terms = []
+
+    def _reinforcing_adapter(self) -> Optional[str]:
+        adapter = self._active_prompt_adapter()
+        return adapter if adapter is not None and adapter in self.cdc_reinforce_scales else None
+
+    def _cls_row(self, term: Any) -> Optional[torch.Tensor]:
+        """The CLS query's row of an additive logit term (`[..., T, T]` or `[..., 1, T]`), detached; bool masks
+        become 0 / -inf."""
+        if not torch.is_tensor(term) or term.dim() < 2:
+            return None
+        row = term[..., self.cls_index if term.shape[-2] > 1 else 0, :].detach()
+        if row.dtype == torch.bool:
+            row = torch.zeros(row.shape, device=row.device).masked_fill(~row, float("-inf"))
+        return row.float()
+
+    def _capture_attention_arguments(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._reinforcing_adapter() is None:
+            return None
+        values = {}
+        for name, position in self._ar_argument_positions.items():
+            value = kwargs.get(name)
+            if value is None and position is not None and position < len(args):
+                value = args[position]
+            values[name] = value
+        for name in LOGIT_TERM_ARGUMENTS:
+            row = self._cls_row(values[name])
+            if row is not None:
+                self._ar_terms.append(row)
+        rotary = values[ROTARY_ARGUMENT]
+        if isinstance(rotary, (tuple, list)) and len(rotary) == 2 and all(torch.is_tensor(t) for t in rotary):
+            self._ar_rotary = (rotary[0].detach(), rotary[1].detach())
+        return None
+
+    def _capture_bias_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._reinforcing_adapter() is None:
+            return None
+        row = self._cls_row(output)
+        if row is not None:
+            self._ar_terms.append(row)
+        return None
+
+    def _capture_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if self._reinforcing_adapter() is None:
+            return None
+        query_cls = output[:, self.cls_index].detach()
+        if self._ar_keys is not None:
+            self._ar_logits = cls_attention_logits(query_cls, self._ar_keys, self.head_dim, self.scaling, self._ar_rotary)
+            self._ar_keys = None
+        else:
+            self._ar_query = query_cls
+        return None
+
+    def _capture_keys(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if self._reinforcing_adapter() is None:
+            return None
+        keys = output.detach()
+        if self._ar_query is not None:
+            self._ar_logits = cls_attention_logits(self._ar_query, keys, self.head_dim, self.scaling, self._ar_rotary)
+            self._ar_query = None
+        else:
+            self._ar_keys = keys
+        return None
+
+    # -- attentive reinforcement: ranking and addition ------------------------------------------------------------
+
+    def cls_attention(self, adapter: str, logits: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+        """The CLS token's attention to every token, mean over heads: ``[B, T]`` (detached, float32)."""
+        length = logits.shape[-1]
+        start, num_prompts = self.num_prefix_tokens, self.prompt_roles[adapter].config.num_prompts
+        for row in terms:
+            if row.shape[-1] == length - num_prompts:  # built for the prompt-free sequence: prompts get no bias
+                row = torch.cat([row[..., :start], row.new_zeros((*row.shape[:-1], num_prompts)), row[..., start:]], -1)
+            logits = logits + row
+        return logits.softmax(dim=-1).mean(dim=1)
+
+    def _reinforce(self, module: nn.Module, args: Any, output: Any) -> Any:
+        adapter = self._reinforcing_adapter()
+        if adapter is None:
+            return None
+        logits, terms = self._ar_logits, self._ar_terms
+        self._clear_scratch()
+        if logits is None:
+            raise RuntimeError(
+                "CDC attentive reinforcement found no attention logits for this block: its query / key projections "
+                "did not run inside the block. Set `attentive_reinforcement=False` for this model."
+            )
+        hidden = output[0] if isinstance(output, tuple) else output
+        role = self.prompt_roles[adapter]
+        patch_start = self.num_prefix_tokens + role.config.num_prompts
+        num_patches = hidden.shape[1] - patch_start
+        if num_patches <= 0:
+            return None
+        scores = self.cls_attention(adapter, logits, terms)
+        k = num_reinforced(role.config.reinforce_ratio, num_patches)
+        top = scores[:, patch_start:].topk(k, dim=1, sorted=False).indices + patch_start  # [B, k], no gradient
+        prompt_mean = hidden[:, self.num_prefix_tokens : patch_start].mean(dim=1)  # [B, D]
+        delta = self.cdc_reinforce_scales[adapter].to(hidden.dtype) * prompt_mean
+        index = top.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        hidden = hidden.scatter_add(1, index, delta.unsqueeze(1).expand(-1, k, -1))
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden

@@ -1,0 +1,59 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The PEFT tuner of CDC prompt tuning (our reconstruction of iVPT)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from ..backbones import PromptSite, UnsupportedModelError
+from ..prompt_tuner import PromptTuner
+from .config import CDCPromptConfig
+from .layer import CDCPromptBlock, find_attention_parts
+
+
+def cls_token_index(site: PromptSite) -> Optional[int]:
+    """Position of the CLS token in the sequence, or None when the backbone has none (SigLIP, I-JEPA)."""
+    index = getattr(site.family, "cls_token_index", 0)
+    return index if index is not None and 0 <= index < site.num_prefix_tokens else None
+
+
+class CDCPromptModel(PromptTuner):
+    """Injects CDC prompt tuning into a Hugging Face ViT. Use through `peft.get_peft_model` with a `CDCPromptConfig`;
+    see that class for the method."""
+
+    prefix: str = "cdc_"
+    tuner_layer_cls = CDCPromptBlock
+
+    def _check_config_for_site(self, peft_config: CDCPromptConfig, site: PromptSite) -> None:
+        if not peft_config.attentive_reinforcement:
+            return
+        if cls_token_index(site) is None:
+            raise UnsupportedModelError(
+                "`attentive_reinforcement=True` ranks patch tokens by the CLS token's attention, and this "
+                f"{site.family.name} backbone (model_type {site.model_type!r}) has no CLS token. Set "
+                "`attentive_reinforcement=False` for this model (cross-layer connection and dynamic aggregation "
+                "still work)."
+            )
+        first, last = peft_config.prompted_range(site.depth)
+        for name in site.block_names[first : last + 1]:
+            block = self.model.get_submodule(name)
+            inner = block.base_layer if isinstance(block, CDCPromptBlock) else block
+            if find_attention_parts(inner) is None:
+                raise UnsupportedModelError(
+                    "`attentive_reinforcement=True` reads the attention query / key projections (`q_proj`, `k_proj`) "
+                    f"and head size of each block, and {type(block).__name__} ({name}) does not expose them. Set "
+                    "`attentive_reinforcement=False` for this model."
+                )
+
+    def _new_block(self, block: nn.Module, site: PromptSite) -> CDCPromptBlock:
+        return CDCPromptBlock(
+            block,
+            num_prefix_tokens=site.num_prefix_tokens,
+            hidden_size=site.hidden_size,
+            patch_size=site.patch_size,
+            cls_index=cls_token_index(site),
+            # Called before the block is replaced: the stack still holds it.
+            final_block=self.model.get_submodule(site.stack_name)[site.depth - 1] is block,
+        )

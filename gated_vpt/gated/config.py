@@ -1,0 +1,43 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""Configuration of Gated Prompt Tuning (Yoo et al., ICML 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..prompt_config import PromptConfigBase, check_bool, check_finite, check_temperature_range
+from ..registration import GATED_PROMPT
+
+
+@dataclass
+class GatedPromptConfig(PromptConfigBase):
+    """Gated Prompt Tuning: VPT-shallow prompts, a learnable gate per block on the prompt update, and a learnable
+    attention temperature per block.
+
+    With `use_gates=False, learn_temperature=False` this is exactly VPT-shallow. Prompts are inserted at the first
+    block of `layers_to_transform` (default: block 0), which reproduces the "insert from block k" sweep of the paper.
+
+    Args:
+        gate_init: The gate prior. Gate logits start at `-gate_init`, so the gates start at sigmoid(-gate_init)
+            (paper's common value 5 gives 0.0067: prompts start almost untouched by the blocks).
+        use_gates: Learn one gate per prompted block except the last. Off: every block updates the prompts fully.
+        learn_temperature: Learn one attention temperature per prompted block (softmax(QK^T / (sqrt(d) * tau))).
+        temperature_range: Temperatures are clamped in place to this range before each forward.
+        (and the fields of `PromptConfigBase`: num_prompts, prompt_dropout, prompt_init, layers_to_transform,
+        modules_to_save.)
+    """
+
+    gate_init: float = field(default=5.0, metadata={"help": "Gate prior: gate logits start at -gate_init."})
+    use_gates: bool = field(default=True, metadata={"help": "Learn a gate per block on the prompt update."})
+    learn_temperature: bool = field(default=True, metadata={"help": "Learn an attention temperature per block."})
+    temperature_range: tuple[float, float] = field(
+        default=(0.01, 10.0), metadata={"help": "In-place clamp range of the temperatures."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = GATED_PROMPT
+        self.gate_init = check_finite(self.gate_init, "gate_init")
+        self.temperature_range = check_temperature_range(self.temperature_range)
+        self.use_gates = check_bool(self.use_gates, "use_gates")
+        self.learn_temperature = check_bool(self.learn_temperature, "learn_temperature")

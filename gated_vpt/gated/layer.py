@@ -1,0 +1,94 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The per-block state and update of Gated Prompt Tuning (METHODS.md §2).
+
+For the prompted blocks s..e of an adapter:
+- block s inserts `Dropout(P)` after the prefix tokens (P is the only prompt parameter: VPT-shallow);
+- blocks s..e-1 gate the prompt update: Z_P = g * Block(X)_P + (1 - g) * X_P with g = sigmoid(gamma);
+- block e has no gate and removes the prompts;
+- every prompted block divides its attention logits by a temperature tau, applied as a scale on the query
+  projection's output, which is identical to softmax(QK^T / (sqrt(d) tau)) and keeps SDPA / flash attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, replace_prompts, scalar_parameter
+from .config import GatedPromptConfig
+
+
+class GatedPromptBlock(PromptBlock):
+    adapter_layer_names = ("gpt_prompts", "gpt_gate_logits", "gpt_temperatures")
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        num_prefix_tokens: int,
+        hidden_size: int,
+        patch_size: int,
+        query_projection: Optional[nn.Module],
+    ) -> None:
+        super().__init__(base_layer, num_prefix_tokens, hidden_size, patch_size)
+        self.gpt_prompts = nn.ParameterDict()
+        self.gpt_gate_logits = nn.ParameterDict()
+        self.gpt_temperatures = nn.ParameterDict()
+        if query_projection is not None:
+            self._hook_handles.append(query_projection.register_forward_hook(self._scale_query))
+
+    def update_layer(self, adapter_name: str, role: BlockRole) -> None:
+        config: GatedPromptConfig = role.config
+        device = self._base_device()
+        # Only parameters that can receive a gradient are created (DDP's unused-parameter check): the prompts live
+        # in the inserting block, there is no gate after the last prompted block.
+        if role.first:
+            self.gpt_prompts[adapter_name] = new_prompt_parameter(
+                config.num_prompts, self.hidden_size, self.patch_size, config.prompt_init, device
+            )
+        if config.use_gates and not role.last:
+            self.gpt_gate_logits[adapter_name] = scalar_parameter(-config.gate_init, device)
+        if config.learn_temperature:
+            self.gpt_temperatures[adapter_name] = scalar_parameter(1.0, device)
+        self.prompt_roles[adapter_name] = role
+        self.set_adapter(self.active_adapters)
+
+    def block_report(self, adapter: str) -> dict[str, float]:
+        report = {}
+        if adapter in self.gpt_gate_logits:
+            report["gate"] = torch.sigmoid(self.gpt_gate_logits[adapter].detach().float()).item()
+        if adapter in self.gpt_temperatures:
+            report["temperature"] = self.gpt_temperatures[adapter].detach().float().item()
+        return report
+
+    def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
+        prompts = self.gpt_prompts[adapter].to(hidden_states.dtype)
+        prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+        return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
+
+    def _before_block(self, adapter: str, role: BlockRole) -> None:
+        if adapter in self.gpt_temperatures:
+            # The paper's projection of tau onto its range, on the data, not a differentiable op. Done here, not in
+            # the query hook, because activation checkpointing re-runs the hook during backward.
+            low, high = role.config.temperature_range
+            with torch.no_grad():
+                self.gpt_temperatures[adapter].clamp_(low, high)
+
+    def _scale_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
+        adapter = self._active_prompt_adapter()
+        if adapter is None or adapter not in self.gpt_temperatures:
+            return None
+        return output / self.gpt_temperatures[adapter].to(output.dtype)
+
+    def _update_prompts(
+        self, adapter: str, role: BlockRole, block_input: torch.Tensor, block_output: torch.Tensor
+    ) -> torch.Tensor:
+        if adapter not in self.gpt_gate_logits:
+            return block_output
+        start, stop = self.num_prefix_tokens, self.num_prefix_tokens + role.config.num_prompts
+        gate = torch.sigmoid(self.gpt_gate_logits[adapter]).to(block_output.dtype)
+        # lerp is exact at both ends: gate 0 keeps the input prompts, gate 1 takes the block's output.
+        mixed = torch.lerp(block_input[:, start:stop], block_output[:, start:stop], gate)
+        return replace_prompts(block_output, mixed, start)

@@ -1,0 +1,147 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""Fields and checks shared by every prompt-tuning config of this package.
+
+Every check runs in `__post_init__`, i.e. when the config is built or read from `adapter_config.json`, so a bad
+value is reported before any model is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from peft.config import PeftConfig
+
+# A hostile or mistyped adapter_config.json must not make us allocate gigabytes: ViTs see at most a few thousand
+# tokens, and the papers use at most a few hundred prompts.
+MAX_NUM_PROMPTS = 4096
+PROMPT_INITS = ("xavier", "normal")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value outside its allowed range."""
+
+
+def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"`{field_name}` must be {allowed}; got {value!r}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class PromptConfigBase(PeftConfig):
+    """Fields common to `GatedPromptConfig` and `CDCPromptConfig`.
+
+    Args:
+        num_prompts: Number of prompt tokens N_p inserted after the prefix tokens (CLS, distillation, registers).
+        prompt_dropout: Dropout probability applied to the inserted prompt tokens during training (VPT uses 0.1).
+        prompt_init: `"xavier"` (VPT's uniform(-v, v), v = sqrt(6 / (3 p^2 + D))) or `"normal"` (std 0.02).
+        layers_to_transform: Indices of the prompted blocks, a contiguous range (an int selects one block). Prompts
+            are inserted at the first of them and removed after the last. `None` prompts every block.
+        target_modules: Filled in when the adapter is injected: the module names of the wrapped blocks, in order.
+            Informational; the blocks are always resolved from the model's structure and `layers_to_transform`.
+        modules_to_save: Modules of the base model trained and saved in full, e.g. `["classifier"]`.
+        backbone: Filled in when the adapter is injected: what the backbone looked like (model type, width, depth,
+            patch size, prefix tokens, prompted blocks). Loading the adapter onto a different backbone is refused.
+    """
+
+    num_prompts: int = field(default=10, metadata={"help": "Number of prompt tokens."})
+    prompt_dropout: float = field(default=0.1, metadata={"help": "Dropout on the inserted prompt tokens."})
+    prompt_init: str = field(default="xavier", metadata={"help": f"Prompt initialisation, one of {PROMPT_INITS}."})
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Contiguous block indices to prompt; None = all blocks."}
+    )
+    target_modules: Optional[list[str]] = field(
+        default=None, metadata={"help": "Filled in at injection: the wrapped block modules."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
+    )
+    backbone: Optional[dict] = field(
+        default=None, metadata={"help": "Filled in at injection: the backbone this adapter was trained for."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            _is_int(self.num_prompts) and 1 <= self.num_prompts <= MAX_NUM_PROMPTS,
+            "num_prompts",
+            self.num_prompts,
+            f"an integer in [1, {MAX_NUM_PROMPTS}]",
+        )
+        _require(
+            _is_real(self.prompt_dropout) and 0.0 <= self.prompt_dropout < 1.0,
+            "prompt_dropout",
+            self.prompt_dropout,
+            "a probability in [0, 1)",
+        )
+        _require(self.prompt_init in PROMPT_INITS, "prompt_init", self.prompt_init, f"one of {PROMPT_INITS}")
+        if self.layers_to_transform is not None:
+            layers = [self.layers_to_transform] if _is_int(self.layers_to_transform) else self.layers_to_transform
+            _require(
+                isinstance(layers, (list, tuple)) and len(layers) > 0 and all(_is_int(i) and i >= 0 for i in layers),
+                "layers_to_transform",
+                self.layers_to_transform,
+                "None, a non-negative int, or a non-empty list of non-negative ints",
+            )
+            layers = sorted(set(layers))
+            _require(
+                layers == list(range(layers[0], layers[-1] + 1)),
+                "layers_to_transform",
+                self.layers_to_transform,
+                "a contiguous range of block indices (prompts travel through every block between the first and last)",
+            )
+            self.layers_to_transform = layers
+        for name in ("target_modules", "modules_to_save"):
+            value = getattr(self, name)
+            _require(
+                value is None or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)),
+                name,
+                value,
+                "None or a list of module names",
+            )
+            if value is not None:
+                setattr(self, name, list(value))
+        _require(self.backbone is None or isinstance(self.backbone, dict), "backbone", self.backbone, "None or a dict")
+
+    def prompted_range(self, depth: int) -> tuple[int, int]:
+        """First and last prompted block for a backbone of `depth` blocks, checked against it."""
+        if self.layers_to_transform is None:
+            return 0, depth - 1
+        first, last = self.layers_to_transform[0], self.layers_to_transform[-1]
+        if last >= depth:
+            raise ConfigError(
+                f"`layers_to_transform` must lie in [0, {depth - 1}] for this backbone of {depth} blocks; "
+                f"got {self.layers_to_transform}."
+            )
+        return first, last
+
+
+def check_temperature_range(value: Any) -> tuple[float, float]:
+    """Validate a `(low, high)` clamp range for attention temperatures; return it as floats."""
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_is_real(v) and math.isfinite(v) for v in value)
+        and 0.0 < value[0] <= value[1]
+    )
+    _require(ok, "temperature_range", value, "a pair (low, high) of finite numbers with 0 < low <= high")
+    return float(value[0]), float(value[1])
+
+
+def check_bool(value: Any, field_name: str) -> bool:
+    _require(isinstance(value, bool), field_name, value, "True or False")
+    return value
+
+
+def check_finite(value: Any, field_name: str) -> float:
+    _require(_is_real(value) and math.isfinite(value), field_name, value, "a finite number")
+    return float(value)

@@ -1,0 +1,223 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The block wrapper shared by all prompt-tuning methods, and the token-slot helpers it uses.
+
+Prompts travel *inside* the token sequence, as `[prefix ; prompts ; patches]`, between the first and the last
+prompted block of the active adapter. Each wrapped block:
+
+1. if it is the adapter's first block, inserts the prompts after the prefix tokens; otherwise lets the method
+   refresh the prompt slots of its input (e.g. CDC's aggregation with the block's own prompts);
+2. pads sequence-sized attention masks / biases that the model built for the prompt-free sequence;
+3. runs the original block (through its own `__call__`, so activation checkpointing, output-recording hooks and
+   SDPA all stay as transformers set them up);
+4. lets the method update the prompt slots of the output (e.g. GPT's gate);
+5. if it is the adapter's last block, removes the prompt slots again.
+
+Everything per adapter lives in `ParameterDict`s named in `adapter_layer_names`, so PEFT's save/load, adapter
+switching and deletion work unchanged. Whatever a hook inside the wrapped block reads must be persistent state
+(parameters, the active adapter): activation checkpointing re-runs the block during backward, after this wrapper
+has returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .prompt_config import PromptConfigBase
+
+
+class MergeNotSupportedError(RuntimeError):
+    """Prompt tuning adds tokens; it has no weight delta that could be merged into the backbone."""
+
+
+MERGE_MESSAGE = (
+    "Prompt adapters cannot be merged into the backbone: prompts are extra tokens in the sequence (and GPT's gates "
+    "and temperatures act on them), not a change of weights. Keep the PeftModel for inference, or call `unload()` "
+    "to get the untouched base model back."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRole:
+    """What one prompted block does for one adapter."""
+
+    index: int  # position of the block in the stack
+    first: bool  # inserts the prompts
+    last: bool  # removes them
+    config: PromptConfigBase
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token-slot helpers. `start` is the number of prefix tokens; prompts occupy [start, start + n).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def insert_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
+    return torch.cat([hidden_states[:, :start], prompts, hidden_states[:, start:]], dim=1)
+
+
+def remove_prompts(hidden_states: torch.Tensor, start: int, num_prompts: int) -> torch.Tensor:
+    return torch.cat([hidden_states[:, :start], hidden_states[:, start + num_prompts :]], dim=1)
+
+
+def replace_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
+    return torch.cat([hidden_states[:, :start], prompts, hidden_states[:, start + prompts.shape[1] :]], dim=1)
+
+
+def _pad_dim(tensor: torch.Tensor, dim: int, start: int, num_prompts: int) -> torch.Tensor:
+    # Prompt rows/columns of a mask or bias mean "attend, no bias": True for boolean masks, 0 for additive ones.
+    shape = list(tensor.shape)
+    shape[dim] = num_prompts
+    filler = tensor.new_full(shape, True if tensor.dtype == torch.bool else 0)
+    return torch.cat([tensor.narrow(dim, 0, start), filler, tensor.narrow(dim, start, tensor.shape[dim] - start)], dim)
+
+
+def pad_for_prompts(value: Any, free_len: int, start: int, num_prompts: int) -> Any:
+    """Pad an attention mask or bias built for the prompt-free sequence (`[..., T, T]` or `[..., 1, T]`)."""
+    if not torch.is_tensor(value) or value.dim() < 3:
+        return value
+    for dim in (value.dim() - 2, value.dim() - 1):
+        if value.shape[dim] == free_len:
+            value = _pad_dim(value, dim, start, num_prompts)
+    return value
+
+
+def xavier_prompt_bound(patch_size: int, hidden_size: int) -> float:
+    """VPT's prompt init bound v = sqrt(6 / (3 * p^2 + D))."""
+    return math.sqrt(6.0 / (3 * patch_size * patch_size + hidden_size))
+
+
+def new_prompt_parameter(
+    num_prompts: int, hidden_size: int, patch_size: int, init: str, device: Optional[torch.device]
+) -> nn.Parameter:
+    data = torch.empty(num_prompts, hidden_size, device=device, dtype=torch.float32)
+    if data.device.type != "meta":
+        if init == "xavier":
+            bound = xavier_prompt_bound(patch_size, hidden_size)
+            nn.init.uniform_(data, -bound, bound)
+        else:
+            nn.init.normal_(data, std=0.02)
+    return nn.Parameter(data)
+
+
+def scalar_parameter(value: float, device: Optional[torch.device]) -> nn.Parameter:
+    return nn.Parameter(torch.full((), float(value), device=device, dtype=torch.float32))
+
+
+def find_query_projection(block: nn.Module) -> Optional[nn.Linear]:
+    """The attention query projection of a transformers ViT block (`q_proj` in transformers 5, `query` before)."""
+    for name, module in block.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "query"):
+            return module
+    return None
+
+
+class PromptBlock(nn.Module, BaseTunerLayer):
+    """Wraps one transformer block; subclasses define what a method does to the prompt slots.
+
+    Subclass hooks (all receive the active adapter's name and `BlockRole`):
+        `_entry_prompts`: the `[B, N_p, D]` prompts the first block inserts.
+        `_refresh_prompts`: the block input with its prompt slots updated (non-first blocks).
+        `_before_block`: run right before the wrapped block (e.g. the in-place temperature clamp).
+        `_update_prompts`: the block output with its prompt slots updated.
+        `update_layer`: create the adapter's parameters for this block.
+    """
+
+    other_param_names = ("prompt_roles",)
+
+    def __init__(self, base_layer: nn.Module, num_prefix_tokens: int, hidden_size: int, patch_size: int) -> None:
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        self.num_prefix_tokens = num_prefix_tokens
+        self.hidden_size = hidden_size
+        self.patch_size = patch_size
+        self.prompt_roles: dict[str, BlockRole] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self._hook_handles: list[Any] = []
+
+    # -- adapter bookkeeping ---------------------------------------------------------------------------------------
+
+    def _base_device(self) -> Optional[torch.device]:
+        param = next(self.base_layer.parameters(), None)
+        return None if param is None else param.device
+
+    def _active_prompt_adapter(self) -> Optional[str]:
+        """The active adapter if it prompts this block and adapters are enabled, else None."""
+        if self._disable_adapters:
+            return None
+        for name in self.active_adapters:
+            if name in self.prompt_roles:
+                return name
+        return None
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise MergeNotSupportedError(MERGE_MESSAGE)
+
+    def unmerge(self) -> None:
+        raise MergeNotSupportedError(MERGE_MESSAGE)
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool = False, adapter_names: Optional[list[str]] = None
+    ) -> nn.Module:
+        """Called by PEFT's `unload()`: detach our hooks from the original block and hand it back untouched."""
+        if merge:
+            raise MergeNotSupportedError(MERGE_MESSAGE)
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles.clear()
+        return self.base_layer
+
+    def block_report(self, adapter: str) -> dict[str, float]:
+        """Learned per-block scalars of `adapter` for `gated_vpt.gate_report` (method-specific; none by default)."""
+        return {}
+
+    # -- method hooks (overridden by subclasses) ------------------------------------------------------------------
+
+    def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _refresh_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+    def _before_block(self, adapter: str, role: BlockRole) -> None:
+        return None
+
+    def _update_prompts(
+        self, adapter: str, role: BlockRole, block_input: torch.Tensor, block_output: torch.Tensor
+    ) -> torch.Tensor:
+        return block_output
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        adapter = self._active_prompt_adapter()
+        if adapter is None:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        role = self.prompt_roles[adapter]
+        start, num_prompts = self.num_prefix_tokens, role.config.num_prompts
+
+        if role.first:
+            free_len = hidden_states.shape[1]
+            hidden_states = insert_prompts(hidden_states, self._entry_prompts(adapter, role, hidden_states), start)
+        else:
+            free_len = hidden_states.shape[1] - num_prompts
+            hidden_states = self._refresh_prompts(adapter, role, hidden_states)
+
+        self._before_block(adapter, role)
+        args = tuple(pad_for_prompts(a, free_len, start, num_prompts) for a in args)
+        kwargs = {k: pad_for_prompts(v, free_len, start, num_prompts) for k, v in kwargs.items()}
+        outputs = self.base_layer(hidden_states, *args, **kwargs)
+
+        # transformers 5 ViT blocks return a tensor; some families (BEiT, Data2Vec) still return a tuple.
+        is_tuple = isinstance(outputs, tuple)
+        block_output = outputs[0] if is_tuple else outputs
+        block_output = self._update_prompts(adapter, role, hidden_states, block_output)
+        if role.last:
+            block_output = remove_prompts(block_output, start, num_prompts)
+        return (block_output, *outputs[1:]) if is_tuple else block_output

@@ -1,0 +1,189 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The PEFT tuner shared by all prompt-tuning methods: finds the blocks, wraps them, keeps outputs prompt-free.
+
+A method subclasses `PromptTuner` and provides its config class, its block wrapper class (`tuner_layer_cls`), a
+`prefix` for its parameter names and `_new_block` to build a wrapper.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .backbones import PromptSite, find_prompt_site
+from .prompt_config import PromptConfigBase
+from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock, remove_prompts
+
+
+class IncompatibleBackboneError(ValueError):
+    """An adapter was saved for a different backbone than the one it is being loaded onto."""
+
+
+def check_backbone_signature(saved: Optional[dict], site: PromptSite) -> None:
+    """Refuse an adapter whose recorded backbone differs from `site` (before any weight is touched)."""
+    if not saved:
+        return
+    current = site.signature()
+    mismatched = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
+    if mismatched:
+        details = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in mismatched.items())
+        raise IncompatibleBackboneError(
+            f"This adapter was trained for a different backbone ({details}). Saved for {saved}; this model is "
+            f"{current}. Load it onto the backbone it was trained with (see `base_model_name_or_path` in "
+            "adapter_config.json)."
+        )
+
+
+def _strip_prompt_states(states: Any, free_len: int, start: int, num_prompts: int) -> Any:
+    if not isinstance(states, (tuple, list)):
+        return states
+    return tuple(
+        remove_prompts(h, start, num_prompts)
+        if torch.is_tensor(h) and h.dim() == 3 and h.shape[1] == free_len + num_prompts
+        else h
+        for h in states
+    )
+
+
+class PromptTuner(BaseTuner):
+    """Base `BaseTuner` of the prompt methods. Subclasses set `prefix`, `tuner_layer_cls` and `_new_block`."""
+
+    tuner_layer_cls: type[PromptBlock] = PromptBlock
+    target_module_mapping: dict[str, list[str]] = {}
+    _prompt_site: Optional[PromptSite] = None
+    _hidden_state_hooks: Optional[list] = None
+
+    # -- resolving the blocks --------------------------------------------------------------------------------------
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        # Everything that can fail is checked here, before PEFT replaces the first module.
+        site = find_prompt_site(self.model)
+        check_backbone_signature(peft_config.backbone, site)
+        first, last = peft_config.prompted_range(site.depth)
+        self._check_config_for_site(peft_config, site)
+        peft_config.target_modules = list(site.block_names[first : last + 1])
+        peft_config.backbone = {**site.signature(), "prompted_blocks": [first, last]}
+        self._prompt_site = site
+        return peft_config
+
+    def _check_config_for_site(self, peft_config: PromptConfigBase, site: PromptSite) -> None:
+        """Method-specific checks against the resolved backbone (raise before anything is modified)."""
+
+    def _check_target_module_exists(self, peft_config: PeftConfig, key: str) -> bool:
+        return key in (peft_config.target_modules or ())
+
+    def _new_block(self, block: nn.Module, site: PromptSite) -> PromptBlock:
+        raise NotImplementedError
+
+    def _create_and_replace(
+        self,
+        peft_config: PromptConfigBase,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        site = self._prompt_site
+        index = site.block_index(current_key)
+        first, last = peft_config.prompted_range(site.depth)
+        role = BlockRole(index=index, first=index == first, last=index == last, config=peft_config)
+        if isinstance(target, PromptBlock):
+            target.update_layer(adapter_name, role)
+            return
+        wrapper = self._new_block(target, site)
+        wrapper.update_layer(adapter_name, role)
+        self._replace_module(parent, target_name, wrapper, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # PEFT's default assumes a Linear-like child with `.weight`; blocks have none. Adapter parameters are
+        # created on the block's device by the wrapper itself (and stay on `meta` with low_cpu_mem_usage).
+        setattr(parent, child_name, new_module)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._install_hidden_state_hooks()
+
+    # -- prompt-free outputs -------------------------------------------------------------------------------------
+
+    def _install_hidden_state_hooks(self) -> None:
+        """transformers records hidden states with hooks on the *inner* blocks, so they contain the prompt slots.
+        Strip them at every module between the model root and the block stack, so Backbone classes, heads and
+        users all see the standard `[B, T, D]`."""
+        if self._hidden_state_hooks is not None:
+            return
+        self._hidden_state_hooks = [
+            self.model.get_submodule(name).register_forward_hook(self._strip_prompts_from_output)
+            for name in self._prompt_site.ancestor_names
+        ]
+        # Family-specific adjustments of sequence-sized computations inside the encoder (e.g. BEiT's relative
+        # position biases); removed with the hooks above.
+        self._hidden_state_hooks += self._prompt_site.install_encoder_hooks(self.model)
+
+    def _remove_hidden_state_hooks(self) -> None:
+        for handle in self._hidden_state_hooks or ():
+            handle.remove()
+        self._hidden_state_hooks = None
+
+    def _active_num_prompts(self) -> Optional[int]:
+        for name in self.active_adapters:
+            config = self.peft_config.get(name)
+            if isinstance(config, PromptConfigBase):
+                return config.num_prompts
+        return None
+
+    def _strip_prompts_from_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        num_prompts = self._active_num_prompts()
+        if num_prompts is None:
+            return None
+        start = self._prompt_site.num_prefix_tokens
+        # Every hidden state of one forward is either prompt-free (length of last_hidden_state) or carries the
+        # prompt slots; only the latter are shortened.
+        if isinstance(output, ModelOutput):
+            reference = output.get("last_hidden_state")
+            states = output.get("hidden_states")
+            if torch.is_tensor(reference) and states is not None:
+                output["hidden_states"] = _strip_prompt_states(states, reference.shape[1], start, num_prompts)
+            return output
+        if isinstance(output, tuple) and output and torch.is_tensor(output[0]) and output[0].dim() == 3:
+            free_len = output[0].shape[1]
+            return tuple(_strip_prompt_states(item, free_len, start, num_prompts) for item in output)
+        return None
+
+    # -- PEFT behaviours that differ for prompts ---------------------------------------------------------------
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) > 1:
+            raise ValueError(
+                f"Only one prompt adapter can be active at a time (got {names}): each one inserts its own prompts. "
+                "Switch with `set_adapter(name)`."
+            )
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        previous = list(self.active_adapters)
+        super().delete_adapter(adapter_name)
+        # PEFT takes the next active adapter from the first wrapped block, which need not hold any adapter left
+        # (adapters may prompt different blocks). Choose as PEFT's layers do (first remaining name) and sync all.
+        remaining = [name for name in previous if name != adapter_name] or sorted(self.peft_config)[:1]
+        if remaining:
+            self.set_adapter(remaining[0])
+
+    def _check_merge_allowed(self) -> None:
+        raise MergeNotSupportedError(MERGE_MESSAGE)
+
+    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise MergeNotSupportedError(MERGE_MESSAGE)
+
+    def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
+        if merge:
+            raise MergeNotSupportedError(MERGE_MESSAGE)
+        self._remove_hidden_state_hooks()
+        return super()._unload_and_optionally_merge(False, *args, **kwargs)

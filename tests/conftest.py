@@ -1,0 +1,23 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import TINY_BACKBONES  # noqa: E402
+
+# One family per distinct code path, for the slow training-path tests (optimisation loops, compile, checkpointing):
+# 1 CLS (ViT), CLS + distillation (DeiT), registers (DINOv2), RoPE on patches (DINOv3), tuple outputs + relative
+# position bias (BEiT), pre-norm + composite config (CLIP), no prefix token (SigLIP). Cheap tests run on all.
+REPRESENTATIVE_BACKBONES = ("vit", "deit", "dinov2_registers", "dinov3", "beit", "clip", "siglip")
+
+
+@pytest.fixture(params=sorted(TINY_BACKBONES))
+def backbone_name(request):
+    return request.param
+
+
+@pytest.fixture(params=REPRESENTATIVE_BACKBONES)
+def representative_backbone(request):
+    return request.param

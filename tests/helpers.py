@@ -1,0 +1,77 @@
+"""Reference computations written independently of the library's wrappers, for equality tests."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from gated_vpt import find_prompt_site
+
+
+def blocks_of(model: nn.Module) -> nn.ModuleList:
+    return model.get_submodule(find_prompt_site(model).stack_name)
+
+
+def prefix_count(model: nn.Module) -> int:
+    return find_prompt_site(model).num_prefix_tokens
+
+
+def logits_or_hidden(output) -> torch.Tensor:
+    return output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
+
+
+@contextmanager
+def vpt_reference(base: nn.Module, prompts_per_block: dict[int, torch.Tensor], last: int):
+    """Run `base` (an unwrapped copy) as VPT with forward hooks: at each block in `prompts_per_block` the prompt
+    slots are inserted (first block) or replaced (later blocks) by the given `[N_p, D]` tensor; after block `last`
+    they are dropped. One entry = VPT-shallow, one per block = VPT-deep."""
+    blocks = blocks_of(base)
+    start = prefix_count(base)
+    first = min(prompts_per_block)
+    handles = []
+
+    def pre_hook(index):
+        def hook(module, args):
+            hidden = args[0]
+            prompts = prompts_per_block[index].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+            if index == first:
+                hidden = torch.cat([hidden[:, :start], prompts, hidden[:, start:]], dim=1)
+            else:
+                hidden = torch.cat([hidden[:, :start], prompts, hidden[:, start + prompts.shape[1] :]], dim=1)
+            return (hidden, *args[1:])
+
+        return hook
+
+    num_prompts = next(iter(prompts_per_block.values())).shape[0]
+
+    def post_hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = torch.cat([hidden[:, :start], hidden[:, start + num_prompts :]], dim=1)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    for index in prompts_per_block:
+        handles.append(blocks[index].register_forward_pre_hook(pre_hook(index)))
+    handles.append(blocks[last].register_forward_hook(post_hook))
+    try:
+        yield base
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+class InputRecorder:
+    """Records the first positional input of a module on each call (a forward pre-hook)."""
+
+    def __init__(self, module: nn.Module):
+        self.inputs: list[torch.Tensor] = []
+        self._handle = module.register_forward_pre_hook(lambda m, args: self.inputs.append(args[0].detach().clone()))
+
+    def remove(self) -> None:
+        self._handle.remove()

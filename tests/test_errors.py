@@ -1,0 +1,95 @@
+"""Bad input gets a clear error naming the field and the allowed range, before the model is touched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import fresh_copy
+from peft import PeftModel, get_peft_model
+from tiny_models import TINY_BACKBONES, pixel_values
+
+from gated_vpt import ConfigError, GatedPromptConfig, IncompatibleBackboneError, UnsupportedModelError
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_prompts", 0, r"`num_prompts` must be an integer in \[1, 4096\]"),
+        ("num_prompts", -3, r"`num_prompts` must be an integer in \[1, 4096\]"),
+        ("num_prompts", 2.5, r"`num_prompts` must be an integer"),
+        ("num_prompts", 10**9, r"`num_prompts` must be an integer in \[1, 4096\]"),
+        ("prompt_dropout", -0.1, r"`prompt_dropout` must be a probability in \[0, 1\)"),
+        ("prompt_dropout", 1.0, r"`prompt_dropout` must be a probability in \[0, 1\)"),
+        ("gate_init", math.inf, r"`gate_init` must be a finite number"),
+        ("gate_init", math.nan, r"`gate_init` must be a finite number"),
+        ("gate_init", "5", r"`gate_init` must be a finite number"),
+        ("temperature_range", (2.0, 1.0), r"`temperature_range` must be a pair \(low, high\)"),
+        ("temperature_range", (0.0, 1.0), r"0 < low <= high"),
+        ("temperature_range", (-1.0, 1.0), r"0 < low <= high"),
+        ("temperature_range", (0.1,), r"`temperature_range` must be a pair"),
+        ("temperature_range", (0.1, math.inf), r"finite"),
+        ("layers_to_transform", [1, 3], r"`layers_to_transform` must be a contiguous range"),
+        ("layers_to_transform", [-1], r"`layers_to_transform` must be None, a non-negative int"),
+        ("layers_to_transform", [], r"`layers_to_transform` must be None, a non-negative int"),
+        ("prompt_init", "kaiming", r"`prompt_init` must be one of \('xavier', 'normal'\)"),
+        ("use_gates", "yes", r"`use_gates` must be True or False"),
+        ("modules_to_save", "classifier", r"`modules_to_save` must be None or a list of module names"),
+    ],
+)
+def test_bad_config_values_name_the_field_and_range(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        GatedPromptConfig(**{field: value})
+
+
+def assert_untouched(model, pristine):
+    assert model.state_dict().keys() == pristine.state_dict().keys()
+    assert all(p.requires_grad for p in model.parameters())
+    assert not hasattr(model, "peft_config")
+    x = pixel_values()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, pristine(x).logits)
+
+
+def test_layers_out_of_range_fail_before_the_model_is_touched():
+    model = TINY_BACKBONES["vit"]()
+    pristine = fresh_copy(model)
+    with pytest.raises(ConfigError, match=r"`layers_to_transform` must lie in \[0, 3\] for this backbone of 4 blocks"):
+        get_peft_model(model, GatedPromptConfig(layers_to_transform=[2, 3, 4]))
+    assert_untouched(model, pristine)
+
+
+def test_a_model_without_a_vit_block_stack_lists_the_supported_families():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    cnn = ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    ).eval()
+    pristine = fresh_copy(cnn)
+    with pytest.raises(UnsupportedModelError, match=r"no Vision Transformer block stack.*Supported families: ViT"):
+        get_peft_model(cnn, GatedPromptConfig())
+    assert cnn.state_dict().keys() == pristine.state_dict().keys()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(cnn(x).logits, pristine(x).logits)
+
+
+def test_an_adapter_for_another_backbone_is_refused_naming_both(tmp_path):
+    get_peft_model(TINY_BACKBONES["vit"](), GatedPromptConfig(num_prompts=2)).save_pretrained(tmp_path)
+    other = TINY_BACKBONES["dinov2"]()
+    pristine = fresh_copy(other)
+    with pytest.raises(IncompatibleBackboneError, match=r"model_type: adapter 'vit' vs model 'dinov2'"):
+        PeftModel.from_pretrained(other, tmp_path)
+    assert_untouched(other, pristine)
+
+
+def test_an_adapter_for_a_deeper_backbone_is_refused(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    deeper = ViTForImageClassification(
+        ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=6, num_attention_heads=4)
+    )
+    get_peft_model(deeper, GatedPromptConfig(num_prompts=2)).save_pretrained(tmp_path)
+    with pytest.raises(IncompatibleBackboneError, match=r"num_hidden_layers: adapter 6 vs model 4"):
+        PeftModel.from_pretrained(TINY_BACKBONES["vit"](), tmp_path)

@@ -1,0 +1,587 @@
+"""Every registered backbone family works, proven on tiny configs (issue 4: "any Hugging Face ViT").
+
+For every family of `TINY_BACKBONES`, with Gated Prompt Tuning and (when the package has it) CDC:
+- outputs keep the base model's shapes, change with the adapter, and equal the base exactly when it is disabled;
+- hidden states are prompt-free and, before the first prompted block, bit-identical to the base model's;
+- attention maps come back (eager attention) and include the prompt rows / columns;
+- save_pretrained -> PeftModel.from_pretrained onto a fresh base gives bit-identical outputs;
+- another image size works (interpolated position embeddings, or natively for DINOv2 / DINOv3);
+- the prompts sit right after the family's prefix tokens, which are the base model's.
+Then the family-specific cases (DeiT's teacher head, ViTMAE pre-training, CLIP / SigLIP two-tower models, DINOv3 RoPE,
+BEiT / Data2Vec relative position biases, Backbone classes), unsupported models, and the generated docs table.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from tiny_models import (
+    DEPTH,
+    HEADS,
+    HIDDEN,
+    IMAGE_SIZE,
+    NUM_LABELS,
+    TINY_BACKBONES,
+    TINY_FAMILY_FACTS,
+    pixel_values,
+    tiny_clip_model,
+    tiny_deit_with_teacher,
+    tiny_siglip_model,
+    tiny_vit_mae_pretraining,
+)
+
+import gated_vpt
+from gated_vpt import FAMILIES, GatedPromptConfig, UnsupportedModelError, find_prompt_site
+from gated_vpt.backbones import supported_models_markdown
+from gated_vpt.prompt_layer import PromptBlock
+
+NUM_PROMPTS = 3
+FAMILY_IDS = sorted(TINY_BACKBONES)
+METHODS = ("gated", "cdc")
+# Families whose forward has no `interpolate_pos_encoding` argument: they take any image size as is.
+ANY_SIZE_NATIVELY = {"dinov2", "dinov2_registers", "dinov3"}
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "supported_models.md"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def prompt_config(method: str, model: torch.nn.Module, **overrides):
+    """A config whose adapter visibly changes the outputs: open gates, or CDC with a non-zero AR scale."""
+    if method == "gated":
+        return GatedPromptConfig(num_prompts=NUM_PROMPTS, prompt_dropout=0.0, gate_init=0.0, **overrides)
+    cdc_config = getattr(gated_vpt, "CDCPromptConfig", None)
+    if cdc_config is None:
+        pytest.skip("gated_vpt.CDCPromptConfig is not available")
+    has_cls = find_prompt_site(model).cls_token_index is not None
+    return cdc_config(
+        num_prompts=NUM_PROMPTS,
+        prompt_dropout=0.0,
+        aggregation_bias_init=0.0,
+        attentive_reinforcement=has_cls,  # AR ranks patches by the CLS token's attention
+        reinforce_scale_init=0.5 if has_cls else 0.0,
+        **overrides,
+    )
+
+
+def wrap(base: torch.nn.Module, method: str, **overrides):
+    """(PeftModel in eval mode, untouched copy of the base).
+
+    The copy is frozen like the wrapped base: `nn.MultiheadAttention` (SigLIP's pooling head) takes a different, not
+    bit-identical, fast path when none of its parameters requires a gradient."""
+    reference = copy.deepcopy(base).requires_grad_(False)
+    model = get_peft_model(base, prompt_config(method, base, **overrides)).eval()
+    return model, reference
+
+
+def main_output(output) -> torch.Tensor:
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output.last_hidden_state
+
+
+def prompt_blocks(model: torch.nn.Module) -> dict[str, PromptBlock]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, PromptBlock)}
+
+
+def first_block(model: PeftModel) -> PromptBlock:
+    inner = model.base_model.model
+    return inner.get_submodule(find_prompt_site(inner).block_names[0])
+
+
+def capture_first_input(module: torch.nn.Module) -> tuple[list, torch.utils.hooks.RemovableHandle]:
+    store: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda m, args: store.append(args[0].detach().clone()))
+    return store, handle
+
+
+def perturb_adapter(model: PeftModel) -> None:
+    """Move every trainable parameter off its initial value, so a save / load round trip has something to carry."""
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture(params=METHODS)
+def method(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """The tiny models run ~50x faster on one thread than with torch's default pool when the cores are busy (each op
+    is a few microseconds of work; thread wake-ups dominate)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry and the docs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_every_registered_family_has_a_tiny_model():
+    tested = {family_name for family_name, _ in TINY_FAMILY_FACTS.values()}
+    assert tested == {family.name for family in FAMILIES}
+    assert set(TINY_FAMILY_FACTS) == set(TINY_BACKBONES)
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_the_tiny_model_resolves_to_its_family(family_id):
+    family_name, prefix = TINY_FAMILY_FACTS[family_id]
+    for head in (True, False):
+        site = find_prompt_site(TINY_BACKBONES[family_id](head=head))
+        assert site.family.name == family_name
+        assert site.num_prefix_tokens == prefix
+        assert (site.hidden_size, site.depth, site.patch_size) == (HIDDEN, DEPTH, 8)
+        assert (site.cls_token_index is None) == (prefix == 0)
+
+
+# Every class the docs table claims as tested is built (and prompted) by some test of this module.
+EXTRA_CLASSES = {
+    "DeiTForImageClassificationWithTeacher": tiny_deit_with_teacher,
+    "ViTMAEForPreTraining": tiny_vit_mae_pretraining,
+    "CLIPModel": tiny_clip_model,
+    "SiglipModel": tiny_siglip_model,
+}
+BACKBONE_CLASSES = {"Dinov2Backbone": "dinov2", "DINOv3ViTBackbone": "dinov3"}
+
+
+def test_docs_claim_only_tested_classes():
+    built = {type(TINY_BACKBONES[f](head=h)).__name__ for f in FAMILY_IDS for h in (True, False)}
+    claimed = {name for family in FAMILIES for name in family.example_classes}
+    assert claimed <= built | set(EXTRA_CLASSES) | set(BACKBONE_CLASSES), claimed - built
+
+
+def test_supported_models_page_is_generated_from_the_registry():
+    assert DOCS_PAGE.read_text(encoding="utf-8") == supported_models_markdown(), (
+        "docs/supported_models.md is out of date: run `python docs/gen_supported_models.py`"
+    )
+    for family in FAMILIES:
+        assert f"| {family.name} |" in supported_models_markdown()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# every family x every method
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["head", "encoder"])
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_outputs_change_with_the_adapter_and_equal_the_base_when_disabled(family_id, head, method):
+    model, reference = wrap(TINY_BACKBONES[family_id](head=head), method)
+    x = pixel_values()
+    with torch.no_grad():
+        base = reference(x)
+        ours = model(x)
+        with model.disable_adapter():
+            off = model(x)
+    for key, value in base.items():
+        if torch.is_tensor(value):
+            assert ours[key].shape == value.shape, key
+            assert torch.equal(off[key], value), key
+    assert not torch.allclose(main_output(ours), main_output(base))
+    assert len(prompt_blocks(model)) == DEPTH
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_hidden_states_are_prompt_free_and_untouched_before_the_first_prompted_block(family_id, method):
+    model, reference = wrap(TINY_BACKBONES[family_id](head=False), method, layers_to_transform=[2, 3])
+    x = pixel_values()
+    with torch.no_grad():
+        ours = model(x, output_hidden_states=True)
+        base = reference(x, output_hidden_states=True)
+    assert len(ours.hidden_states) == len(base.hidden_states) == DEPTH + 1
+    assert [h.shape for h in ours.hidden_states] == [h.shape for h in base.hidden_states]
+    for index in range(3):  # the embeddings and the outputs of blocks 0 and 1
+        assert torch.equal(ours.hidden_states[index], base.hidden_states[index]), index
+    assert not torch.allclose(ours.hidden_states[-1], base.hidden_states[-1])
+    assert ours.last_hidden_state.shape == base.last_hidden_state.shape
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_attention_maps_include_the_prompt_rows_and_columns(family_id, method):
+    model, reference = wrap(TINY_BACKBONES[family_id](head=True, attn_implementation="eager"), method)
+    x = pixel_values()
+    with torch.no_grad():
+        ours = model(x, output_attentions=True).attentions
+        base = reference(x, output_attentions=True).attentions
+        with model.disable_adapter():
+            off = model(x, output_attentions=True).attentions
+    assert len(ours) == len(base) == DEPTH
+    for mine, theirs in zip(ours, base):
+        batch, heads, length, _ = theirs.shape
+        assert (batch, heads) == (2, HEADS)
+        assert mine.shape == (batch, heads, length + NUM_PROMPTS, length + NUM_PROMPTS)
+        torch.testing.assert_close(mine.sum(-1), torch.ones(mine.shape[:-1]))
+    assert all(torch.equal(a, b) for a, b in zip(off, base))
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_save_and_load_give_bit_identical_outputs(family_id, method, tmp_path):
+    factory = TINY_BACKBONES[family_id]
+    model, _ = wrap(factory(head=True), method, modules_to_save=["classifier"])
+    perturb_adapter(model)
+    x = pixel_values()
+    with torch.no_grad():
+        expected = model(x).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(factory(head=True), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, expected)
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_another_image_size(family_id, method):
+    size = 48
+    model, reference = wrap(TINY_BACKBONES[family_id](head=False), method)
+    x = pixel_values(size=size)
+    kwargs = {} if family_id in ANY_SIZE_NATIVELY else {"interpolate_pos_encoding": True}
+    with torch.no_grad():
+        base = reference(x, **kwargs).last_hidden_state
+        ours = model(x, **kwargs).last_hidden_state
+        with model.disable_adapter():
+            off = model(x, **kwargs).last_hidden_state
+    prefix = TINY_FAMILY_FACTS[family_id][1]
+    assert base.shape == (2, prefix + (size // 8) ** 2, HIDDEN)
+    assert ours.shape == base.shape
+    assert torch.equal(off, base)
+    assert not torch.allclose(ours, base)
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_prompts_follow_the_prefix_tokens(family_id, method):
+    model, reference = wrap(TINY_BACKBONES[family_id](head=False), method)
+    prefix = TINY_FAMILY_FACTS[family_id][1]
+    block = first_block(model)
+    assert block.num_prefix_tokens == prefix
+    ours, h1 = capture_first_input(block.base_layer)
+    theirs, h2 = capture_first_input(reference.get_submodule(find_prompt_site(reference).block_names[0]))
+    with torch.no_grad():
+        model(pixel_values())
+        reference(pixel_values())
+        prompts = block._entry_prompts("default", block.prompt_roles["default"], theirs[0])
+    h1.remove()
+    h2.remove()
+    (seq,), (base_seq,) = ours, theirs
+    assert seq.shape[1] == base_seq.shape[1] + NUM_PROMPTS
+    assert torch.equal(seq[:, :prefix], base_seq[:, :prefix])  # CLS / distillation / registers, as in the base
+    assert torch.equal(seq[:, prefix : prefix + NUM_PROMPTS], prompts)
+    assert torch.equal(seq[:, prefix + NUM_PROMPTS :], base_seq[:, prefix:])  # the patches, as in the base
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# family-specific cases
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_deit_with_teacher_keeps_both_heads_on_their_tokens(method):
+    model, reference = wrap(tiny_deit_with_teacher(), method)
+    assert first_block(model).num_prefix_tokens == 2
+    x = pixel_values()
+    with torch.no_grad():
+        base, ours = reference(x), model(x)
+        with model.disable_adapter():
+            off = model(x)
+    for key in ("logits", "cls_logits", "distillation_logits"):
+        assert ours[key].shape == base[key].shape == (2, NUM_LABELS)
+        assert torch.equal(off[key], base[key])
+        assert not torch.allclose(ours[key], base[key])
+    torch.testing.assert_close(ours.logits, (ours.cls_logits + ours.distillation_logits) / 2)
+
+
+def test_vit_mae_pretraining_prompts_the_encoder_only(method):
+    base_model = tiny_vit_mae_pretraining(mask_ratio=0.75)
+    model, reference = wrap(base_model, method)
+    wrapped = prompt_blocks(model)
+    assert len(wrapped) == DEPTH and all(".vit.layers." in name for name in wrapped)
+    assert not any(isinstance(m, PromptBlock) for m in model.base_model.model.decoder.modules())
+
+    inner = model.base_model.model
+    decoder_in, h1 = capture_first_input(inner.decoder)
+    base_decoder_in, h2 = capture_first_input(reference.decoder)
+    encoder_in, h3 = capture_first_input(first_block(model).base_layer)
+    base_encoder_in, h4 = capture_first_input(reference.vit.layers[0])
+    x = pixel_values()
+    with torch.no_grad():
+        ours, base = model(x), reference(x)
+        with model.disable_adapter():
+            off = model(x)
+        block = first_block(model)
+        prompts = block._entry_prompts("default", block.prompt_roles["default"], base_encoder_in[0])
+    for handle in (h1, h2, h3, h4):
+        handle.remove()
+
+    kept = int(16 * (1 - 0.75))
+    assert base_decoder_in[0].shape == (2, 1 + kept, HIDDEN)  # [CLS; kept patches]
+    assert decoder_in[0].shape == base_decoder_in[0].shape  # the decoder gets a prompt-free latent
+    # prompts after CLS of the masked sequence [CLS; kept patches]
+    assert encoder_in[0].shape == (2, 1 + NUM_PROMPTS + kept, HIDDEN)
+    assert torch.equal(encoder_in[0][:, :1], base_encoder_in[0][:, :1])
+    assert torch.equal(encoder_in[0][:, 1 : 1 + NUM_PROMPTS], prompts)
+    assert torch.equal(encoder_in[0][:, 1 + NUM_PROMPTS :], base_encoder_in[0][:, 1:])
+    assert ours.logits.shape == base.logits.shape
+    assert torch.isfinite(ours.loss) and ours.loss != base.loss
+    assert torch.equal(off.loss, base.loss) and torch.equal(off.mask, base.mask)
+
+    model.train()
+    model(x).loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("factory", [tiny_clip_model, tiny_siglip_model], ids=["CLIPModel", "SiglipModel"])
+def test_two_tower_models_prompt_the_vision_tower_only(factory, method):
+    model, reference = wrap(factory(), method)
+    wrapped = prompt_blocks(model)
+    assert sorted(wrapped) == [f"base_model.model.vision_model.encoder.layers.{i}" for i in range(DEPTH)]
+    text_layers = model.base_model.model.text_model.encoder.layers
+    assert not any(isinstance(m, PromptBlock) for m in text_layers.modules())
+    inputs = dict(input_ids=torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]]), pixel_values=pixel_values())
+    with torch.no_grad():
+        ours, base = model(**inputs), reference(**inputs)
+        with model.disable_adapter():
+            off = model(**inputs)
+    assert ours.logits_per_image.shape == base.logits_per_image.shape == (2, 2)
+    assert torch.equal(ours.text_embeds, base.text_embeds)  # the text tower is untouched
+    assert not torch.allclose(ours.image_embeds, base.image_embeds)
+    assert torch.equal(off.logits_per_image, base.logits_per_image)
+    assert ours.vision_model_output.last_hidden_state.shape == base.vision_model_output.last_hidden_state.shape
+
+
+def test_dinov3_prompts_get_no_rotary_embedding(method, monkeypatch):
+    from transformers.models.dinov3_vit import modeling_dinov3_vit as dinov3
+
+    model, _ = wrap(TINY_BACKBONES["dinov3"](head=False), method)
+    prefix, num_patches = TINY_FAMILY_FACTS["dinov3"][1], 16
+    calls = []
+    original = dinov3.apply_rotary_pos_emb
+
+    def spy(q, k, cos, sin, **kwargs):
+        q_out, k_out = original(q, k, cos, sin, **kwargs)
+        calls.append((q, k, q_out, k_out, cos))
+        return q_out, k_out
+
+    monkeypatch.setattr(dinov3, "apply_rotary_pos_emb", spy)
+    with torch.no_grad():
+        model(pixel_values())
+    assert len(calls) == DEPTH
+    unrotated = prefix + NUM_PROMPTS
+    for q, k, q_out, k_out, cos in calls:
+        assert q.shape[-2] == unrotated + num_patches and cos.shape[-2] == num_patches
+        # CLS, registers and prompts pass unrotated; the patches are rotated
+        assert torch.equal(q_out[..., :unrotated, :], q[..., :unrotated, :])
+        assert torch.equal(k_out[..., :unrotated, :], k[..., :unrotated, :])
+        assert not torch.allclose(q_out[..., unrotated:, :], q[..., unrotated:, :])
+
+
+def _bias_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {n: m for n, m in model.named_modules() if type(m).__name__.endswith("RelativePositionBias")}
+
+
+def _strip_prompt_slots(bias: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """The `[..., T + N_p, T + N_p]` bias without the prompt rows / columns, after checking that they are zero."""
+    stop = start + NUM_PROMPTS
+    assert not bias[..., start:stop, :].any() and not bias[..., :, start:stop].any()
+    keep = [*range(start), *range(stop, bias.shape[-1])]
+    return bias[..., keep, :][..., keep]
+
+
+def _record_outputs(modules: dict[str, torch.nn.Module], store: list, rename=lambda n: n) -> list:
+    return [
+        m.register_forward_hook(lambda mod, args, out, n=rename(n): store.append((n, out.detach().clone())))
+        for n, m in modules.items()
+    ]
+
+
+def _record_block_biases(blocks: list[torch.nn.Module], store: list) -> list:
+    """The sequence-sized tensors (masks, biases) a block receives besides the hidden states."""
+
+    def hook(index):
+        def record(module, args, kwargs):
+            for value in (*args[1:], *kwargs.values()):
+                if torch.is_tensor(value) and value.dim() >= 3:
+                    store.append((index, value.detach().clone()))
+
+        return record
+
+    return [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+
+
+def _unwrapped_name(name: str) -> str:
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+
+@pytest.mark.parametrize("size", [IMAGE_SIZE, 48])
+@pytest.mark.parametrize("family_id", ["beit", "data2vec_vision"])
+def test_relative_position_biases_give_prompts_zero_bias(family_id, size, method):
+    """Per-block biases (computed inside the block from the window size) and the shared bias (computed by the model
+    or the encoder, then passed to the blocks) are the base model's for the prompt-free tokens and zero for prompts,
+    also when `interpolate_pos_encoding=True` resizes them to the sequence length."""
+    model, reference = wrap(TINY_BACKBONES[family_id](head=False), method)
+    inner_blocks = [b.base_layer for b in prompt_blocks(model).values()]
+    base_blocks = list(reference.get_submodule(find_prompt_site(reference).stack_name))
+    ours_bias, base_bias, ours_received, base_received = [], [], [], []
+    handles = _record_outputs(_bias_modules(model), ours_bias, _unwrapped_name)
+    handles += _record_outputs(_bias_modules(reference), base_bias)
+    handles += _record_block_biases(inner_blocks, ours_received) + _record_block_biases(base_blocks, base_received)
+    x = pixel_values(size=size)
+    with torch.no_grad():
+        ours = model(x, interpolate_pos_encoding=True)
+        base = reference(x, interpolate_pos_encoding=True)
+    for handle in handles:
+        handle.remove()
+
+    free = (size // 8) ** 2 + 1
+    expected = dict(base_bias)  # the base computes the same bias on every call of one module
+    assert len(expected) == DEPTH + 1  # one per block and the shared one
+    assert all(b.shape == (1, HEADS, free, free) for b in expected.values())
+    padded_calls = set()
+    for name, bias in ours_bias:
+        if bias.shape[-1] == free:  # computed for the prompt-free sequence (before the first prompted block)
+            assert torch.equal(bias, expected[name]), name
+        else:
+            assert bias.shape == (1, HEADS, free + NUM_PROMPTS, free + NUM_PROMPTS), name
+            assert torch.equal(_strip_prompt_slots(bias), expected[name]), name
+            padded_calls.add(name)
+    assert sum(".relative_position_bias" in n and "layer" in n for n in padded_calls) == DEPTH  # every block's own
+
+    # what the blocks finally see as shared bias / mask: padded with zeros for the prompts
+    assert len(ours_received) == len(base_received) == DEPTH
+    for (index, mine), (_, theirs) in zip(ours_received, base_received):
+        assert mine.shape[-1] == free + NUM_PROMPTS, index
+        assert torch.equal(_strip_prompt_slots(mine), theirs), index
+    assert ours.last_hidden_state.shape == base.last_hidden_state.shape
+
+
+@pytest.mark.parametrize("family_id", ["beit", "data2vec_vision"])
+def test_relative_position_bias_hooks_are_removed_on_unload(family_id):
+    model, reference = wrap(TINY_BACKBONES[family_id](head=False), "gated")
+    assert all(m._forward_hooks and m._forward_pre_hooks for m in _bias_modules(model).values())
+    unloaded = model.unload()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in _bias_modules(unloaded).values())
+    x = pixel_values()
+    with torch.no_grad():
+        assert torch.equal(unloaded(x).last_hidden_state, reference(x).last_hidden_state)
+
+
+@pytest.mark.parametrize("family_id", ["beit", "data2vec_vision", "dinov3"])
+def test_activation_checkpointing_gives_the_same_gradients(family_id):
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = wrap(TINY_BACKBONES[family_id](head=True), "gated", modules_to_save=["classifier"])
+        if checkpointing:
+            model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        model(pixel_values()).logits.square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
+
+
+def _tiny_backbone(family_id: str) -> torch.nn.Module:
+    if family_id == "dinov2":
+        from transformers import Dinov2Backbone, Dinov2Config
+
+        config = Dinov2Config(
+            image_size=IMAGE_SIZE, patch_size=8, hidden_size=HIDDEN, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+            mlp_ratio=2, out_features=["stage2", "stage4"],
+        )
+        cls = Dinov2Backbone
+    else:
+        from transformers import DINOv3ViTBackbone, DINOv3ViTConfig
+
+        config = DINOv3ViTConfig(
+            image_size=IMAGE_SIZE, patch_size=8, hidden_size=HIDDEN, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+            intermediate_size=64, num_register_tokens=2, out_features=["stage2", "stage4"],
+        )
+        cls = DINOv3ViTBackbone
+    torch.manual_seed(0)
+    return cls(config).eval()
+
+
+@pytest.mark.parametrize("family_id", sorted(set(BACKBONE_CLASSES.values())))
+def test_backbone_classes_get_prompt_free_feature_maps(family_id, method):
+    model, reference = wrap(_tiny_backbone(family_id), method)
+    assert type(model.base_model.model).__name__ in BACKBONE_CLASSES
+    x = pixel_values()
+    with torch.no_grad():
+        ours, base = model(x).feature_maps, reference(x).feature_maps
+        with model.disable_adapter():
+            off = model(x).feature_maps
+    assert [f.shape for f in ours] == [f.shape for f in base] == [(2, HIDDEN, 4, 4)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(off, base))
+    assert not torch.allclose(ours[-1], base[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# unsupported models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _resnet():
+    from transformers import ResNetConfig, ResNetModel
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    return ResNetModel(config), {"pixel_values": pixel_values()}
+
+
+def _convnext():
+    from transformers import ConvNextConfig, ConvNextModel
+
+    config = ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
+    return ConvNextModel(config), {"pixel_values": pixel_values()}
+
+
+def _bert():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=64
+    )
+    return BertModel(config), {"input_ids": torch.tensor([[1, 2, 3, 4]])}
+
+
+def _swin():
+    from transformers import SwinConfig, SwinModel
+
+    config = SwinConfig(image_size=IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
+    return SwinModel(config), {"pixel_values": pixel_values()}
+
+
+@pytest.mark.parametrize("factory", [_resnet, _convnext, _bert, _swin], ids=["resnet", "convnext", "bert", "swin"])
+def test_unsupported_models_are_refused_and_left_untouched(factory, method):
+    torch.manual_seed(0)
+    model, inputs = factory()
+    model.eval()
+    keys = list(model.state_dict())
+    modules = [type(m) for m in model.modules()]
+    with torch.no_grad():
+        before = model(**inputs).last_hidden_state
+    config = (
+        GatedPromptConfig(num_prompts=NUM_PROMPTS)
+        if method == "gated"
+        else prompt_config("cdc", TINY_BACKBONES["vit"](head=False))
+    )
+    with pytest.raises(UnsupportedModelError) as info:
+        get_peft_model(model, config)
+    message = str(info.value)
+    assert type(model).__name__ in message
+    for family in FAMILIES:
+        assert family.name in message
+        assert all(t in message for t in family.model_types)
+    assert list(model.state_dict()) == keys
+    assert [type(m) for m in model.modules()] == modules
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).last_hidden_state, before)

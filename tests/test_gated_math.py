@@ -1,0 +1,239 @@
+"""Gated Prompt Tuning computes exactly what METHODS.md §2 specifies, on every tiny backbone family."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import InputRecorder, blocks_of, fresh_copy, logits_or_hidden, prefix_count, vpt_reference
+from peft import get_peft_model
+from tiny_models import DEPTH, HIDDEN, TINY_BACKBONES, pixel_values
+
+from gated_vpt import GatedPromptConfig
+from gated_vpt.prompt_layer import xavier_prompt_bound
+
+NUM_PROMPTS = 3
+
+
+def wrap(name: str, head: bool = True, **config):
+    base = TINY_BACKBONES[name](head=head)
+    reference = fresh_copy(base)
+    config = {"num_prompts": NUM_PROMPTS, "prompt_dropout": 0.0, **config}
+    if head:
+        config.setdefault("modules_to_save", ["classifier"])
+    model = get_peft_model(base, GatedPromptConfig(**config)).eval()
+    return model, reference
+
+
+def share_head(model, reference) -> None:
+    """The adapter trains a copy of the head (modules_to_save); give the reference model the same one."""
+    reference.classifier.load_state_dict(model.base_model.model.classifier.modules_to_save["default"].state_dict())
+
+
+def adapter_params(model, kind: str) -> dict[int, torch.nn.Parameter]:
+    """Block index -> parameter of the default adapter, for kind in prompts / gate_logits / temperatures."""
+    out = {}
+    for index, block in enumerate(blocks_of(model.base_model.model)):
+        params = getattr(block, f"gpt_{kind}", {})
+        if "default" in params:
+            out[index] = params["default"]
+    return out
+
+
+def test_trainable_parameters_are_exactly_prompts_gates_temperatures_and_head(backbone_name):
+    model, reference = wrap(backbone_name)
+    head = sum(p.numel() for p in reference.classifier.parameters())
+    expected = NUM_PROMPTS * HIDDEN + (DEPTH - 1) + DEPTH + head
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == expected, trainable
+    assert model.get_nb_trainable_parameters()[0] == expected
+    assert all(("gpt_" in n) or ("classifier.modules_to_save" in n) for n in trainable)
+    # prompts only where they are inserted, no gate after the last block (DDP: no parameter without a gradient)
+    assert sorted(adapter_params(model, "prompts")) == [0]
+    assert sorted(adapter_params(model, "gate_logits")) == list(range(DEPTH - 1))
+    assert sorted(adapter_params(model, "temperatures")) == list(range(DEPTH))
+
+
+def test_vpt_shallow_is_gpt_without_gates_and_temperatures(backbone_name):
+    model, reference = wrap(backbone_name, use_gates=False, learn_temperature=False)
+    head = sum(p.numel() for p in reference.classifier.parameters())
+    assert model.get_nb_trainable_parameters()[0] == NUM_PROMPTS * HIDDEN + head
+    prompts = adapter_params(model, "prompts")[0].detach()
+    share_head(model, reference)
+    x = pixel_values()
+    with torch.no_grad(), vpt_reference(reference, {0: prompts}, last=DEPTH - 1) as vpt:
+        expected = logits_or_hidden(vpt(x))
+        actual = logits_or_hidden(model(x))
+    assert torch.equal(actual, expected)
+
+
+def test_gates_at_one_and_unit_temperature_equal_vpt_shallow(backbone_name):
+    model, reference = wrap(backbone_name)
+    with torch.no_grad():
+        for gate in adapter_params(model, "gate_logits").values():
+            gate.fill_(math.inf)  # sigmoid(+inf) == 1 exactly
+    share_head(model, reference)
+    prompts = adapter_params(model, "prompts")[0].detach()
+    x = pixel_values()
+    with torch.no_grad(), vpt_reference(reference, {0: prompts}, last=DEPTH - 1) as vpt:
+        expected = logits_or_hidden(vpt(x))
+        actual = logits_or_hidden(model(x))
+    assert torch.equal(actual, expected)
+
+
+def test_closed_gates_deliver_the_prompts_unchanged_to_the_last_block(backbone_name):
+    model, _ = wrap(backbone_name)
+    with torch.no_grad():
+        for gate in adapter_params(model, "gate_logits").values():
+            gate.fill_(-math.inf)  # sigmoid(-inf) == 0 exactly
+    prompts = adapter_params(model, "prompts")[0].detach()
+    last_block = blocks_of(model.base_model.model)[DEPTH - 1].base_layer
+    recorder = InputRecorder(last_block)
+    with torch.no_grad():
+        model(pixel_values())
+    recorder.remove()
+    start = prefix_count(model.base_model.model)
+    slots = recorder.inputs[0][:, start : start + NUM_PROMPTS]
+    assert torch.equal(slots, prompts.expand_as(slots))
+
+
+def test_gate_mixes_block_output_and_input_prompts(backbone_name):
+    model, _ = wrap(backbone_name, learn_temperature=False)
+    gate_logit = adapter_params(model, "gate_logits")[0]
+    with torch.no_grad():
+        gate_logit.fill_(0.3)
+    g = torch.sigmoid(torch.tensor(0.3))
+    block0 = blocks_of(model.base_model.model)[0]
+    block1_inner = blocks_of(model.base_model.model)[1].base_layer
+    captured = {}
+    h_out = block0.base_layer.register_forward_hook(lambda m, a, o: captured.update(inner_in=a[0], inner_out=o))
+    recorder = InputRecorder(block1_inner)
+    with torch.no_grad():
+        model(pixel_values())
+    h_out.remove()
+    recorder.remove()
+    start = prefix_count(model.base_model.model)
+    sl = slice(start, start + NUM_PROMPTS)
+    inner_out = captured["inner_out"][0] if isinstance(captured["inner_out"], tuple) else captured["inner_out"]
+    expected = g * inner_out[:, sl] + (1 - g) * captured["inner_in"][:, sl]
+    torch.testing.assert_close(recorder.inputs[0][:, sl], expected, rtol=1e-6, atol=1e-6)
+    # prefix and patch tokens are never gated
+    assert torch.equal(recorder.inputs[0][:, :start], inner_out[:, :start])
+    assert torch.equal(recorder.inputs[0][:, start + NUM_PROMPTS :], inner_out[:, start + NUM_PROMPTS :])
+
+
+def test_temperature_equals_scaling_the_query_projection(backbone_name):
+    """softmax(QK^T / (sqrt(d) tau)) == attention with q_proj's weight and bias divided by tau."""
+    model, reference = wrap(backbone_name, use_gates=False)
+    taus = {1: 2.5, 2: 0.4}
+    with torch.no_grad():
+        for index, tau in taus.items():
+            adapter_params(model, "temperatures")[index].fill_(tau)
+        for index, tau in taus.items():
+            q_proj = next(m for n, m in blocks_of(reference)[index].named_modules() if n.endswith("q_proj"))
+            q_proj.weight.div_(tau)
+            if q_proj.bias is not None:
+                q_proj.bias.div_(tau)
+    share_head(model, reference)
+    prompts = adapter_params(model, "prompts")[0].detach()
+    x = pixel_values()
+    with torch.no_grad(), vpt_reference(reference, {0: prompts}, last=DEPTH - 1) as vpt:
+        expected = logits_or_hidden(vpt(x))
+        actual = logits_or_hidden(model(x))
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    # and the temperature does change the output
+    with torch.no_grad():
+        for tau in adapter_params(model, "temperatures").values():
+            tau.fill_(1.0)
+        assert not torch.allclose(logits_or_hidden(model(x)), actual)
+
+
+def test_temperatures_are_clamped_in_place_before_the_forward():
+    model, _ = wrap("vit", temperature_range=(0.5, 2.0))
+    temps = adapter_params(model, "temperatures")
+    with torch.no_grad():
+        temps[0].fill_(100.0)
+        temps[1].fill_(-3.0)
+        temps[2].fill_(1.5)
+        model(pixel_values())
+    assert temps[0].item() == 2.0 and temps[1].item() == 0.5 and temps[2].item() == 1.5
+
+
+def test_prompt_init_follows_vpt_xavier_bound():
+    model, _ = wrap("vit", num_prompts=200)
+    prompts = adapter_params(model, "prompts")[0]
+    bound = xavier_prompt_bound(8, HIDDEN)
+    assert prompts.abs().max() <= bound
+    assert prompts.dtype == torch.float32
+    # uniform(-v, v) has std v / sqrt(3)
+    assert abs(prompts.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+
+
+def test_gates_start_at_the_prior_and_temperatures_at_one():
+    model, _ = wrap("vit", gate_init=3.0)
+    assert all(g.item() == -3.0 for g in adapter_params(model, "gate_logits").values())
+    assert all(t.item() == 1.0 for t in adapter_params(model, "temperatures").values())
+
+
+def test_prompt_dropout_is_per_sample_and_only_in_training():
+    model, _ = wrap("vit", prompt_dropout=0.5)
+    first_block = blocks_of(model.base_model.model)[0].base_layer
+    recorder = InputRecorder(first_block)
+    x = pixel_values(batch=1).expand(4, -1, -1, -1)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    recorder.remove()
+    train_slots, eval_slots = recorder.inputs[0][:, 1 : 1 + NUM_PROMPTS], recorder.inputs[1][:, 1 : 1 + NUM_PROMPTS]
+    prompts = adapter_params(model, "prompts")[0].detach()
+    assert torch.equal(eval_slots, prompts.expand_as(eval_slots))
+    assert (train_slots == 0).any()
+    assert not torch.equal(train_slots[0], train_slots[1])  # a different mask per sample
+
+
+def test_insertion_from_a_later_block(backbone_name):
+    """VPT/GPT from block k (the paper's motivating sweep): blocks before k see the base model's tokens."""
+    model, reference = wrap(backbone_name, head=False, layers_to_transform=[2, 3])
+    assert sorted(adapter_params(model, "prompts")) == [2]
+    assert sorted(adapter_params(model, "gate_logits")) == [2]
+    assert sorted(adapter_params(model, "temperatures")) == [2, 3]
+    x = pixel_values()
+    with torch.no_grad():
+        ours = model(x, output_hidden_states=True).hidden_states
+        base = reference(x, output_hidden_states=True).hidden_states
+    assert len(ours) == len(base)
+    for i in range(3):  # the embeddings and the outputs of blocks 0 and 1
+        assert torch.equal(ours[i], base[i])
+    assert all(o.shape == b.shape for o, b in zip(ours, base))
+    assert not torch.allclose(ours[-1], base[-1])
+
+
+def test_single_prompted_block_inserts_and_removes():
+    model, _ = wrap("vit", head=False, layers_to_transform=3)
+    assert sorted(adapter_params(model, "prompts")) == [3]
+    assert adapter_params(model, "gate_logits") == {}
+    out = model(pixel_values()).last_hidden_state
+    assert out.shape == (2, 17, HIDDEN)
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_outputs_outside_the_encoder_are_prompt_free(backbone_name, head):
+    model, reference = wrap(backbone_name, head=head)
+    x = pixel_values()
+    with torch.no_grad():
+        ours = model(x, output_hidden_states=True)
+        base = reference(x, output_hidden_states=True)
+    assert [h.shape for h in ours.hidden_states] == [h.shape for h in base.hidden_states]
+    if head:
+        assert ours.logits.shape == base.logits.shape
+    else:
+        assert ours.last_hidden_state.shape == base.last_hidden_state.shape
+        if getattr(base, "pooler_output", None) is not None:
+            assert ours.pooler_output.shape == base.pooler_output.shape
+    # the last recorded hidden state is the stack's output, which the final norm then sees
+    tuple_out = model(x, output_hidden_states=True, return_dict=False)
+    assert all(h.shape == b.shape for h, b in zip(tuple_out[-1], base.hidden_states))

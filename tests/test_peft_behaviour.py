@@ -1,0 +1,228 @@
+"""The PEFT behaviours users rely on: save/load round trips, several adapters, disable, unload, merge errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import fresh_copy, logits_or_hidden
+from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from tiny_models import TINY_BACKBONES, pixel_values
+
+import gated_vpt
+from gated_vpt import GatedPromptConfig, MergeNotSupportedError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(**overrides) -> GatedPromptConfig:
+    return GatedPromptConfig(**{"num_prompts": 4, "modules_to_save": ["classifier"], **overrides})
+
+
+def perturb_adapter(model, scale: float = 0.5, seed: int = 1) -> None:
+    """Move every trainable parameter away from its init, so round trips compare non-trivial values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(scale * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture
+def trained(backbone_name, tmp_path):
+    base = TINY_BACKBONES[backbone_name]()
+    pristine = fresh_copy(base)
+    model = get_peft_model(base, config()).eval()
+    perturb_adapter(model)
+    model.save_pretrained(tmp_path)
+    return model, pristine, tmp_path
+
+
+def test_saved_files_are_only_the_tiny_adapter(trained):
+    model, _, path = trained
+    assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    weights = load_file(path / "adapter_model.safetensors")
+    n_saved = sum(t.numel() for t in weights.values())
+    assert n_saved == model.get_nb_trainable_parameters()[0]
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    saved = json.loads((path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "GATED_PROMPT"
+    assert saved["target_modules"] == sorted(saved["target_modules"], key=lambda n: int(n.rsplit(".", 1)[1]))
+    assert saved["backbone"]["num_hidden_layers"] == 4
+
+
+def test_peft_model_from_pretrained_is_bit_identical(trained):
+    model, pristine, path = trained
+    x = pixel_values()
+    with torch.no_grad():
+        expected = logits_or_hidden(model(x))
+        loaded = PeftModel.from_pretrained(fresh_copy(pristine), path).eval()
+        assert torch.equal(logits_or_hidden(loaded(x)), expected)
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_peft_config_from_pretrained_round_trips(trained):
+    model, _, path = trained
+    loaded = PeftConfig.from_pretrained(path)
+    assert isinstance(loaded, GatedPromptConfig)
+    # PEFT itself sets inference_mode and auto_mapping when saving; every field of ours round-trips
+    ignore = {"inference_mode", "auto_mapping"}
+    strip = lambda d: {k: v for k, v in d.items() if k not in ignore}  # noqa: E731
+    assert strip(loaded.to_dict()) == strip(model.peft_config["default"].to_dict())
+    assert loaded.temperature_range == (0.01, 10.0)
+
+
+def test_is_trainable_reload_trains_the_same_parameters(trained):
+    model, pristine, path = trained
+    loaded = PeftModel.from_pretrained(fresh_copy(pristine), path, is_trainable=True)
+    names = lambda m: sorted(n for n, p in m.named_parameters() if p.requires_grad)  # noqa: E731
+    assert names(loaded) == names(model)
+
+
+def test_load_adapter_adds_a_second_identical_adapter(trained):
+    model, pristine, path = trained
+    x = pixel_values()
+    loaded = PeftModel.from_pretrained(fresh_copy(pristine), path).eval()
+    loaded.load_adapter(path, adapter_name="again")
+    loaded.set_adapter("again")
+    with torch.no_grad():
+        assert torch.equal(logits_or_hidden(loaded(x)), logits_or_hidden(model(x)))
+
+
+def test_transformers_load_adapter(trained, backbone_name):
+    model, pristine, path = trained
+    base = fresh_copy(pristine)
+    base.load_adapter(str(path))
+    x = pixel_values()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(model(x)), rtol=0, atol=0)
+
+
+def test_gated_vpt_loader_checks_and_loads(trained):
+    model, pristine, path = trained
+    loaded = gated_vpt.from_pretrained(fresh_copy(pristine), path).eval()
+    x = pixel_values()
+    with torch.no_grad():
+        assert torch.equal(logits_or_hidden(loaded(x)), logits_or_hidden(model(x)))
+
+
+def test_several_adapters_switch_and_delete(backbone_name):
+    base = TINY_BACKBONES[backbone_name]()
+    pristine = fresh_copy(base)
+    x = pixel_values()
+    model = get_peft_model(base, config()).eval()
+    perturb_adapter(model, seed=1)
+    model.add_adapter("other", config(num_prompts=2, layers_to_transform=[1, 2, 3]))
+    model.set_adapter("other")
+    perturb_adapter(model, seed=2)  # only "other" is trainable now
+    with torch.no_grad():
+        out_other = logits_or_hidden(model(x))
+        model.set_adapter("default")
+        out_default = logits_or_hidden(model(x))
+        base_out = logits_or_hidden(pristine(x))
+        assert not torch.allclose(out_other, out_default)
+        model.delete_adapter("default")
+        assert model.active_adapters == ["other"]
+        assert torch.equal(logits_or_hidden(model(x)), out_other)
+        model.delete_adapter("other")
+        assert model.base_model.active_adapters == []
+        # With every adapter gone the blocks pass through and the head is the original one. (PEFT's PeftModel
+        # keeps a stale `active_adapter` then, for every PEFT method, so call the wrapped model or unload().)
+        assert torch.equal(logits_or_hidden(model.base_model.model(x)), base_out)
+        assert torch.equal(logits_or_hidden(model.unload()(x)), base_out)
+
+
+def test_two_prompt_adapters_cannot_be_active_together():
+    model = get_peft_model(TINY_BACKBONES["vit"](), config())
+    model.add_adapter("other", config())
+    with pytest.raises(ValueError, match="one prompt adapter"):
+        model.base_model.set_adapter(["default", "other"])
+
+
+def test_disable_adapter_equals_the_base_model(trained):
+    model, pristine, _ = trained
+    x = pixel_values()
+    with torch.no_grad():
+        with model.disable_adapter():
+            disabled = model(x, output_hidden_states=True)
+        base = pristine(x, output_hidden_states=True)
+        assert torch.equal(logits_or_hidden(disabled), logits_or_hidden(base))
+        assert all(torch.equal(a, b) for a, b in zip(disabled.hidden_states, base.hidden_states))
+        assert not torch.equal(logits_or_hidden(model(x)), logits_or_hidden(base))
+
+
+def test_unload_returns_the_original_model_bit_for_bit(trained):
+    model, pristine, _ = trained
+    trained_head = {k: v.clone() for k, v in model.base_model.model.classifier.modules_to_save["default"].state_dict().items()}
+    unloaded = model.unload()
+    assert type(unloaded) is type(pristine)
+    assert unloaded.state_dict().keys() == pristine.state_dict().keys()
+    assert not any(isinstance(m, gated_vpt.prompt_layer.PromptBlock) for m in unloaded.modules())
+    assert not any(m._forward_hooks for m in unloaded.modules())
+    x = pixel_values()
+    with torch.no_grad():
+        hidden = unloaded(x, output_hidden_states=True).hidden_states
+        assert all(torch.equal(a, b) for a, b in zip(hidden, pristine(x, output_hidden_states=True).hidden_states))
+    # PEFT's unload() keeps the trained copy of each `modules_to_save` module (its documented semantics)
+    assert all(torch.equal(v, trained_head[k]) for k, v in unloaded.classifier.state_dict().items())
+
+
+def test_unload_without_trained_modules_equals_the_original_outputs(backbone_name):
+    base = TINY_BACKBONES[backbone_name]()
+    pristine = fresh_copy(base)
+    model = get_peft_model(base, config(modules_to_save=None))
+    perturb_adapter(model)
+    unloaded = model.unload()
+    x = pixel_values()
+    with torch.no_grad():
+        assert torch.equal(unloaded(x).logits, pristine(x).logits)
+    assert all(torch.equal(a, b) for a, b in zip(unloaded.state_dict().values(), pristine.state_dict().values()))
+
+
+def test_merging_is_refused_with_a_clear_error(trained):
+    model, _, _ = trained
+    with pytest.raises(MergeNotSupportedError, match="cannot be merged"):
+        model.merge_and_unload()
+    with pytest.raises(MergeNotSupportedError, match="cannot be merged"):
+        model.merge_adapter()
+
+
+def test_bare_peft_load_without_import_fails_but_our_loader_works(tmp_path):
+    """PEFT discovers no plugins: without `import gated_vpt` the adapter type is unknown. Our loader works."""
+    path = tmp_path
+    get_peft_model(TINY_BACKBONES["vit"](), config()).save_pretrained(path)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
+        from peft import PeftConfig
+        try:
+            PeftConfig.from_pretrained({str(path)!r})
+        except KeyError as error:
+            print("bare KeyError", error)
+        import gated_vpt
+        config = PeftConfig.from_pretrained({str(path)!r})
+        print("loaded", type(config).__name__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "bare KeyError 'GATED_PROMPT'" in result.stdout
+    assert "loaded GatedPromptConfig" in result.stdout
+
+
+def test_registration_is_idempotent():
+    import importlib
+
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    importlib.reload(gated_vpt.registration)
+    gated_vpt.register("gated_prompt", GatedPromptConfig, gated_vpt.GatedPromptModel, prefix="gpt_")
+    assert PEFT_TYPE_TO_TUNER_MAPPING["GATED_PROMPT"] is gated_vpt.GatedPromptModel
