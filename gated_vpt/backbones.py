@@ -105,7 +105,7 @@ def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) ->
             return None
         bound.apply_defaults()
         window, dim_size = bound.arguments.get("window_size"), bound.arguments.get("dim_size")
-        if window is None or not isinstance(dim_size, int):
+        if window is None or not isinstance(dim_size, (int, torch.SymInt)):
             return None
         free_len = int(window[0]) * int(window[1]) + 1
         return bound if dim_size > free_len else None
@@ -420,5 +420,6 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
     raise UnsupportedModelError(
         f"{type(model).__name__} has no Vision Transformer block stack that gated-vpt can prompt (found {found}). "
         f"Supported families: {supported_families_text()}. Pass a model of one of these families (a bare encoder, "
-        "an *ForImageClassification head, a Backbone, or a model that contains one)."
+        "an *ForImageClassification head, a Backbone, or a model that contains one); docs/supported_models.md lists "
+        "the tested classes."
     )

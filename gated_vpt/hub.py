@@ -9,17 +9,29 @@ works (importing it imports the package) and checks the adapter before touching 
 one (`library_name: transformers`, no loading instructions). For adapters of our types only, we route
 `push_to_hub` through `push_adapter_to_hub` and add a section to the card that PEFT writes, saying what the adapter
 is and how to load it (import included). Other PEFT adapters are left to PEFT's own code.
+
+Loading and saving go through `gated_vpt.safety` for our adapter types only: PEFT's `from_pretrained` /
+`load_adapter` and transformers' `load_adapter` inject the adapter modules *before* they read the weights file, and
+PEFT falls back to unpickling `adapter_model.bin`; `save_pretrained` writes the files in place. The scoped wrappers
+installed by `install_peft_model_patches` check both files first (refusing pickles unopened), let the tuner check the
+file's tensors against the injected adapter before any value is copied, put the model back exactly as it was if
+anything fails, and make saving atomic. For every other PEFT adapter they call PEFT's / transformers' code unchanged
+(except that an `adapter_config.json` that is not a readable PEFT config at all gets a clear error instead of a
+`JSONDecodeError` / `KeyError`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from huggingface_hub import HfApi
 from peft import PeftConfig, PeftModel
 
+from . import safety
 from .prompt_config import PromptConfigBase
 
 CARD_MARKER = "<!-- gated-vpt adapter -->"
@@ -38,7 +50,9 @@ def from_pretrained(
     `peft.PeftModel.from_pretrained`. Unlike a bare `PeftModel.from_pretrained`, this works without a prior
     `import gated_vpt`, and it refuses an adapter saved for a different backbone before touching the model."""
     hub_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "token", "cache_dir") if k in kwargs}
-    config = PeftConfig.from_pretrained(str(model_id), **hub_kwargs)
+    # Clear errors for a missing or malformed adapter_config.json; PEFT's own reader for Hub repos it cannot reach
+    # here and for other PEFT methods.
+    config = safety.load_adapter_config(model_id, hub_kwargs) or PeftConfig.from_pretrained(str(model_id), **hub_kwargs)
     return PeftModel.from_pretrained(
         model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
     )
@@ -116,10 +130,123 @@ def push_adapter_to_hub(
         )
 
 
+def _arguments(function: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The arguments of a call of `function` by parameter name, `**kwargs` merged in."""
+    bound = inspect.signature(function).bind(*args, **kwargs)
+    arguments = dict(bound.arguments)
+    for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    return arguments
+
+
+def _is_ours(model: PeftModel) -> bool:
+    return any(isinstance(c, PromptConfigBase) for c in (getattr(model, "peft_config", None) or {}).values())
+
+
+def _install_safe_loading() -> None:
+    """Wrap PEFT's `PeftModel.from_pretrained` / `PeftModel.load_adapter` and transformers' `load_adapter` for our
+    adapter types: check the files first, check the tensors against the injected adapter before loading them, and
+    leave the model exactly as it was on any failure (see `gated_vpt.safety`)."""
+    from transformers.integrations.peft import PeftAdapterMixin
+
+    original_from_pretrained = PeftModel.from_pretrained.__func__
+    original_load_adapter = PeftModel.load_adapter
+    original_transformers_load_adapter = PeftAdapterMixin.load_adapter
+
+    @functools.wraps(original_from_pretrained)
+    def from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=False, config=None, **kwargs):
+        def call(config):
+            return original_from_pretrained(cls, model, model_id, adapter_name, is_trainable, config, **kwargs)
+
+        if config is not None and not isinstance(config, PromptConfigBase):
+            return call(config)
+        key_mapping = kwargs.get("key_mapping") or getattr(model, "_checkpoint_conversion_mapping", None)
+        checked = safety.check_adapter_files(model_id, config, safety.hub_kwargs_of(kwargs), key_mapping)
+        if checked is None:  # another PEFT method, or a Hub repo we cannot reach: PEFT's own behaviour
+            return call(config)
+        config, weights = checked
+        with safety.preserved_on_error(model), safety.pending_weights(adapter_name, weights):
+            return call(config)
+
+    @functools.wraps(original_load_adapter)
+    def load_adapter(self, *args, **kwargs):
+        arguments = _arguments(original_load_adapter, self, *args, **kwargs)
+        model_id, adapter_name = arguments["model_id"], arguments["adapter_name"]
+        existing = self.peft_config.get(adapter_name)
+        if existing is not None and not isinstance(existing, PromptConfigBase):
+            return original_load_adapter(self, *args, **kwargs)
+        checked = safety.check_adapter_files(
+            model_id, existing, safety.hub_kwargs_of(arguments), arguments.get("key_mapping")
+        )
+        if checked is None:
+            return original_load_adapter(self, *args, **kwargs)
+        _, weights = checked
+        clone = ()
+        if existing is not None:  # PEFT overwrites this adapter's tensors in place: check them now, keep a copy
+            safety.check_weights_match(self, adapter_name, weights)
+            clone = list(safety.adapter_tensors(self, adapter_name).values())
+        with safety.preserved_on_error(self, clone), safety.pending_weights(adapter_name, weights):
+            return original_load_adapter(self, *args, **kwargs)
+
+    @functools.wraps(original_transformers_load_adapter)
+    def transformers_load_adapter(self, *args, **kwargs):
+        bound = inspect.signature(original_transformers_load_adapter).bind(self, *args, **kwargs)
+        arguments = _arguments(original_transformers_load_adapter, self, *args, **kwargs)
+        config = arguments.get("peft_config")
+        if config is not None and not isinstance(config, PromptConfigBase):
+            return original_transformers_load_adapter(self, *args, **kwargs)
+        model_id = arguments.get("peft_model_id")
+        adapter_name = arguments.get("adapter_name") or "default"
+        state_dict = arguments.get("adapter_state_dict")
+        hub_kwargs = safety.hub_kwargs_of({**(arguments.get("adapter_kwargs") or {}), **arguments})
+        if state_dict is not None:
+            if config is None and model_id is not None:
+                config = safety.load_adapter_config(model_id, hub_kwargs)
+            if not isinstance(config, PromptConfigBase):
+                return original_transformers_load_adapter(self, *args, **kwargs)
+            weights = safety.CheckedWeights("adapter_state_dict", safety.check_tensors(state_dict, "adapter_state_dict"))
+        else:
+            checked = safety.check_adapter_files(model_id, config, hub_kwargs) if model_id is not None else None
+            if checked is None:
+                return original_transformers_load_adapter(self, *args, **kwargs)
+            config, weights = checked
+            load_config = arguments.get("load_config")
+            if arguments.get("use_safetensors") is False or getattr(load_config, "use_safetensors", None) is False:
+                raise safety.pickle_refusal(os.path.join(os.fspath(model_id), "adapter_model.bin"))
+            bound.arguments["peft_config"] = config  # the config checked above, not a second read of the file
+        with safety.preserved_on_error(self), safety.pending_weights(adapter_name, weights):
+            return original_transformers_load_adapter(*bound.args, **bound.kwargs)
+
+    PeftModel.from_pretrained = classmethod(from_pretrained)
+    PeftModel.load_adapter = load_adapter
+    PeftAdapterMixin.load_adapter = transformers_load_adapter
+
+
+def _install_atomic_saving() -> None:
+    original_save = PeftModel.save_pretrained
+
+    @functools.wraps(original_save)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        arguments = _arguments(original_save, self, save_directory, *args, **kwargs)
+        if not _is_ours(self) or not arguments.get("is_main_process", True) or os.path.isfile(save_directory):
+            return original_save(self, save_directory, *args, **kwargs)
+        # PEFT writes the files in place; ours are written to a temporary folder and switched in atomically.
+        # README.md is copied in first because PEFT updates an existing card rather than replacing it.
+        return safety.atomic_save(
+            save_directory, lambda folder: original_save(self, folder, *args, **kwargs), keep=("README.md",)
+        )
+
+    PeftModel.save_pretrained = save_pretrained
+
+
 def install_peft_model_patches() -> None:
-    """Route `save_pretrained`'s card and `push_to_hub` of *our* adapters through this module (idempotent)."""
+    """Route `save_pretrained`'s card and `push_to_hub` of *our* adapters through this module, and loading and
+    saving them through `gated_vpt.safety` (idempotent)."""
     if getattr(PeftModel, "_gated_vpt_patched", False):
         return
+    _install_safe_loading()
+    _install_atomic_saving()
     original_card = PeftModel.create_or_update_model_card
     original_push = PeftModel.push_to_hub
 

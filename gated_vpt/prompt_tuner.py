@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 from .backbones import PromptSite, find_prompt_site
 from .prompt_config import PromptConfigBase
 from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock, remove_prompts
+from .safety import check_pending_weights
 
 
 class IncompatibleBackboneError(ValueError):
@@ -109,6 +110,10 @@ class PromptTuner(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         self._install_hidden_state_hooks()
+        # When this injection is part of loading a saved adapter (the loaders in `gated_vpt.hub` announce the
+        # checked file), the file must hold exactly the tensors just created: checked here, before PEFT or
+        # transformers copy any value. The loader puts the model back as it was if this raises.
+        check_pending_weights(model, adapter_name)
 
     # -- prompt-free outputs -------------------------------------------------------------------------------------
 

@@ -203,6 +203,7 @@ def test_public_api_and_defaults():
         ("cross_layer", 1),
         ("dynamic_aggregation", None),
         ("attentive_reinforcement", 0),
+        ("reinforce_final_block", "no"),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):

@@ -14,6 +14,7 @@ BEiT / Data2Vec relative position biases, Backbone classes), unsupported models,
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -158,12 +159,19 @@ BACKBONE_CLASSES = {"Dinov2Backbone": "dinov2", "DINOv3ViTBackbone": "dinov3"}
 
 def test_docs_claim_only_tested_classes():
     built = {type(TINY_BACKBONES[f](head=h)).__name__ for f in FAMILY_IDS for h in (True, False)}
+    assert all(type(factory()).__name__ == name for name, factory in EXTRA_CLASSES.items())
     claimed = {name for family in FAMILIES for name in family.example_classes}
     assert claimed <= built | set(EXTRA_CLASSES) | set(BACKBONE_CLASSES), claimed - built
 
 
 def test_supported_models_page_is_generated_from_the_registry():
-    assert DOCS_PAGE.read_text(encoding="utf-8") == supported_models_markdown(), (
+    spec = importlib.util.spec_from_file_location(
+        "gen_supported_models", DOCS_PAGE.with_name("gen_supported_models.py")
+    )
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.render() == supported_models_markdown()
+    assert DOCS_PAGE.read_text(encoding="utf-8") == generator.render(), (
         "docs/supported_models.md is out of date: run `python docs/gen_supported_models.py`"
     )
     for family in FAMILIES:
@@ -218,12 +226,12 @@ def test_attention_maps_include_the_prompt_rows_and_columns(family_id, method):
         with model.disable_adapter():
             off = model(x, output_attentions=True).attentions
     assert len(ours) == len(base) == DEPTH
-    for mine, theirs in zip(ours, base):
+    for mine, theirs in zip(ours, base, strict=True):
         batch, heads, length, _ = theirs.shape
         assert (batch, heads) == (2, HEADS)
         assert mine.shape == (batch, heads, length + NUM_PROMPTS, length + NUM_PROMPTS)
         torch.testing.assert_close(mine.sum(-1), torch.ones(mine.shape[:-1]))
-    assert all(torch.equal(a, b) for a, b in zip(off, base))
+    assert all(torch.equal(a, b) for a, b in zip(off, base, strict=True))
 
 
 @pytest.mark.parametrize("family_id", FAMILY_IDS)
@@ -396,11 +404,12 @@ def _strip_prompt_slots(bias: torch.Tensor, start: int = 1) -> torch.Tensor:
     return bias[..., keep, :][..., keep]
 
 
-def _record_outputs(modules: dict[str, torch.nn.Module], store: list, rename=lambda n: n) -> list:
-    return [
-        m.register_forward_hook(lambda mod, args, out, n=rename(n): store.append((n, out.detach().clone())))
-        for n, m in modules.items()
-    ]
+def _record_outputs(modules: dict[str, torch.nn.Module], store: list, rename=None) -> list:
+    def recorder(name: str):
+        return lambda module, args, output: store.append((name, output.detach().clone()))
+
+    rename = rename or (lambda name: name)
+    return [m.register_forward_hook(recorder(rename(n))) for n, m in modules.items()]
 
 
 def _record_block_biases(blocks: list[torch.nn.Module], store: list) -> list:
@@ -457,7 +466,7 @@ def test_relative_position_biases_give_prompts_zero_bias(family_id, size, method
 
     # what the blocks finally see as shared bias / mask: padded with zeros for the prompts
     assert len(ours_received) == len(base_received) == DEPTH
-    for (index, mine), (_, theirs) in zip(ours_received, base_received):
+    for (index, mine), (_, theirs) in zip(ours_received, base_received, strict=True):
         assert mine.shape[-1] == free + NUM_PROMPTS, index
         assert torch.equal(_strip_prompt_slots(mine), theirs), index
     assert ours.last_hidden_state.shape == base.last_hidden_state.shape
@@ -494,16 +503,27 @@ def _tiny_backbone(family_id: str) -> torch.nn.Module:
         from transformers import Dinov2Backbone, Dinov2Config
 
         config = Dinov2Config(
-            image_size=IMAGE_SIZE, patch_size=8, hidden_size=HIDDEN, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-            mlp_ratio=2, out_features=["stage2", "stage4"],
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            hidden_size=HIDDEN,
+            num_hidden_layers=DEPTH,
+            num_attention_heads=HEADS,
+            mlp_ratio=2,
+            out_features=["stage2", "stage4"],
         )
         cls = Dinov2Backbone
     else:
         from transformers import DINOv3ViTBackbone, DINOv3ViTConfig
 
         config = DINOv3ViTConfig(
-            image_size=IMAGE_SIZE, patch_size=8, hidden_size=HIDDEN, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-            intermediate_size=64, num_register_tokens=2, out_features=["stage2", "stage4"],
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            hidden_size=HIDDEN,
+            num_hidden_layers=DEPTH,
+            num_attention_heads=HEADS,
+            intermediate_size=64,
+            num_register_tokens=2,
+            out_features=["stage2", "stage4"],
         )
         cls = DINOv3ViTBackbone
     torch.manual_seed(0)
@@ -520,7 +540,7 @@ def test_backbone_classes_get_prompt_free_feature_maps(family_id, method):
         with model.disable_adapter():
             off = model(x).feature_maps
     assert [f.shape for f in ours] == [f.shape for f in base] == [(2, HIDDEN, 4, 4)] * 2
-    assert all(torch.equal(a, b) for a, b in zip(off, base))
+    assert all(torch.equal(a, b) for a, b in zip(off, base, strict=True))
     assert not torch.allclose(ours[-1], base[-1])
 
 
@@ -555,7 +575,9 @@ def _bert():
 def _swin():
     from transformers import SwinConfig, SwinModel
 
-    config = SwinConfig(image_size=IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
+    config = SwinConfig(
+        image_size=IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4
+    )
     return SwinModel(config), {"pixel_values": pixel_values()}
 
 

@@ -258,7 +258,9 @@ def tiny_data2vec_vision(head: bool = True, attn_implementation: Optional[str] =
 def tiny_vit_msn(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
     from transformers import ViTMSNConfig, ViTMSNForImageClassification, ViTMSNModel
 
-    return _build(ViTMSNConfig, ViTMSNModel, ViTMSNForImageClassification, head, attn_implementation, intermediate_size=64)
+    return _build(
+        ViTMSNConfig, ViTMSNModel, ViTMSNForImageClassification, head, attn_implementation, intermediate_size=64
+    )
 
 
 def tiny_ijepa(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:

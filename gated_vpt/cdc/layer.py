@@ -8,9 +8,10 @@ For the prompted blocks s..e of an adapter (D = width, N_p = prompts, P_l in R^{
   ``P^_l = alpha_l * Z_{l-1} + (1 - alpha_l) * Dropout(P_l)`` where, with cross-layer connection (CDC) and dynamic
   aggregation (DA), ``alpha_l = sigmoid(w_l^T [Z_{l-1}; Dropout(P_l)] + b_l)`` per sample and prompt token; with CDC
   but no DA ``alpha_l = sigmoid(b_l)``; without CDC ``alpha_l = 0`` (VPT-deep);
-- attentive reinforcement (AR), in every prompted block: the CLS token's attention to the patch tokens (softmax over
-  all keys of q_cls . k / sqrt(d_h), mean over heads) ranks them; ``lambda_l * mean(prompt outputs of block l)`` is
-  added to the top ``ceil(rho * N_patches)`` of them at the block output. The selection carries no gradient.
+- attentive reinforcement (AR), in every prompted block (the backbone's final block only with
+  `reinforce_final_block`): the CLS token's attention to the patch tokens (softmax over all keys of
+  q_cls . k / sqrt(d_h), mean over heads) ranks them; ``lambda_l * mean(prompt outputs of block l)`` is added to the
+  top ``ceil(rho * N_patches)`` of them at the block output. The selection carries no gradient.
 
 How AR stays cheap and consistent with transformers:
 
@@ -92,17 +93,24 @@ def cls_attention_logits(
     query_cls: torch.Tensor, keys: torch.Tensor, head_dim: int, scaling: float, rotary: Optional[tuple] = None
 ) -> torch.Tensor:
     """q_cls . k * scaling per head: ``[B, H*d] x [B, T, H*d] -> [B, H, T]`` in float32. With `rotary` = (cos, sin)
-    for the last ``cos.shape[-2]`` tokens, those keys are rotated first (the CLS query, a prefix token, is not)."""
+    for the last ``cos.shape[-2]`` tokens, those keys are rotated first (the CLS query, a prefix token, is not).
+
+    One batched matrix product of the keys as they are (``[B, T, H*d]``, no copy) with a block-diagonal
+    ``[B, H*d, H]`` matrix holding each head's slice of the CLS query in its own column."""
     batch, length, width = keys.shape
     heads = width // head_dim
-    q = query_cls.float().reshape(batch, heads, 1, head_dim)
-    k = keys.float().reshape(batch, length, heads, head_dim).transpose(1, 2)  # [B, H, T, d]
+    keys = keys.float()
     if rotary is not None:
         cos, sin = (t.float() for t in rotary)
         rotated = cos.shape[-2]
+        k = keys.reshape(batch, length, heads, head_dim).transpose(1, 2)  # [B, H, T, d], as the attention rotates
         k_prefix, k_rot = k.split((length - rotated, rotated), dim=-2)
         k = torch.cat((k_prefix, k_rot * cos + _rotate_half(k_rot) * sin), dim=-2)
-    return (q @ k.transpose(-1, -2)).squeeze(2) * scaling
+        keys = k.transpose(1, 2).reshape(batch, length, width)
+    head_of_channel = torch.arange(width, device=keys.device) // head_dim
+    selector = (head_of_channel.unsqueeze(1) == torch.arange(heads, device=keys.device)).to(keys.dtype)  # [H*d, H]
+    block_diagonal_query = query_cls.float().unsqueeze(-1) * selector  # [B, H*d, H]
+    return (torch.bmm(keys, block_diagonal_query) * scaling).transpose(1, 2)
 
 
 def _argument_positions(module: nn.Module, names: tuple[str, ...]) -> dict[str, Optional[int]]:
@@ -344,8 +352,9 @@ class CDCPromptBlock(PromptBlock):
         scores = self.cls_attention(adapter, logits, terms)
         k = num_reinforced(role.config.reinforce_ratio, num_patches)
         top = scores[:, patch_start:].topk(k, dim=1, sorted=False).indices + patch_start  # [B, k], no gradient
+        selected = hidden.new_zeros(hidden.shape[0], hidden.shape[1], 1).scatter_(1, top.unsqueeze(-1), 1.0)
         prompt_mean = hidden[:, self.num_prefix_tokens : patch_start].mean(dim=1)  # [B, D]
         delta = self.cdc_reinforce_scales[adapter].to(hidden.dtype) * prompt_mean
-        index = top.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        hidden = hidden.scatter_add(1, index, delta.unsqueeze(1).expand(-1, k, -1))
+        # One fused pass: hidden + selected * delta. Unselected tokens get + 0 (bit-exact), selected ones + delta.
+        hidden = torch.addcmul(hidden, selected, delta.unsqueeze(1))
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
