@@ -21,6 +21,25 @@ from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, replace
 from .config import GatedPromptConfig
 
 
+class _DivideByTemperature(torch.autograd.Function):
+    """`query / tau` that saves its *output* for backward instead of its input.
+
+    Plain division would keep the unscaled query alive for tau's gradient. The scaled query is what attention saves
+    anyway, so reusing it makes the temperature free in activation memory: d(q / tau)/d tau = -(q / tau) / tau.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        scaled = query / temperature
+        ctx.save_for_backward(scaled, temperature)
+        return scaled
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled, temperature = ctx.saved_tensors
+        return grad / temperature, -(grad * scaled).sum() / temperature
+
+
 class GatedPromptBlock(PromptBlock):
     adapter_layer_names = ("gpt_prompts", "gpt_gate_logits", "gpt_temperatures")
 
@@ -80,7 +99,7 @@ class GatedPromptBlock(PromptBlock):
         adapter = self._active_prompt_adapter()
         if adapter is None or adapter not in self.gpt_temperatures:
             return None
-        return output / self.gpt_temperatures[adapter].to(output.dtype)
+        return _DivideByTemperature.apply(output, self.gpt_temperatures[adapter].to(output.dtype))
 
     def _update_prompts(
         self, adapter: str, role: BlockRole, block_input: torch.Tensor, block_output: torch.Tensor
@@ -89,6 +108,9 @@ class GatedPromptBlock(PromptBlock):
             return block_output
         start, stop = self.num_prefix_tokens, self.num_prefix_tokens + role.config.num_prompts
         gate = torch.sigmoid(self.gpt_gate_logits[adapter]).to(block_output.dtype)
-        # lerp is exact at both ends: gate 0 keeps the input prompts, gate 1 takes the block's output.
-        mixed = torch.lerp(block_input[:, start:stop], block_output[:, start:stop], gate)
+        # lerp is exact at both ends: gate 0 keeps the input prompts, gate 1 takes the block's output. It saves its
+        # inputs for backward: contiguous copies of the N_p slots, not views that would keep the whole sequences.
+        before = block_input[:, start:stop].contiguous()
+        after = block_output[:, start:stop].contiguous()
+        mixed = torch.lerp(before, after, gate)
         return replace_prompts(block_output, mixed, start)
