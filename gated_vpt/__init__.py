@@ -14,6 +14,7 @@ from .prompt_config import ConfigError
 from .prompt_layer import MergeNotSupportedError
 from .prompt_tuner import IncompatibleBackboneError
 from .registration import CDC_PROMPT, GATED_PROMPT, register
+from .safety import AdapterConfigError, AdapterFileError, AdapterWeightsError, UnsafeAdapterFileError
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,10 @@ register("cdc_prompt", CDCPromptConfig, CDCPromptModel, prefix=CDCPromptModel.pr
 install_peft_model_patches()
 
 __all__ = [
+    "AdapterConfigError",
+    "AdapterFileError",
+    "AdapterWeightsError",
+    "UnsafeAdapterFileError",
     "CDCPromptConfig",
     "CDCPromptModel",
     "CDC_PROMPT",

@@ -22,17 +22,20 @@ anything fails, and make saving atomic. For every other PEFT adapter they call P
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import tempfile
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from huggingface_hub import HfApi
 from peft import PeftConfig, PeftModel
 
 from . import safety
 from .prompt_config import PromptConfigBase
+from .prompt_tuner import IncompatibleBackboneError
 
 CARD_MARKER = "<!-- gated-vpt adapter -->"
 CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft")
@@ -140,6 +143,19 @@ def _arguments(function: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return arguments
 
 
+@contextlib.contextmanager
+def _naming_the_file(weights: safety.CheckedWeights):
+    """Add the adapter's config file to the tuner's `IncompatibleBackboneError` (the tuner never sees paths)."""
+    try:
+        yield
+    except IncompatibleBackboneError as error:
+        folder = os.path.dirname(weights.path)
+        config_path = os.path.join(folder, safety.CONFIG_NAME)
+        if not folder or str(error).startswith(config_path):
+            raise
+        raise IncompatibleBackboneError(f"{config_path}: {error}") from None
+
+
 def _is_ours(model: PeftModel) -> bool:
     return any(isinstance(c, PromptConfigBase) for c in (getattr(model, "peft_config", None) or {}).values())
 
@@ -166,7 +182,7 @@ def _install_safe_loading() -> None:
         if checked is None:  # another PEFT method, or a Hub repo we cannot reach: PEFT's own behaviour
             return call(config)
         config, weights = checked
-        with safety.preserved_on_error(model), safety.pending_weights(adapter_name, weights):
+        with _naming_the_file(weights), safety.preserved_on_error(model), safety.pending_weights(adapter_name, weights):
             return call(config)
 
     @functools.wraps(original_load_adapter)
@@ -186,7 +202,11 @@ def _install_safe_loading() -> None:
         if existing is not None:  # PEFT overwrites this adapter's tensors in place: check them now, keep a copy
             safety.check_weights_match(self, adapter_name, weights)
             clone = list(safety.adapter_tensors(self, adapter_name).values())
-        with safety.preserved_on_error(self, clone), safety.pending_weights(adapter_name, weights):
+        with (
+            _naming_the_file(weights),
+            safety.preserved_on_error(self, clone),
+            safety.pending_weights(adapter_name, weights),
+        ):
             return original_load_adapter(self, *args, **kwargs)
 
     @functools.wraps(original_transformers_load_adapter)
@@ -205,7 +225,9 @@ def _install_safe_loading() -> None:
                 config = safety.load_adapter_config(model_id, hub_kwargs)
             if not isinstance(config, PromptConfigBase):
                 return original_transformers_load_adapter(self, *args, **kwargs)
-            weights = safety.CheckedWeights("adapter_state_dict", safety.check_tensors(state_dict, "adapter_state_dict"))
+            weights = safety.CheckedWeights(
+                "adapter_state_dict", safety.check_tensors(state_dict, "adapter_state_dict")
+            )
         else:
             checked = safety.check_adapter_files(model_id, config, hub_kwargs) if model_id is not None else None
             if checked is None:
@@ -213,9 +235,13 @@ def _install_safe_loading() -> None:
             config, weights = checked
             load_config = arguments.get("load_config")
             if arguments.get("use_safetensors") is False or getattr(load_config, "use_safetensors", None) is False:
-                raise safety.pickle_refusal(os.path.join(os.fspath(model_id), "adapter_model.bin"))
+                raise safety.UnsafeAdapterFileError(
+                    f"{model_id}: `use_safetensors=False` asks transformers to load the pickle file adapter_model.bin "
+                    "first; gated-vpt never loads pickle weight files (unpickling runs code from the file). Drop "
+                    "`use_safetensors=False`: the adapter is read from adapter_model.safetensors."
+                )
             bound.arguments["peft_config"] = config  # the config checked above, not a second read of the file
-        with safety.preserved_on_error(self), safety.pending_weights(adapter_name, weights):
+        with _naming_the_file(weights), safety.preserved_on_error(self), safety.pending_weights(adapter_name, weights):
             return original_transformers_load_adapter(*bound.args, **bound.kwargs)
 
     PeftModel.from_pretrained = classmethod(from_pretrained)

@@ -17,6 +17,11 @@ from peft.config import PeftConfig
 # tokens, and the papers use at most a few hundred prompts.
 MAX_NUM_PROMPTS = 4096
 PROMPT_INITS = ("xavier", "normal")
+# Scalar fields become float32 parameters: a larger magnitude cannot even be stored.
+FLOAT32_MAX = 3.4028234663852886e38
+# Attention temperatures divide the queries: below this the logits overflow (a temperature that rounds to 0 in float32
+# gives inf, then NaN). The default range starts at 0.01.
+MIN_TEMPERATURE = 1e-4
 
 
 class ConfigError(ValueError):
@@ -25,7 +30,13 @@ class ConfigError(ValueError):
 
 def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ConfigError(f"`{field_name}` must be {allowed}; got {value!r}.")
+        raise ConfigError(f"`{field_name}` must be {allowed}; got {_short_repr(value)}.")
+
+
+def _short_repr(value: Any, limit: int = 100) -> str:
+    # A value read from a hostile adapter_config.json can be a megabyte long: show its start only.
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _is_int(value: Any) -> bool:
@@ -34,6 +45,14 @@ def _is_int(value: Any) -> bool:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A real number that is finite as a float (an int too large for a float is not: `math.isfinite` would raise)."""
+    try:
+        return _is_real(value) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -130,10 +149,18 @@ def check_temperature_range(value: Any) -> tuple[float, float]:
     ok = (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(_is_real(v) and math.isfinite(v) for v in value)
+        and all(_is_finite(v) for v in value)
         and 0.0 < value[0] <= value[1]
+        and MIN_TEMPERATURE <= value[0]
+        and value[1] <= FLOAT32_MAX
     )
-    _require(ok, "temperature_range", value, "a pair (low, high) of finite numbers with 0 < low <= high")
+    _require(
+        ok,
+        "temperature_range",
+        value,
+        f"a pair (low, high) of finite numbers with 0 < low <= high, low >= {MIN_TEMPERATURE:g} (smaller temperatures "
+        f"overflow the attention logits) and high <= {FLOAT32_MAX:.6g}",
+    )
     return float(value[0]), float(value[1])
 
 
@@ -143,5 +170,10 @@ def check_bool(value: Any, field_name: str) -> bool:
 
 
 def check_finite(value: Any, field_name: str) -> float:
-    _require(_is_real(value) and math.isfinite(value), field_name, value, "a finite number")
+    _require(
+        _is_finite(value) and abs(value) <= FLOAT32_MAX,
+        field_name,
+        value,
+        f"a finite number within float32 range (|x| <= {FLOAT32_MAX:.6g})",
+    )
     return float(value)

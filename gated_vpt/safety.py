@@ -31,7 +31,6 @@ import ctypes.util
 import dataclasses
 import errno
 import json
-import math
 import os
 import shutil
 import stat
@@ -100,9 +99,15 @@ def _looks_local(model_id: str) -> bool:
     return os.path.isabs(model_id) or model_id.startswith(("./", "../", "~", ".\\", "..\\")) or os.path.exists(model_id)
 
 
-def locate(model_id: str | os.PathLike, filename: str, hub_kwargs: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+def locate(
+    model_id: str | os.PathLike,
+    filename: str,
+    hub_kwargs: Optional[Mapping[str, Any]] = None,
+    download: bool = True,
+) -> Optional[str]:
     """Path of `filename` of the adapter at `model_id` (a folder, or a Hub repo: downloaded into the cache as PEFT
-    would), or None if it has no such file. Raises `_Unresolvable` when the Hub cannot answer."""
+    would), or None if it has no such file. With `download=False` a Hub file is only looked up (its repo path is
+    returned). Raises `_Unresolvable` when the Hub cannot answer."""
     hub_kwargs = dict(hub_kwargs or {})
     model_id = os.fspath(model_id)
     subfolder = hub_kwargs.pop("subfolder", None)
@@ -119,9 +124,13 @@ def locate(model_id: str | os.PathLike, filename: str, hub_kwargs: Optional[Mapp
             f"{WEIGHTS_NAME}), or a Hub repo id."
         )
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import file_exists, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
+        if not download:
+            repo_path = f"{subfolder}/{filename}" if subfolder else filename
+            found = file_exists(model_id, repo_path, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+            return f"{model_id}/{repo_path}" if found else None
         try:
             return hf_hub_download(model_id, filename, subfolder=subfolder, **hub_kwargs)
         except EntryNotFoundError:
@@ -270,13 +279,33 @@ def build_config(data: Mapping[str, Any], path: str) -> Optional[PromptConfigBas
     kwargs = dict(data)
     kwargs.pop("runtime_config", None)
     try:
-        return config_cls.from_peft_type(**config_cls.check_kwargs(**kwargs))
+        config = config_cls.from_peft_type(**config_cls.check_kwargs(**kwargs))
     except ConfigError as error:
         raise AdapterConfigError(
             f"{path}: {error} Fix the value in the file, or save the adapter again with `model.save_pretrained`."
         ) from None
     except (TypeError, ValueError) as error:
         raise _config_error(path, f"holds values {config_cls.__name__} cannot take ({error})") from None
+    _check_prompted_blocks(config, data["backbone"], path)
+    return config
+
+
+def _check_prompted_blocks(config: PromptConfigBase, backbone: Mapping[str, Any], path: str) -> None:
+    """`layers_to_transform` must fit the recorded backbone and give the recorded prompted blocks."""
+    depth = backbone["num_hidden_layers"]
+    layers = config.layers_to_transform
+    first, last = (0, depth - 1) if layers is None else (layers[0], layers[-1])
+    if last >= depth:
+        raise _config_error(
+            path,
+            f"`layers_to_transform` {layers} lies outside the {depth} blocks of the backbone recorded in `backbone`",
+        )
+    if list(backbone["prompted_blocks"]) != [first, last]:
+        raise _config_error(
+            path,
+            f"`backbone.prompted_blocks` {backbone['prompted_blocks']} does not match `layers_to_transform` "
+            f"{layers} (blocks {first}-{last})",
+        )
 
 
 def load_adapter_config(
@@ -351,12 +380,12 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, t
     shapes = {}
     for key, tensor in tensors.items():
         if not torch.is_tensor(tensor):
-            raise _weights_error(path, f"`{key}` is a {type(tensor).__name__}, not a tensor")
+            raise _weights_error(path, f"`{_strip(key)}` is a {type(tensor).__name__}, not a tensor")
         if not tensor.is_floating_point():
             raise _weights_error(
                 path,
-                f"tensor `{key}` has dtype {tensor.dtype}; adapter weights are floating point (the file is damaged "
-                "or not an adapter)",
+                f"tensor `{_strip(key)}` has dtype {tensor.dtype}; adapter weights are floating point (the file is "
+                "damaged or not an adapter)",
             )
         if tensor.device.type != "meta":
             finite = torch.isfinite(tensor)
@@ -365,8 +394,8 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, t
                 kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
                 raise _weights_error(
                     path,
-                    f"tensor `{key}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in "
-                    "training or the file is damaged, and it would only produce NaN outputs",
+                    f"tensor `{_strip(key)}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in "
+                    "training or the file is damaged, and it would only produce NaN / infinite outputs",
                     "Use an earlier checkpoint, or train again (e.g. with a lower learning rate).",
                 )
         shapes[_strip(key)] = tuple(tensor.shape)
@@ -390,8 +419,8 @@ def check_weights_file(path: str) -> dict[str, tuple[int, ...]]:
                 if dtype not in FLOAT_DTYPES:
                     raise _weights_error(
                         path,
-                        f"tensor `{key}` has dtype {dtype}; adapter weights are floating point (the file is damaged "
-                        "or not an adapter)",
+                        f"tensor `{_strip(key)}` has dtype {dtype}; adapter weights are floating point (the file is "
+                        "damaged or not an adapter)",
                     )
                 tensors[key] = file.get_tensor(key)
     except AdapterWeightsError:
@@ -424,7 +453,7 @@ def check_adapter_files(
         path = locate(model_id, WEIGHTS_NAME, hub_kwargs)
         if path is None:
             for name in PICKLE_WEIGHTS_NAMES:
-                pickle_path = locate(model_id, name, hub_kwargs)
+                pickle_path = locate(model_id, name, hub_kwargs, download=False)
                 if pickle_path is not None:
                     raise pickle_refusal(pickle_path)
     except _Unresolvable:
@@ -496,7 +525,7 @@ def check_weights_match(model: nn.Module, adapter_name: str, weights: CheckedWei
         raise _weights_error(
             weights.path,
             f"holds tensors that are not part of the adapter described by {CONFIG_NAME}: {_fmt_keys(unexpected)} "
-            "(refused: nothing outside the adapter, e.g. the frozen backbone, is ever loaded from an adapter file)",
+            "(refused: nothing outside the adapter, such as the frozen backbone, is ever loaded from an adapter file)",
             fix,
         )
     missing = set(expected) - set(found)
@@ -509,7 +538,9 @@ def check_weights_match(model: nn.Module, adapter_name: str, weights: CheckedWei
         )
     wrong = sorted(k for k in expected if expected[k] != found[k])
     if wrong:
-        details = "; ".join(f"`{k}` is {list(found[k])} in the file, {list(expected[k])} in the adapter" for k in wrong[:3])
+        details = "; ".join(
+            f"`{k}` is {list(found[k])} in the file, {list(expected[k])} in the adapter" for k in wrong[:3]
+        )
         raise _weights_error(
             weights.path, f"tensor shapes do not match the adapter described by {CONFIG_NAME}: {details}", fix
         )
@@ -648,9 +679,9 @@ def exchange_directories(first: str, second: str) -> None:
         raise OSError(code, os.strerror(code), first, None, second)
 
 
-def _fsync_tree(root: str) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
+def _fsync_tree(root: str, files: bool = True) -> None:
+    for folder, _, names in os.walk(root):
+        for name in names if files else ():
             path = os.path.join(folder, name)
             if os.path.islink(path):
                 continue
@@ -703,16 +734,26 @@ def atomic_save(save_directory: str | os.PathLike, write: Callable[[str], Any], 
     - Entries of the old folder that `write` did not produce are kept (hard-linked into the new folder), so saving
       into a folder with other files (a Trainer checkpoint, other adapters) loses nothing. The files named in `keep`
       are copied in *before* `write` runs (e.g. README.md, which PEFT updates rather than replaces).
-    - On Linux the switch is one `renameat2(RENAME_EXCHANGE)`: a reader, or a crash at any moment, sees the complete
-      old folder or the complete new one. Elsewhere (or on a file system without it) the switch is two renames: the
-      old folder moves to `.<name>.gated-vpt-old-*`, the new one takes its place; if the second rename fails the old
-      folder is moved back. A crash between the two leaves the complete old folder under that backup name.
+    - The switch (`_switch_folder`): on Linux one `renameat2(RENAME_EXCHANGE)`: a reader, or a crash at any moment,
+      sees the complete old folder or the complete new one. Elsewhere (or on a file system without it) two renames:
+      the old folder moves to `.<name>.gated-vpt-old-*`, the new one takes its place, and if that fails the old
+      folder is moved back; a crash between the two leaves the complete old folder under that backup name.
+    - A folder that cannot be replaced as a whole (it is the current working directory or contains it, it is a
+      mount point, or its parent is not writable) gets the new files one by one instead (`_replace_files`): each file
+      is complete at every moment and an exception restores the old ones, but a hard crash between two renames can
+      leave new weights next to the old config.
     """
     target = os.path.realpath(os.fspath(save_directory))
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     existed = os.path.isdir(target)
-    staging = tempfile.mkdtemp(prefix=f".{name}.gated-vpt-save-", dir=parent)
+    whole_folder = not (existed and _contains_cwd(target))
+    try:
+        staging = tempfile.mkdtemp(prefix=f".{name}.gated-vpt-save-", dir=parent if whole_folder else target)
+    except OSError:
+        if not existed:
+            raise
+        staging, whole_folder = tempfile.mkdtemp(prefix=".gated-vpt-save-", dir=target), False  # parent read-only
     try:
         os.chmod(staging, _directory_mode(target if existed else None, staging))
         for entry in keep:
@@ -720,16 +761,12 @@ def atomic_save(save_directory: str | os.PathLike, write: Callable[[str], Any], 
             if existed and os.path.isfile(source):
                 shutil.copy2(source, os.path.join(staging, entry))
         result = write(staging)
-        if existed:
-            _merge_untouched(target, staging)
+        written = _files_under(staging)
         _fsync_tree(staging)
         if not existed:
             os.rename(staging, target)  # atomic; fails if the folder appeared meanwhile
-        else:
-            try:
-                exchange_directories(staging, target)
-            except ExchangeUnsupported:
-                _switch_by_renames(staging, target)
+        elif not (whole_folder and _switch_folder(staging, target)):
+            _replace_files(staging, target, written)
         _fsync_dir(parent)
         return result
     finally:
@@ -737,17 +774,84 @@ def atomic_save(save_directory: str | os.PathLike, write: Callable[[str], Any], 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _switch_by_renames(staging: str, target: str) -> None:
+# errno values of a rename that cannot move this folder at all (nothing was changed): fall back to file by file.
+_CANNOT_MOVE = (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _switch_folder(staging: str, target: str) -> bool:
+    """Replace `target` by `staging` as a whole (after giving `staging` the entries the save did not write).
+    False if the folder cannot be moved (then nothing was changed)."""
+    _merge_untouched(target, staging)
+    _fsync_tree(staging, files=False)  # the new directory entries (the files' data was synced before)
+    try:
+        exchange_directories(staging, target)
+        return True
+    except ExchangeUnsupported:
+        pass
+    except OSError as error:
+        if error.errno in _CANNOT_MOVE:
+            return False
+        raise
     parent, name = os.path.split(target)
     backup = tempfile.mkdtemp(prefix=f".{name}.gated-vpt-old-", dir=parent)
     os.rmdir(backup)
-    os.rename(target, backup)
+    try:
+        os.rename(target, backup)
+    except OSError as error:
+        if error.errno in _CANNOT_MOVE:
+            return False
+        raise
     try:
         os.rename(staging, target)
     except BaseException:
         os.rename(backup, target)
         raise
     os.rename(backup, staging)  # removed with the staging folder by the caller
+    return True
+
+
+def _replace_files(staging: str, target: str, written: list[str]) -> None:
+    """Move the files the save wrote into `target` one by one (weights first, then configs, then the rest), each with
+    an atomic `os.replace`; on any exception put back the files already replaced."""
+
+    def order(relative: str) -> tuple[int, str]:
+        base = os.path.basename(relative)
+        return (0 if base.endswith(".safetensors") else 1 if base == CONFIG_NAME else 2, relative)
+
+    backup = tempfile.mkdtemp(prefix=".gated-vpt-old-", dir=staging)
+    replaced: list[tuple[str, bool]] = []
+    try:
+        for relative in sorted(written, key=order):
+            destination = os.path.join(target, relative)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            had_old = os.path.isfile(destination)
+            if had_old:
+                kept = os.path.join(backup, relative)
+                os.makedirs(os.path.dirname(kept), exist_ok=True)
+                _link_or_copy(destination, kept)
+            os.replace(os.path.join(staging, relative), destination)
+            replaced.append((relative, had_old))
+    except BaseException:
+        for relative, had_old in reversed(replaced):
+            destination = os.path.join(target, relative)
+            if had_old:
+                os.replace(os.path.join(backup, relative), destination)
+            else:
+                os.remove(destination)
+        raise
+
+
+def _files_under(root: str) -> list[str]:
+    return [os.path.relpath(os.path.join(folder, name), root) for folder, _, files in os.walk(root) for name in files]
+
+
+def _contains_cwd(folder: str) -> bool:
+    """Whether the current working directory is `folder` or inside it (swapping the folder would strand it)."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:
+        return False
+    return cwd == folder or cwd.startswith(folder + os.sep)
 
 
 def _directory_mode(existing: Optional[str], scratch: str) -> int:

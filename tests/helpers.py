@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gated_vpt import find_prompt_site
+from gated_vpt.prompt_layer import pad_for_prompts
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:
@@ -28,20 +29,26 @@ def vpt_reference(base: nn.Module, prompts_per_block: dict[int, torch.Tensor], l
     """Run `base` (an unwrapped copy) as VPT with forward hooks: at each block in `prompts_per_block` the prompt
     slots are inserted (first block) or replaced (later blocks) by the given `[N_p, D]` tensor; after block `last`
     they are dropped. One entry = VPT-shallow, one per block = VPT-deep."""
+    site = find_prompt_site(base)
     blocks = blocks_of(base)
     start = prefix_count(base)
     first = min(prompts_per_block)
-    handles = []
+    # Position biases that the encoder computes for the prompt-free sequence (BEiT, Data2Vec) must give prompt slots
+    # zero bias, as in the adapted model; the family's encoder hooks do that and are not what these tests check.
+    handles = list(site.install_encoder_hooks(base))
 
     def pre_hook(index):
-        def hook(module, args):
+        def hook(module, args, kwargs):
             hidden = args[0]
             prompts = prompts_per_block[index].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+            n = prompts.shape[1]
+            free_len = hidden.shape[1] - (0 if index == first else n)
             if index == first:
                 hidden = torch.cat([hidden[:, :start], prompts, hidden[:, start:]], dim=1)
             else:
-                hidden = torch.cat([hidden[:, :start], prompts, hidden[:, start + prompts.shape[1] :]], dim=1)
-            return (hidden, *args[1:])
+                hidden = torch.cat([hidden[:, :start], prompts, hidden[:, start + n :]], dim=1)
+            pad = lambda v: pad_for_prompts(v, free_len, start, n)  # noqa: E731
+            return (hidden, *map(pad, args[1:])), {k: pad(v) for k, v in kwargs.items()}
 
         return hook
 
@@ -52,8 +59,14 @@ def vpt_reference(base: nn.Module, prompts_per_block: dict[int, torch.Tensor], l
         hidden = torch.cat([hidden[:, :start], hidden[:, start + num_prompts :]], dim=1)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    for index in prompts_per_block:
-        handles.append(blocks[index].register_forward_pre_hook(pre_hook(index)))
+    def pad_hook(module, args, kwargs):
+        free_len = args[0].shape[1] - num_prompts
+        pad = lambda v: pad_for_prompts(v, free_len, start, num_prompts)  # noqa: E731
+        return (args[0], *map(pad, args[1:])), {k: pad(v) for k, v in kwargs.items()}
+
+    for index in range(first, last + 1):
+        hook = pre_hook(index) if index in prompts_per_block else pad_hook
+        handles.append(blocks[index].register_forward_pre_hook(hook, with_kwargs=True))
     handles.append(blocks[last].register_forward_hook(post_hook))
     try:
         yield base

@@ -33,7 +33,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _site(backbone_name: str):
     return find_prompt_site(TINY_BACKBONES[backbone_name](head=True))
 
@@ -82,7 +82,7 @@ def _fill(model: nn.Module, *, scale=None, weight_std=None, bias=None, seed: int
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for block in _blocks(model):
-            for name, p in block.cdc_reinforce_scales.items():
+            for p in block.cdc_reinforce_scales.values():
                 if scale == "random":
                     p.copy_(0.5 + torch.rand((), generator=generator))
                 elif scale is not None:
@@ -143,8 +143,11 @@ def _reference_vpt_deep(backbone_name: str, adapted: nn.Module) -> nn.Module:
     for i, wrapper in enumerate(prompted):
         role = wrapper.prompt_roles["default"]
         stack[role.index] = _ReferenceVPTDeepBlock(
-            stack[role.index], wrapper.cdc_prompts["default"].detach().clone(), site.num_prefix_tokens,
-            first=i == 0, last=i == len(prompted) - 1,
+            stack[role.index],
+            wrapper.cdc_prompts["default"].detach().clone(),
+            site.num_prefix_tokens,
+            first=i == 0,
+            last=i == len(prompted) - 1,
         )
     # The adapted model trains its own copy of the head; use the same weights.
     head = adapted.base_model.model.classifier.modules_to_save["default"]
@@ -178,8 +181,12 @@ def _capture_inner(model: nn.Module):
 
 def test_public_api_and_defaults():
     cfg = CDCPromptConfig(
-        num_prompts=10, cross_layer=True, dynamic_aggregation=True, attentive_reinforcement=True,
-        reinforce_ratio=0.25, modules_to_save=["classifier"],
+        num_prompts=10,
+        cross_layer=True,
+        dynamic_aggregation=True,
+        attentive_reinforcement=True,
+        reinforce_ratio=0.25,
+        modules_to_save=["classifier"],
     )
     assert cfg.peft_type == gated_vpt.CDC_PROMPT == peft.PeftType.CDC_PROMPT
     assert cfg.aggregation_bias_init == -4.0 and cfg.reinforce_scale_init == 0.0
@@ -240,8 +247,12 @@ def test_reinforced_token_count():
 def test_parameter_count(backbone_name, layers, cross_layer, dynamic_aggregation, attentive_reinforcement, final):
     attentive_reinforcement = attentive_reinforcement and _has_cls(backbone_name)
     model = _wrap(
-        backbone_name, layers_to_transform=layers, cross_layer=cross_layer, dynamic_aggregation=dynamic_aggregation,
-        attentive_reinforcement=attentive_reinforcement, reinforce_final_block=final,
+        backbone_name,
+        layers_to_transform=layers,
+        cross_layer=cross_layer,
+        dynamic_aggregation=dynamic_aggregation,
+        attentive_reinforcement=attentive_reinforcement,
+        reinforce_final_block=final,
     )
     num_blocks = DEPTH if layers is None else len(layers)
     head = model.base_model.model.classifier.modules_to_save["default"]
@@ -261,12 +272,18 @@ def test_parameter_count(backbone_name, layers, cross_layer, dynamic_aggregation
 
 
 def test_every_parameter_gets_a_gradient(backbone_name):
-    # Heads that read only CLS / distillation tokens (ViT, DeiT, CLIP) never use the final block's AR: it is not created
-    # with `reinforce_final_block=False`, so every parameter left gets a gradient (what DDP checks).
+    # Heads that read only CLS / distillation tokens (ViT, DeiT, CLIP) give the final block's lambda an all-zero
+    # gradient; with `reinforce_final_block=False` it is not created, and every parameter left gets a non-zero one.
     model = _wrap(backbone_name, reinforce_final_block=False)
     head = model.base_model.model.classifier.modules_to_save["default"]
     lambdas = (DEPTH - 1) if _has_cls(backbone_name) else 0
-    expected = NUM_PROMPTS * HIDDEN * DEPTH + (DEPTH - 1) * (2 * HIDDEN + 1) + lambdas + head.weight.numel() + head.bias.numel()
+    expected = (
+        NUM_PROMPTS * HIDDEN * DEPTH
+        + (DEPTH - 1) * (2 * HIDDEN + 1)
+        + lambdas
+        + head.weight.numel()
+        + head.bias.numel()
+    )
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
     _fill(model, scale="random", weight_std=0.1)
     model.train()
@@ -317,9 +334,7 @@ def test_aggregation_with_alpha_zero_equals_vpt_deep_exactly(backbone_name, dyna
         assert torch.equal(model(images).logits, reference(images).logits)
 
 
-@pytest.mark.parametrize(
-    "backbone_name, dynamic_aggregation", [(n, True) for n in REPRESENTATIVE] + [("vit", False)]
-)
+@pytest.mark.parametrize("backbone_name, dynamic_aggregation", [(n, True) for n in REPRESENTATIVE] + [("vit", False)])
 def test_default_init_mixes_with_sigmoid_of_bias(backbone_name, dynamic_aggregation):
     # At the default init (w = 0, b = -4, lambda = 0) the only difference from VPT-deep is that every block after the
     # first sees P_l + sigmoid(-4) (Z_{l-1} - P_l) instead of P_l: |difference| <= 0.018 |Z_{l-1} - P_l|.
@@ -331,7 +346,7 @@ def test_default_init_mixes_with_sigmoid_of_bias(backbone_name, dynamic_aggregat
     for handle in handles:
         handle.remove()
     alpha = torch.sigmoid(torch.tensor(-4.0))
-    for previous, record in zip(records, records[1:]):
+    for previous, record in zip(records, records[1:], strict=False):
         z = previous["output"][:, start : start + NUM_PROMPTS]
         own = record["wrapper"].cdc_prompts["default"].detach()
         entering = record["input"][:, start : start + NUM_PROMPTS]
@@ -353,7 +368,7 @@ def test_dynamic_aggregation_is_input_conditioned(backbone_name):
         model(torch.cat([pixel_values(batch=1, seed=1), 3 * pixel_values(batch=1, seed=2)]))
     for handle in handles:
         handle.remove()
-    for previous, record in zip(records, records[1:]):
+    for previous, record in zip(records, records[1:], strict=False):
         block = record["wrapper"]
         z = previous["output"][:, start : start + NUM_PROMPTS]
         own = block.cdc_prompts["default"].detach().expand_as(z)
@@ -399,7 +414,9 @@ def test_attentive_reinforcement_adds_to_the_top_cls_attended_patches(backbone_n
     ratio = 0.25
     model = _wrap(backbone_name, reinforce_ratio=ratio).eval()
     assert all(
-        m.config._attn_implementation == "sdpa" for m in model.modules() if hasattr(m, "config") and hasattr(m, "base_model_prefix")
+        m.config._attn_implementation == "sdpa"
+        for m in model.modules()
+        if hasattr(m, "config") and hasattr(m, "base_model_prefix")
     )
     _fill(model, scale="random", weight_std=0.1)
     start = _start(backbone_name)
@@ -443,7 +460,9 @@ def test_recorded_hidden_states_are_what_the_next_block_receives(backbone_name):
     for wrapper in wrappers:
         handles.append(wrapper.register_forward_pre_hook(lambda m, a: inputs.append(a[0])))
     final = []
-    handles.append(wrappers[-1].register_forward_hook(lambda m, a, o: final.append(o[0] if isinstance(o, tuple) else o)))
+    handles.append(
+        wrappers[-1].register_forward_hook(lambda m, a, o: final.append(o[0] if isinstance(o, tuple) else o))
+    )
     with torch.no_grad():
         states = model(pixel_values(batch=2), output_hidden_states=True).hidden_states
     for handle in handles:
@@ -503,7 +522,15 @@ def test_several_adapters(backbone_name):
     images = pixel_values(batch=2)
     with torch.no_grad():
         first = model(images).logits
-        model.add_adapter("other", _config(num_prompts=5, cross_layer=False, layers_to_transform=[1, 2], attentive_reinforcement=_has_cls(backbone_name)))
+        model.add_adapter(
+            "other",
+            _config(
+                num_prompts=5,
+                cross_layer=False,
+                layers_to_transform=[1, 2],
+                attentive_reinforcement=_has_cls(backbone_name),
+            ),
+        )
         assert torch.equal(model(images).logits, first)  # adding does not activate
         model.set_adapter("other")
         other = model(images).logits
@@ -530,7 +557,9 @@ def test_disable_and_unload_give_the_base_model(backbone_name):
         unloaded = model.unload()
         assert not any(isinstance(m, CDCPromptBlock) for m in unloaded.modules())
         for module in unloaded.modules():
-            assert not any(getattr(h, "__self__", None).__class__ is CDCPromptBlock for h in module._forward_hooks.values())
+            assert not any(
+                getattr(h, "__self__", None).__class__ is CDCPromptBlock for h in module._forward_hooks.values()
+            )
         # `unload` keeps the base head (the trained copy lives in the adapter).
         assert torch.equal(unloaded(images).logits, base_logits)
 

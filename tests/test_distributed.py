@@ -4,6 +4,7 @@ same global batch, and DDP's unused-parameter check passes (no parameter without
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,20 @@ import gated_vpt
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
 
-def run(args: list[str], cwd: Path) -> None:
+def run(args: list[str], cwd: Path, timeout: float = 600) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A session of its own, so that on timeout torchrun's workers die with it instead of waiting forever on gloo.
+    process = subprocess.Popen(
+        [sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"timed out after {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
 
 
 METHODS = ["gpt"] + (["cdc"] if hasattr(gated_vpt, "CDCPromptConfig") else [])

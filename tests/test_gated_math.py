@@ -131,7 +131,7 @@ def test_temperature_equals_scaling_the_query_projection(backbone_name):
         for index, tau in taus.items():
             adapter_params(model, "temperatures")[index].fill_(tau)
         for index, tau in taus.items():
-            q_proj = next(m for n, m in blocks_of(reference)[index].named_modules() if n.endswith("q_proj"))
+            q_proj = next(m for n, m in blocks_of(reference)[index].named_modules() if n.endswith(("q_proj", "query")))
             q_proj.weight.div_(tau)
             if q_proj.bias is not None:
                 q_proj.bias.div_(tau)

@@ -9,6 +9,9 @@ from ..prompt_config import ConfigError, PromptConfigBase, check_bool, check_fin
 from ..registration import CDC_PROMPT
 
 
+MAX_REINFORCE_SCALE_INIT = 100.0
+
+
 @dataclass
 class CDCPromptConfig(PromptConfigBase):
     """Deep visual prompts with iVPT's cross-layer dynamic connection (CDC), dynamic aggregation (DA) and attentive
@@ -35,9 +38,10 @@ class CDCPromptConfig(PromptConfigBase):
         reinforce_scale_init: Initial lambda_l. The default 0 makes AR a no-op at initialisation.
         reinforce_final_block: Also apply AR in the backbone's final block (when it is prompted). That block's output
             goes only to the head: with a head that reads only the CLS / distillation tokens (the ViT, DeiT and CLIP
-            classifiers) its lambda never receives a gradient, which DistributedDataParallel reports as an unused
-            parameter. Set False for such heads (no lambda is created there); keep True for heads or dense decoders
-            that read the patch tokens (mean pooling, DINOv2's CLS + mean, segmentation).
+            classifiers) the addition cannot change the output, and that lambda's gradient is always exactly 0 (a
+            dead parameter; DDP still accepts it, the gradient exists). Set False for such heads (no lambda is created
+            there); keep True for heads or dense decoders that read the patch tokens (mean pooling, DINOv2's CLS +
+            mean, segmentation).
         (and the fields of `PromptConfigBase`: num_prompts, prompt_dropout, prompt_init, layers_to_transform,
         modules_to_save.)
     """
@@ -67,6 +71,12 @@ class CDCPromptConfig(PromptConfigBase):
         self.reinforce_final_block = check_bool(self.reinforce_final_block, "reinforce_final_block")
         self.aggregation_bias_init = check_finite(self.aggregation_bias_init, "aggregation_bias_init")
         self.reinforce_scale_init = check_finite(self.reinforce_scale_init, "reinforce_scale_init")
+        if abs(self.reinforce_scale_init) > MAX_REINFORCE_SCALE_INIT:
+            # lambda scales a token-sized vector added to patch tokens: far beyond O(1) it swamps them (1e30 -> NaN)
+            raise ConfigError(
+                f"`reinforce_scale_init` must be a number in [-{MAX_REINFORCE_SCALE_INIT:g}, "
+                f"{MAX_REINFORCE_SCALE_INIT:g}] (AR starts as a no-op at 0); got {self.reinforce_scale_init!r}."
+            )
         ratio = check_finite(self.reinforce_ratio, "reinforce_ratio")
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"`reinforce_ratio` must be a fraction in (0, 1]; got {self.reinforce_ratio!r}.")

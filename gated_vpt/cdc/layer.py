@@ -196,8 +196,8 @@ class CDCPromptBlock(PromptBlock):
         config: CDCPromptConfig = role.config
         device = self._base_device()
         # Only parameters that can receive a gradient are created (DDP's unused-parameter check): the first prompted
-        # block has nothing to aggregate with, w_l exists only with dynamic aggregation, and the final block's lambda
-        # only when the user says the head reads patch tokens (`reinforce_final_block`).
+        # block has nothing to aggregate with, and w_l exists only with dynamic aggregation. The final block's lambda
+        # can be left out for heads that never read patch tokens (`reinforce_final_block=False`).
         self.cdc_prompts[adapter_name] = new_prompt_parameter(
             config.num_prompts, self.hidden_size, self.patch_size, config.prompt_init, device
         )
@@ -303,7 +303,9 @@ class CDCPromptBlock(PromptBlock):
             return None
         query_cls = output[:, self.cls_index].detach()
         if self._ar_keys is not None:
-            self._ar_logits = cls_attention_logits(query_cls, self._ar_keys, self.head_dim, self.scaling, self._ar_rotary)
+            self._ar_logits = cls_attention_logits(
+                query_cls, self._ar_keys, self.head_dim, self.scaling, self._ar_rotary
+            )
             self._ar_keys = None
         else:
             self._ar_query = query_cls

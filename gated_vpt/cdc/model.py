@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import nn
 
 from ..backbones import PromptSite, UnsupportedModelError
 from ..prompt_tuner import PromptTuner
 from .config import CDCPromptConfig
 from .layer import CDCPromptBlock, find_attention_parts
-
-
-def cls_token_index(site: PromptSite) -> Optional[int]:
-    """Position of the CLS token in the sequence, or None when the backbone has none (SigLIP, I-JEPA)."""
-    index = getattr(site.family, "cls_token_index", 0)
-    return index if index is not None and 0 <= index < site.num_prefix_tokens else None
 
 
 class CDCPromptModel(PromptTuner):
@@ -29,7 +21,7 @@ class CDCPromptModel(PromptTuner):
     def _check_config_for_site(self, peft_config: CDCPromptConfig, site: PromptSite) -> None:
         if not peft_config.attentive_reinforcement:
             return
-        if cls_token_index(site) is None:
+        if site.cls_token_index is None:
             raise UnsupportedModelError(
                 "`attentive_reinforcement=True` ranks patch tokens by the CLS token's attention, and this "
                 f"{site.family.name} backbone (model_type {site.model_type!r}) has no CLS token. Set "
@@ -53,7 +45,7 @@ class CDCPromptModel(PromptTuner):
             num_prefix_tokens=site.num_prefix_tokens,
             hidden_size=site.hidden_size,
             patch_size=site.patch_size,
-            cls_index=cls_token_index(site),
+            cls_index=site.cls_token_index,
             # Called before the block is replaced: the stack still holds it.
             final_block=self.model.get_submodule(site.stack_name)[site.depth - 1] is block,
         )

@@ -69,6 +69,9 @@ def main() -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     save_file(state, os.path.join(args.out_dir, f"rank{rank}.safetensors"))
     if distributed:
+        # Without the barrier a rank that finishes first can exit while its peer is still in gloo's teardown,
+        # which then waits forever.
+        dist.barrier()
         dist.destroy_process_group()
 
 
