@@ -51,6 +51,14 @@ PICKLE_WEIGHTS_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.
 # A real adapter_config.json is about 1 KB; refuse to parse a hostile multi-gigabyte one.
 MAX_CONFIG_BYTES = 1 << 20
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+# Integer buffers are legitimate in `modules_to_save` (BatchNorm's `num_batches_tracked` in a segmentation head);
+# the prompt-tuning parameters themselves (`gpt_*`, `cdc_*`) are always floating point.
+INTEGER_DTYPES = ("I64", "I32", "I16", "I8", "U8", "BOOL")
+ADAPTER_PARAMETER_MARKERS = (".gpt_", ".cdc_")
+
+
+def _may_be_integer(key: str) -> bool:
+    return not any(marker in f".{key}" for marker in ADAPTER_PARAMETER_MARKERS)
 # The keys of the `backbone` record every save writes (see `PromptSite.signature`), and their types.
 BACKBONE_FIELDS = {
     "model_type": str,
@@ -373,6 +381,9 @@ def _apply_key_mapping(key: str, key_mapping: Optional[Mapping[str, str]]) -> st
     return key
 
 
+_TORCH_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+
+
 def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, tuple[int, ...]]:
     """dtype and finiteness of every tensor; returns the shapes, keys stripped of `base_model.model.`."""
     if not tensors:
@@ -381,7 +392,7 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, t
     for key, tensor in tensors.items():
         if not torch.is_tensor(tensor):
             raise _weights_error(path, f"`{_strip(key)}` is a {type(tensor).__name__}, not a tensor")
-        if not tensor.is_floating_point():
+        if not tensor.is_floating_point() and not (_may_be_integer(key) and tensor.dtype in _TORCH_INTEGER_DTYPES):
             raise _weights_error(
                 path,
                 f"tensor `{_strip(key)}` has dtype {tensor.dtype}; adapter weights are floating point (the file is "
@@ -416,7 +427,7 @@ def check_weights_file(path: str) -> dict[str, tuple[int, ...]]:
         with safe_open(path, framework="pt") as file:
             for key in file.keys():
                 dtype = file.get_slice(key).get_dtype()
-                if dtype not in FLOAT_DTYPES:
+                if dtype not in FLOAT_DTYPES and not (_may_be_integer(key) and dtype in INTEGER_DTYPES):
                     raise _weights_error(
                         path,
                         f"tensor `{_strip(key)}` has dtype {dtype}; adapter weights are floating point (the file is "
