@@ -23,15 +23,6 @@ from gated_vpt.cdc.layer import CDCPromptBlock, num_reinforced
 NUM_PROMPTS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine every op then waits for the other
-    # thread: one thread makes this file several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @functools.cache
 def _site(backbone_name: str):

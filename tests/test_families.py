@@ -115,15 +115,6 @@ def method(request):
     return request.param
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """The tiny models run ~50x faster on one thread than with torch's default pool when the cores are busy (each op
-    is a few microseconds of work; thread wake-ups dominate)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # the registry and the docs

@@ -39,13 +39,6 @@ MODEL = settings(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Validation: ConfigError exactly for the values the docs exclude

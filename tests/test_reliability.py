@@ -51,14 +51,6 @@ def _quiet():
         yield
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: with one thread each test is several times faster (and kinder to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Shared, built once: pristine tiny models, good adapters, the damaged folders

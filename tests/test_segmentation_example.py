@@ -14,7 +14,6 @@ import torch
 
 import gated_vpt
 
-torch.set_num_threads(1)
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "examples" / "semantic_segmentation.py"
 IMAGE_SIZE = 32
