@@ -109,12 +109,22 @@ def scalar_parameter(value: float, device: Optional[torch.device]) -> nn.Paramet
     return nn.Parameter(torch.full((), float(value), device=device, dtype=torch.float32))
 
 
-def find_query_projection(block: nn.Module) -> Optional[nn.Linear]:
-    """The attention query projection of a transformers ViT block (`q_proj` in transformers 5, `query` before)."""
+# Attribute names of the attention projections: transformers 5 (`q_proj`, `k_proj`) and earlier (`query`, `key`).
+QUERY_NAMES = ("q_proj", "query")
+KEY_NAMES = ("k_proj", "key")
+
+
+def find_projection(block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Linear]:
+    """The first `nn.Linear` in `block` whose attribute name is one of `names` (e.g. `QUERY_NAMES`)."""
     for name, module in block.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "query"):
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names:
             return module
     return None
+
+
+def find_query_projection(block: nn.Module) -> Optional[nn.Linear]:
+    """The attention query projection of a transformers ViT block."""
+    return find_projection(block, QUERY_NAMES)
 
 
 class PromptBlock(nn.Module, BaseTunerLayer):

@@ -40,22 +40,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, replace_prompts, scalar_parameter
+from ..prompt_layer import (
+    KEY_NAMES,
+    QUERY_NAMES,
+    BlockRole,
+    PromptBlock,
+    find_projection,
+    new_prompt_parameter,
+    replace_prompts,
+    scalar_parameter,
+)
 from .config import CDCPromptConfig
 
-QUERY_NAMES = ("q_proj", "query")
-KEY_NAMES = ("k_proj", "key")
 # Arguments of an attention module that carry additive terms on the attention logits, and the rotary embedding.
 LOGIT_TERM_ARGUMENTS = ("attention_mask", "relative_position_bias")
 ROTARY_ARGUMENT = "position_embeddings"
-
-
-def find_projection(block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Linear]:
-    """The first `nn.Linear` in `block` whose attribute name is one of `names` (e.g. the attention key projection)."""
-    for name, module in block.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names:
-            return module
-    return None
 
 
 def find_parent(root: nn.Module, child: nn.Module) -> Optional[nn.Module]:
