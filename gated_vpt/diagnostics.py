@@ -83,7 +83,9 @@ def plot_gate_report(report: list[dict[str, Any]], path: str, title: str = "Lear
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_gate_report needs matplotlib: pip install matplotlib (or gated-vpt[examples]).") from error
+        raise ImportError(
+            "plot_gate_report needs matplotlib: pip install matplotlib (or gated-vpt[examples])."
+        ) from error
 
     blocks = [row["block"] for row in report]
     has_temp = any("temperature" in row for row in report)
@@ -92,7 +94,9 @@ def plot_gate_report(report: list[dict[str, Any]], path: str, title: str = "Lear
     gated = [row for row in report if "gate" in row]
     ax.bar([r["block"] - 0.2 for r in gated], [r["gate"] for r in gated], width=0.4, label="gate g_l")
     ax.bar(
-        [r["block"] + 0.2 for r in gated], [r.get("selection_ratio", 0.0) for r in gated], width=0.4,
+        [r["block"] + 0.2 for r in gated],
+        [r.get("selection_ratio", 0.0) for r in gated],
+        width=0.4,
         label="selection ratio",
     )
     ax.set_xlabel("block")

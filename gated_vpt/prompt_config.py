@@ -131,6 +131,12 @@ class PromptConfigBase(PeftConfig):
                 setattr(self, name, list(value))
         _require(self.backbone is None or isinstance(self.backbone, dict), "backbone", self.backbone, "None or a dict")
 
+    def mixed_batch_layout(self, depth: int) -> tuple:
+        """What must match for two adapters' samples to share one forward in a mixed-adapter batch: the prompt
+        slots and prompted blocks, and the switches that decide which per-block parameters exist. Values that only
+        matter for training (initialisations, dropout) are left out. Subclasses add their switches."""
+        return (type(self).__name__, self.num_prompts, self.prompted_range(depth))
+
     def prompted_range(self, depth: int) -> tuple[int, int]:
         """First and last prompted block for a backbone of `depth` blocks, checked against it."""
         if self.layers_to_transform is None:

@@ -28,6 +28,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .mixed_batch import BatchRoute
 from .prompt_config import PromptConfigBase
 
 
@@ -150,6 +151,7 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self._hook_handles: list[Any] = []
+        self._batch_route: Optional[BatchRoute] = None  # set only while a mixed-adapter batch runs
 
     # -- adapter bookkeeping ---------------------------------------------------------------------------------------
 
@@ -161,10 +163,33 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         """The active adapter if it prompts this block and adapters are enabled, else None."""
         if self._disable_adapters:
             return None
+        route = self._batch_route
+        if route is not None:
+            # One layout per forward: the group's adapters all prompt the same blocks in the same slots.
+            return route.adapters[0] if route.adapters and route.adapters[0] in self.prompt_roles else None
         for name in self.active_adapters:
             if name in self.prompt_roles:
                 return name
         return None
+
+    def routed_adapters(self, adapter: str) -> tuple[str, ...]:
+        """The adapters whose samples this forward runs: `adapter` alone, or a mixed batch's group."""
+        route = self._batch_route
+        return route.adapters if route is not None and route.slots is not None else (adapter,)
+
+    def routed(self, params: nn.ParameterDict, adapter: str) -> torch.Tensor:
+        """`params[adapter]`; in a mixed batch of several adapters, every sample's own adapter's value, stacked along a
+        new leading batch dimension (the gather is differentiable, like indexing)."""
+        route = self._batch_route
+        if route is None or route.slots is None:
+            return params[adapter]
+        return torch.stack([params[name] for name in route.adapters]).index_select(0, route.slots)
+
+    def routed_scalar(self, params: nn.ParameterDict, adapter: str, ndim: int) -> torch.Tensor:
+        """A per-block scalar from `routed`, shaped to broadcast against `ndim`-dimensional batch-first tensors:
+        0-d for one adapter, ``[B, 1, ...]`` in a mixed batch."""
+        value = self.routed(params, adapter)
+        return value if value.dim() == 0 else value.view(-1, *([1] * (ndim - 1)))
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         raise MergeNotSupportedError(MERGE_MESSAGE)

@@ -7,6 +7,8 @@ A method subclasses `PromptTuner` and provides its config class, its block wrapp
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .backbones import PromptSite, find_prompt_site
+from .mixed_batch import mixed_batch_forward
 from .prompt_config import PromptConfigBase
 from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock, remove_prompts
 from .safety import check_pending_weights
@@ -58,6 +61,9 @@ class PromptTuner(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
     _prompt_site: Optional[PromptSite] = None
     _hidden_state_hooks: Optional[list] = None
+    # Set while a mixed-adapter batch runs (`gated_vpt.mixed_batch`): the prompt count of the group being run.
+    _mixed_batch_active: bool = False
+    _routed_num_prompts: Optional[int] = None
 
     # -- resolving the blocks --------------------------------------------------------------------------------------
 
@@ -137,6 +143,8 @@ class PromptTuner(BaseTuner):
         self._hidden_state_hooks = None
 
     def _active_num_prompts(self) -> Optional[int]:
+        if self._mixed_batch_active:
+            return self._routed_num_prompts
         for name in self.active_adapters:
             config = self.peft_config.get(name)
             if isinstance(config, PromptConfigBase):
@@ -160,6 +168,19 @@ class PromptTuner(BaseTuner):
             free_len = output[0].shape[1]
             return tuple(_strip_prompt_states(item, free_len, start, num_prompts) for item in output)
         return None
+
+    # -- mixed-adapter batches ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """`PeftModel.forward` runs the base model inside this context; with `adapter_names` it routes every sample
+        to its own adapter (see `gated_vpt.mixed_batch`)."""
+        adapter_names = kwargs.get("adapter_names")
+        if adapter_names is None:
+            yield
+            return
+        with mixed_batch_forward(self, adapter_names):
+            yield
 
     # -- PEFT behaviours that differ for prompts ---------------------------------------------------------------
 

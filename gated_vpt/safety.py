@@ -59,6 +59,8 @@ ADAPTER_PARAMETER_MARKERS = (".gpt_", ".cdc_")
 
 def _may_be_integer(key: str) -> bool:
     return not any(marker in f".{key}" for marker in ADAPTER_PARAMETER_MARKERS)
+
+
 # The keys of the `backbone` record every save writes (see `PromptSite.signature`), and their types.
 BACKBONE_FIELDS = {
     "model_type": str,

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from ..prompt_config import ConfigError, PromptConfigBase, check_bool, check_finite
 from ..registration import CDC_PROMPT
 
-
 MAX_REINFORCE_SCALE_INIT = 100.0
 
 
@@ -86,3 +85,13 @@ class CDCPromptConfig(PromptConfigBase):
     def uses_aggregation_weights(self) -> bool:
         """Whether blocks after the first own an input-conditioned weight vector w_l (CDC with DA)."""
         return self.cross_layer and self.dynamic_aggregation
+
+    def mixed_batch_layout(self, depth: int) -> tuple:
+        return (
+            *super().mixed_batch_layout(depth),
+            self.cross_layer,
+            self.dynamic_aggregation,
+            self.attentive_reinforcement,
+            self.reinforce_ratio,
+            self.reinforce_final_block,
+        )

@@ -214,8 +214,9 @@ class CDCPromptBlock(PromptBlock):
     # -- prompts: insertion (first block) and cross-layer aggregation (later blocks) ----------------------------
 
     def _own_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        prompts = self.cdc_prompts[adapter].to(hidden_states.dtype)
-        prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+        prompts = self.routed(self.cdc_prompts, adapter).to(hidden_states.dtype)
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
         return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
 
     def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -226,15 +227,17 @@ class CDCPromptBlock(PromptBlock):
         ``[B, N_p, D]``): ``[B, N_p, 1]`` with DA, a 0-d tensor without, None without CDC."""
         if adapter not in self.cdc_aggregation_biases:
             return None
-        bias = self.cdc_aggregation_biases[adapter]
         if adapter not in self.cdc_aggregation_weights:
-            return torch.sigmoid(bias).to(own.dtype)
-        weight = self.cdc_aggregation_weights[adapter]
+            return torch.sigmoid(self.routed_scalar(self.cdc_aggregation_biases, adapter, own.dim())).to(own.dtype)
+        bias = self.routed_scalar(self.cdc_aggregation_biases, adapter, own.dim() - 1)  # against [B, N_p] logits
+        weight = self.routed(self.cdc_aggregation_weights, adapter)
+        if weight.dim() == 2:  # [B, 2D]: one weight vector per sample (a mixed-adapter batch)
+            weight = weight.unsqueeze(1)
         width = own.shape[-1]
         # In float32 (a bf16 backbone would round the logit coarsely), and multiply-and-sum rather than `@`: matmul
         # picks its kernel by `requires_grad`, which would make a loaded (inference-mode) adapter differ from the
         # trained one in the last bit.
-        logits = (previous.float() * weight[:width]).sum(-1) + (own.float() * weight[width:]).sum(-1) + bias
+        logits = (previous.float() * weight[..., :width]).sum(-1) + (own.float() * weight[..., width:]).sum(-1) + bias
         return torch.sigmoid(logits).to(own.dtype).unsqueeze(-1)
 
     def _refresh_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -355,7 +358,7 @@ class CDCPromptBlock(PromptBlock):
         top = scores[:, patch_start:].topk(k, dim=1, sorted=False).indices + patch_start  # [B, k], no gradient
         selected = hidden.new_zeros(hidden.shape[0], hidden.shape[1], 1).scatter_(1, top.unsqueeze(-1), 1.0)
         prompt_mean = hidden[:, self.num_prefix_tokens : patch_start].mean(dim=1)  # [B, D]
-        delta = self.cdc_reinforce_scales[adapter].to(hidden.dtype) * prompt_mean
+        delta = self.routed_scalar(self.cdc_reinforce_scales, adapter, prompt_mean.dim()).to(hidden.dtype) * prompt_mean
         # One fused pass: hidden + selected * delta. Unselected tokens get + 0 (bit-exact), selected ones + delta.
         hidden = torch.addcmul(hidden, selected, delta.unsqueeze(1))
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden

@@ -41,3 +41,6 @@ class GatedPromptConfig(PromptConfigBase):
         self.temperature_range = check_temperature_range(self.temperature_range)
         self.use_gates = check_bool(self.use_gates, "use_gates")
         self.learn_temperature = check_bool(self.learn_temperature, "learn_temperature")
+
+    def mixed_batch_layout(self, depth: int) -> tuple:
+        return (*super().mixed_batch_layout(depth), self.use_gates, self.learn_temperature)

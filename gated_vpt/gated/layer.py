@@ -37,7 +37,10 @@ class _DivideByTemperature(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scaled, temperature = ctx.saved_tensors
-        return grad / temperature, -(grad * scaled).sum() / temperature
+        if temperature.dim() == 0:
+            return grad / temperature, -(grad * scaled).sum() / temperature
+        # One temperature per sample ([B, 1, 1], a mixed-adapter batch): reduce over everything else.
+        return grad / temperature, -(grad * scaled).sum_to_size(temperature.shape) / temperature
 
 
 class GatedPromptBlock(PromptBlock):
@@ -83,23 +86,26 @@ class GatedPromptBlock(PromptBlock):
         return report
 
     def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        prompts = self.gpt_prompts[adapter].to(hidden_states.dtype)
-        prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+        prompts = self.routed(self.gpt_prompts, adapter).to(hidden_states.dtype)
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
         return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
 
     def _before_block(self, adapter: str, role: BlockRole) -> None:
         if adapter in self.gpt_temperatures:
             # The paper's projection of tau onto its range, on the data, not a differentiable op. Done here, not in
             # the query hook, because activation checkpointing re-runs the hook during backward.
-            low, high = role.config.temperature_range
             with torch.no_grad():
-                self.gpt_temperatures[adapter].clamp_(low, high)
+                for name in self.routed_adapters(adapter):
+                    low, high = self.prompt_roles[name].config.temperature_range
+                    self.gpt_temperatures[name].clamp_(low, high)
 
     def _scale_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
         adapter = self._active_prompt_adapter()
         if adapter is None or adapter not in self.gpt_temperatures:
             return None
-        return _DivideByTemperature.apply(output, self.gpt_temperatures[adapter].to(output.dtype))
+        temperature = self.routed_scalar(self.gpt_temperatures, adapter, output.dim())
+        return _DivideByTemperature.apply(output, temperature.to(output.dtype))
 
     def _update_prompts(
         self, adapter: str, role: BlockRole, block_input: torch.Tensor, block_output: torch.Tensor
@@ -107,7 +113,8 @@ class GatedPromptBlock(PromptBlock):
         if adapter not in self.gpt_gate_logits:
             return block_output
         start, stop = self.num_prefix_tokens, self.num_prefix_tokens + role.config.num_prompts
-        gate = torch.sigmoid(self.gpt_gate_logits[adapter]).to(block_output.dtype)
+        gate = torch.sigmoid(self.routed_scalar(self.gpt_gate_logits, adapter, block_output.dim()))
+        gate = gate.to(block_output.dtype)
         # lerp is exact at both ends: gate 0 keeps the input prompts, gate 1 takes the block's output. It saves its
         # inputs for backward: contiguous copies of the N_p slots, not views that would keep the whole sequences.
         before = block_input[:, start:stop].contiguous()

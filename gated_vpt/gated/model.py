@@ -6,10 +6,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..backbones import PromptSite, UnsupportedModelError
+from ..prompt_layer import find_query_projection
 from ..prompt_tuner import PromptTuner
 from .config import GatedPromptConfig
 from .layer import GatedPromptBlock
-from ..prompt_layer import find_query_projection
 
 
 class GatedPromptModel(PromptTuner):

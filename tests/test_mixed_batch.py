@@ -1,0 +1,260 @@
+"""Mixed-adapter batches: `model(pixel_values=x, adapter_names=[...])` gives every sample its own adapter's output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import blocks_of, logits_or_hidden
+from peft import PeftModel, get_peft_model
+from tiny_models import TINY_BACKBONES, pixel_values
+
+from gated_vpt import CDCPromptConfig, GatedPromptConfig, find_prompt_site
+
+# Two adapters of one layout (A, B: one shared forward), one of another layout (C: fewer prompts, fewer blocks) and
+# the base model, interleaved. (Adapter names must not be substrings of the parameter prefixes `gpt_` / `cdc_`.)
+NAMES = ["sat", "cifar", "__base__", "flowers", "cifar", "sat"]
+A, B, C = "sat", "cifar", "flowers"
+NO_CLS = ("ijepa", "siglip")  # no CLS token: CDC runs without attentive reinforcement
+
+
+def make_config(method: str, backbone: str, head: bool, **overrides):
+    common = {"num_prompts": 4, "prompt_dropout": 0.0, **({"modules_to_save": ["classifier"]} if head else {})}
+    common.update(overrides)
+    if method == "gpt":
+        return GatedPromptConfig(**common)
+    return CDCPromptConfig(attentive_reinforcement=backbone not in NO_CLS, **common)
+
+
+def perturb_active(model, seed: int) -> None:
+    """Move the active adapter's parameters (prompts, gates, temperatures, alpha, lambda, head) off their init, so
+    that adapters differ and every per-sample parameter matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.3 * torch.randn(param.shape, generator=generator))
+
+
+def three_adapters(backbone: str, method: str, head: bool = True, dtype: torch.dtype = torch.float32):
+    model = get_peft_model(TINY_BACKBONES[backbone](head=head), make_config(method, backbone, head), adapter_name=A)
+    depth = find_prompt_site(model).depth
+    model.add_adapter(B, make_config(method, backbone, head))
+    model.add_adapter(C, make_config(method, backbone, head, num_prompts=2, layers_to_transform=[1, depth - 2]))
+    for seed, name in enumerate((A, B, C)):
+        model.set_adapter(name)
+        perturb_active(model, seed)
+    model.set_adapter(A)
+    return model.to(dtype).eval()
+
+
+def solo_outputs(model, x: torch.Tensor, **kwargs) -> dict:
+    """Each adapter run alone on the whole batch, and the base model."""
+    active = model.active_adapter
+    outputs = {}
+    for name in (A, B, C):
+        model.set_adapter(name)
+        outputs[name] = model(pixel_values=x, **kwargs)
+    with model.disable_adapter():
+        outputs["__base__"] = model(pixel_values=x, **kwargs)
+    model.set_adapter(active)
+    return outputs
+
+
+def per_sample(solo: dict, get, names=NAMES) -> torch.Tensor:
+    return torch.stack([get(solo[name])[i] for i, name in enumerate(names)])
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_every_sample_equals_its_adapter_alone(backbone_name, method):
+    model = three_adapters(backbone_name, method)
+    x = pixel_values(len(NAMES))
+    with torch.no_grad():
+        mixed = model(pixel_values=x, adapter_names=NAMES, output_hidden_states=True)
+        solo = solo_outputs(model, x, output_hidden_states=True)
+    expected = per_sample(solo, logits_or_hidden)
+    assert logits_or_hidden(mixed).dtype == expected.dtype
+    torch.testing.assert_close(logits_or_hidden(mixed), expected, rtol=1e-5, atol=1e-5)
+    # The adapters really differ, so the comparison above is not between equal outputs.
+    assert not torch.allclose(logits_or_hidden(solo[A]), logits_or_hidden(solo[B]), atol=1e-3)
+    # Hidden states are prompt-free and per sample those of the sample's own adapter.
+    for layer, state in enumerate(mixed.hidden_states):
+        expected_state = torch.stack([solo[name].hidden_states[layer][i] for i, name in enumerate(NAMES)])
+        torch.testing.assert_close(state, expected_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_bare_encoder_without_heads(method):
+    model = three_adapters("dinov2", method, head=False)
+    x = pixel_values(len(NAMES))
+    with torch.no_grad():
+        mixed = model(pixel_values=x, adapter_names=NAMES)
+        solo = solo_outputs(model, x)
+    for field in ("last_hidden_state", "pooler_output"):
+        expected = torch.stack([solo[name][field][i] for i, name in enumerate(NAMES)])
+        torch.testing.assert_close(mixed[field], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_matches_bfloat16_alone():
+    model = three_adapters("vit", "gpt", dtype=torch.bfloat16)
+    x = pixel_values(len(NAMES)).to(torch.bfloat16)
+    with torch.no_grad():
+        mixed = model(pixel_values=x, adapter_names=NAMES).logits
+        solo = solo_outputs(model, x)
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed, per_sample(solo, lambda o: o.logits))  # bf16 tolerances
+
+
+def count_block_calls(model):
+    calls = []
+    first_block = blocks_of(model)[0]
+    handle = first_block.base_layer.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    return calls, handle
+
+
+@pytest.mark.parametrize(
+    ("names", "forwards"),
+    [([A, B, B, A], [4]), ([A, "__base__", A], [2, 1]), ([C, A, B], [1, 2])],
+)
+def test_one_layout_shares_one_forward(names, forwards):
+    model = three_adapters("vit", "gpt")
+    calls, handle = count_block_calls(model)
+    with torch.no_grad():
+        model(pixel_values=pixel_values(len(names)), adapter_names=names)
+    handle.remove()
+    # Block 0 runs once per layout group (in order of first appearance), on that group's samples only.
+    assert calls == forwards
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_loss_is_the_mean_over_samples(method):
+    model = three_adapters("vit", method)
+    x, labels = pixel_values(len(NAMES)), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        mixed = model(pixel_values=x, labels=labels, adapter_names=NAMES)
+        expected_logits = per_sample(solo_outputs(model, x), lambda o: o.logits)
+    torch.testing.assert_close(mixed.loss, F.cross_entropy(expected_logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_input_gradients_and_temperature_gradients_per_sample():
+    """Eval-mode gradients (saliency maps, attacks) through a mixed batch equal those of each adapter alone; each
+    adapter's temperatures receive the gradient of its own samples only."""
+    model = three_adapters("vit", "gpt")
+    names = [A, B, A, B]
+    x = pixel_values(len(names))
+
+    def grads(adapter_names=None, adapter=None):
+        if adapter is not None:
+            model.set_adapter(adapter)
+        for param in model.parameters():
+            param.grad = None
+        inputs = x.clone().requires_grad_(True)
+        kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
+        model(pixel_values=inputs, **kwargs).logits.square().sum().backward()
+        temperatures = {
+            n: p.grad.clone() for n, p in model.named_parameters() if "temperatures" in n and p.grad is not None
+        }
+        return inputs.grad, temperatures
+
+    # Make the other adapter's parameters trainable too, so that the mixed batch gives them gradients.
+    for name, param in model.named_parameters():
+        param.requires_grad_("gpt_" in name)
+    mixed_input_grad, mixed_temperature_grads = grads(adapter_names=names)
+    solo_input_grad = torch.empty_like(x)
+    solo_temperature_grads = {}
+    for adapter in (A, B):
+        rows = [i for i, n in enumerate(names) if n == adapter]
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.endswith(f"gpt_temperatures.{adapter}"))
+        model.set_adapter(adapter)
+        for param in model.parameters():
+            param.grad = None
+        inputs = x[rows].clone().requires_grad_(True)
+        model(pixel_values=inputs).logits.square().sum().backward()
+        solo_input_grad[rows] = inputs.grad
+        solo_temperature_grads.update(
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and "temperatures" in n}
+        )
+    torch.testing.assert_close(mixed_input_grad, solo_input_grad, rtol=1e-4, atol=1e-6)
+    assert set(mixed_temperature_grads) == set(solo_temperature_grads) and len(solo_temperature_grads) == 2 * 4
+    for name, grad in solo_temperature_grads.items():
+        torch.testing.assert_close(mixed_temperature_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_adapters_loaded_from_disk(tmp_path):
+    """The serving flow: one frozen backbone, task adapters loaded from their folders, one mixed batch."""
+    model = three_adapters("vit", "cdc")
+    model.save_pretrained(tmp_path)  # one sub-folder per adapter (none is named "default")
+    x = pixel_values(len(NAMES))
+    with torch.no_grad():
+        expected = per_sample(solo_outputs(model, x), lambda o: o.logits)
+    served = PeftModel.from_pretrained(TINY_BACKBONES["vit"](), tmp_path / A, adapter_name=A)
+    served.load_adapter(tmp_path / B, adapter_name=B)
+    served.load_adapter(tmp_path / C, adapter_name=C)
+    with torch.no_grad():
+        mixed = served.eval()(pixel_values=x, adapter_names=NAMES).logits
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_is_unchanged_after_a_mixed_batch():
+    model = three_adapters("vit", "cdc")
+    x = pixel_values(3)
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+        model(pixel_values=pixel_values(len(NAMES)), adapter_names=NAMES)
+        after = model(pixel_values=x).logits
+    assert torch.equal(before, after)
+    assert model.active_adapter == A
+    assert "forward" not in model.base_model.model.__dict__
+    assert all(block._batch_route is None for block in blocks_of(model))
+
+
+@pytest.mark.parametrize(
+    ("adapter_names", "error", "match"),
+    [
+        ([A, "typo", B, A, A, A], ValueError, r"Unknown adapter\(s\) in `adapter_names`: 'typo'.*'__base__'"),
+        ([A, B], ValueError, "has 2 entries but the batch has 6 samples"),
+        (A, TypeError, "one adapter name per sample.*set_adapter"),
+        ([A, 1, B, A, A, A], TypeError, "must hold strings"),
+    ],
+)
+def test_bad_adapter_names(adapter_names, error, match):
+    model = three_adapters("vit", "gpt")
+    x = pixel_values(len(NAMES))
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+        with pytest.raises(error, match=match):
+            model(pixel_values=x, adapter_names=adapter_names)
+        after = model(pixel_values=x).logits
+    assert torch.equal(before, after)
+    assert "forward" not in model.base_model.model.__dict__
+    assert all(block._batch_route is None for block in blocks_of(model))
+
+
+def test_training_mode_is_refused():
+    model = three_adapters("vit", "gpt").train()
+    with pytest.raises(ValueError, match=r"for inference: call `model.eval\(\)`"):
+        model(pixel_values=pixel_values(len(NAMES)), adapter_names=NAMES)
+    assert "forward" not in model.base_model.model.__dict__
+
+
+def test_error_inside_a_group_forward_leaves_no_routing():
+    model = three_adapters("vit", "gpt")
+    wrong = torch.randn(len(NAMES), 5, 32, 32)  # 5 channels: the patch embedding raises inside the routed forward
+    with torch.no_grad(), pytest.raises(ValueError, match="channel"):
+        model(pixel_values=wrong, adapter_names=NAMES)
+    assert all(block._batch_route is None for block in blocks_of(model))
+    assert "forward" not in model.base_model.model.__dict__
+    assert model.base_model._mixed_batch_active is False
+
+
+def test_disabled_adapters_run_every_sample_through_the_base_model():
+    """PEFT's rule: inside `disable_adapter()`, `adapter_names` is dropped and the whole batch runs the base model."""
+    model = three_adapters("vit", "gpt")
+    x = pixel_values(len(NAMES))
+    with torch.no_grad(), model.disable_adapter():
+        expected = model(pixel_values=x).logits
+        mixed = model(pixel_values=x, adapter_names=NAMES).logits
+    assert torch.equal(mixed, expected)
