@@ -19,10 +19,10 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peft import get_peft_model  # noqa: E402
 from tiny_models import tiny_vit  # noqa: E402
 
 import gated_vpt  # noqa: E402,F401
-from peft import get_peft_model  # noqa: E402
 
 GLOBAL_BATCH, STEPS = 8, 4
 
