@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import time
 from collections.abc import Callable
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import torch
+from _runs import cpu_name  # benchmarks/_runs.py
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
@@ -166,9 +167,9 @@ def compare(methods: list[str], size: str, image_size: int, batch_size: int, num
     for _ in range(rounds):  # interleaved: every round times every method once
         for method, model in models.items():
             model.train()
-            train_times[method].append(timed(lambda: train_step(model, batch, autocast), device))
+            train_times[method].append(timed(lambda m=model: train_step(m, batch, autocast), device))
             model.eval()
-            infer_times[method].append(timed(lambda: infer(model, batch, autocast), device))
+            infer_times[method].append(timed(lambda m=model: infer(m, batch, autocast), device))
     results = {}
     for method, model in models.items():
         model.train()
@@ -190,7 +191,7 @@ def compare(methods: list[str], size: str, image_size: int, batch_size: int, num
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def main() -> None:
@@ -214,7 +215,8 @@ def main() -> None:
         autocast = contextlib.nullcontext
     settings = {"mode": args.mode, "image_size": image_size, "patch_size": 16, "batch_size": batch_size,
                 "rounds": rounds, "machine": machine(), "gated_vpt": gated_vpt.__version__,
-                "command": f"python benchmarks/cost.py --mode {args.mode}" + (f" --rounds {args.rounds}" if args.rounds else "")}
+                "command": f"python benchmarks/cost.py --mode {args.mode}"
+                + (f" --rounds {args.rounds}" if args.rounds else "")}
 
     methods = ["floor", "gpt", "cdc", "vpt-deep", "lora", "full"]
     main_table = {size: compare(methods, size, image_size, batch_size, 10, rounds, device, autocast) for size in SIZES}

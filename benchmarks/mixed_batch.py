@@ -25,12 +25,13 @@ import argparse
 import contextlib
 import datetime
 import json
-import platform
+import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _runs import cpu_name  # benchmarks/_runs.py
 from peft import get_peft_model
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -101,7 +102,7 @@ def measure(size: str, image_size: int, num_tasks: int, per_task: int, rounds: i
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def render(report: dict) -> str:
