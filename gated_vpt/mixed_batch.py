@@ -110,33 +110,42 @@ def select_samples(value: Any, index: torch.Tensor, batch_size: int) -> Any:
     return value
 
 
-def merge_outputs(parts: list[Any], indices: list[torch.Tensor], batch_size: int) -> Any:
+def merge_outputs(parts: list[Any], indices: list[torch.Tensor], batch_size: int, name: str = "output") -> Any:
     """Put the outputs of the groups' forwards back together in the batch's order.
 
     Batched tensors are scattered back to their samples' positions; a 0-d tensor (a loss the model reduced over its
     group) becomes the sample-weighted mean of the groups' values, which is the batch's loss for per-sample-mean
-    losses such as cross-entropy; anything else is taken from the first group."""
+    losses such as cross-entropy. A tensor that is not per sample (e.g. CLIPModel's image-text logits, whose other
+    side is the text batch) cannot be merged: that raises rather than return one group's values."""
     first = parts[0]
     if torch.is_tensor(first):
         if first.dim() == 0:
             return sum(part * len(index) for part, index in zip(parts, indices, strict=True)) / batch_size
         sizes = [len(index) for index in indices]
         if not all(torch.is_tensor(p) and p.dim() > 0 and p.shape[0] == n for p, n in zip(parts, sizes, strict=True)):
-            return first
+            raise ValueError(
+                f"`{name}` of this model is not one row per image ({[tuple(p.shape) for p in parts]} for layout groups "
+                f"of {sizes} images), so a batch mixing adapters of different layouts cannot be put back together. "
+                "Use adapters of one layout in a batch (one forward, nothing to merge) or run the groups separately."
+            )
         if any(p.shape[1:] != first.shape[1:] for p in parts):
             shapes = ", ".join(str(tuple(p.shape[1:])) for p in parts)
             raise ValueError(
-                f"The adapters of this mixed batch produce outputs of different shapes per sample ({shapes}), e.g. "
-                "heads with different numbers of labels; they cannot be returned as one batch. Run them separately."
+                f"The adapters of this mixed batch give `{name}` different shapes per sample ({shapes}), e.g. heads "
+                "with different numbers of labels; they cannot be returned as one batch. Run them separately."
             )
         merged = first.new_empty((batch_size, *first.shape[1:]))
         return merged.index_copy_(0, torch.cat(indices).to(first.device), torch.cat(parts))
     if isinstance(first, ModelOutput):
-        return type(first)(**{key: merge_outputs([p[key] for p in parts], indices, batch_size) for key in first})
+        return type(first)(
+            **{key: merge_outputs([p[key] for p in parts], indices, batch_size, f"{name}.{key}") for key in first}
+        )
     if isinstance(first, (tuple, list)) and not hasattr(first, "_fields"):
-        return type(first)(merge_outputs([p[i] for p in parts], indices, batch_size) for i in range(len(first)))
+        return type(first)(
+            merge_outputs([p[i] for p in parts], indices, batch_size, f"{name}[{i}]") for i in range(len(first))
+        )
     if isinstance(first, dict):
-        return {key: merge_outputs([p[key] for p in parts], indices, batch_size) for key in first}
+        return {key: merge_outputs([p[key] for p in parts], indices, batch_size, f"{name}.{key}") for key in first}
     return first
 
 

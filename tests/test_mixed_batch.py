@@ -258,3 +258,29 @@ def test_disabled_adapters_run_every_sample_through_the_base_model():
         expected = model(pixel_values=x).logits
         mixed = model(pixel_values=x, adapter_names=NAMES).logits
     assert torch.equal(mixed, expected)
+
+
+def test_clip_model_image_side_and_an_unmergeable_output():
+    """Full CLIPModel (only the vision tower is prompted): with one layout every image's row of `logits_per_image`
+    is that of its adapter alone; with two layouts the text-side outputs are not per image and cannot be merged,
+    which raises instead of returning one group's values."""
+    from tiny_models import tiny_clip_model
+
+    model = get_peft_model(tiny_clip_model(), make_config("gpt", "clip", head=False), adapter_name=A)
+    model.add_adapter(B, make_config("gpt", "clip", head=False))
+    model.add_adapter(C, make_config("gpt", "clip", head=False, num_prompts=2))
+    for seed, name in enumerate((A, B, C)):
+        model.set_adapter(name)
+        perturb_active(model, seed)
+    model.eval()
+    x, input_ids = pixel_values(4), torch.randint(0, 50, (3, 5))
+    names = [A, B, B, A]
+    with torch.no_grad():
+        mixed = model(pixel_values=x, input_ids=input_ids, adapter_names=names).logits_per_image
+        solo = {}
+        for name in (A, B):
+            model.set_adapter(name)
+            solo[name] = model(pixel_values=x, input_ids=input_ids).logits_per_image
+        torch.testing.assert_close(mixed, per_sample(solo, lambda o: o, names), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"`output.logits_per_text` of this model is not one row per image"):
+            model(pixel_values=x, input_ids=input_ids, adapter_names=[A, C, C, A])
