@@ -802,8 +802,8 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
             "|---|" + "---|" * len(summary) + "---|",
         ]
     for k in s["sweep_blocks"] if summary else ():
-        cells = [mean_std(summary[d]["sweep"][k]) for d in summary]
-        params = next((summary[d]["sweep"][k].get("trainable_parameters") for d in summary), None)
+        cells = [mean_std(summary[d]["sweep"][str(k)]) for d in summary]
+        params = next((summary[d]["sweep"][str(k)].get("trainable_parameters") for d in summary), None)
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {_n(params)} |")
     for ref in ("gpt", "linear-probe") if summary else ():
         cells = [mean_std(summary[d]["main"][ref]) for d in summary]
@@ -899,7 +899,7 @@ def plot(record: dict[str, Any], path: pathlib.Path, sweep_path: pathlib.Path) -
             continue
         ks = [k for k, r in tables["sweep"].items() if r["mean"] is not None]
         ax.errorbar(
-            ks,
+            [int(k) for k in ks],
             [100 * tables["sweep"][k]["mean"] for k in ks],
             yerr=[100 * (tables["sweep"][k]["std"] or 0.0) for k in ks],
             marker="o",
@@ -927,7 +927,8 @@ def plot(record: dict[str, Any], path: pathlib.Path, sweep_path: pathlib.Path) -
 
 
 def write_report(plan: Plan, out: pathlib.Path, command_log: pathlib.Path, render_command: str) -> dict[str, Any]:
-    record = collect(plan, command_log, render_command)
+    # Rendered from the JSON form (string keys), exactly as tests/test_benchmarks.py re-renders the committed page.
+    record = json.loads(json.dumps(collect(plan, command_log, render_command), default=str))
     out.parent.mkdir(parents=True, exist_ok=True)
     png, sweep_png = out.with_suffix(".png"), out.parent / "benchmarks_insertion_sweep.png"
     out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str) + "\n")

@@ -11,6 +11,7 @@ the part of training memory that prompt tuning changes) and inference latency (e
 
     python benchmarks/cost.py                      # CPU mode: ViT-S and ViT-B at 112 px, batch 8
     python benchmarks/cost.py --mode gpu           # GPU mode: 224 px, batch 64, bf16 autocast
+    python benchmarks/cost.py --render-only        # rewrite the .md / .png from the .json
 
 Writes docs/benchmarks_cost.md, docs/benchmarks_cost.json and docs/benchmarks_cost.png.
 """
@@ -18,6 +19,7 @@ Writes docs/benchmarks_cost.md, docs/benchmarks_cost.json and docs/benchmarks_co
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -84,6 +86,9 @@ def build(method: str, size: str, image_size: int, num_prompts: int) -> nn.Modul
                                                        modules_to_save=head))
     if method == "vpt-deep":
         return get_peft_model(model, CDCPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0, cross_layer=False,
+                                                     attentive_reinforcement=False, modules_to_save=head))
+    if method == "cdc-no-ar":  # CDC without attentive reinforcement: shows what AR's per-block ranking costs
+        return get_peft_model(model, CDCPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0,
                                                      attentive_reinforcement=False, modules_to_save=head))
     if method == "cdc":
         return get_peft_model(model, CDCPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0, modules_to_save=head))
@@ -199,7 +204,14 @@ def main() -> None:
     parser.add_argument("--mode", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", default=str(DOCS / "benchmarks_cost"))
+    parser.add_argument("--render-only", action="store_true", help="Re-render the .md / .png from the .json.")
     args = parser.parse_args()
+    if args.render_only:
+        out = Path(args.out)
+        report = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(render(report))
+        plot(report, out.with_suffix(".png"))
+        return
 
     gpu = args.mode == "gpu"
     device = torch.device("cuda" if gpu else "cpu")
@@ -215,10 +227,11 @@ def main() -> None:
         autocast = contextlib.nullcontext
     settings = {"mode": args.mode, "image_size": image_size, "patch_size": 16, "batch_size": batch_size,
                 "rounds": rounds, "machine": machine(), "gated_vpt": gated_vpt.__version__,
+                "date": datetime.date.today().isoformat(),
                 "command": f"python benchmarks/cost.py --mode {args.mode}"
                 + (f" --rounds {args.rounds}" if args.rounds else "")}
 
-    methods = ["floor", "gpt", "cdc", "vpt-deep", "lora", "full"]
+    methods = ["floor", "gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full"]
     main_table = {size: compare(methods, size, image_size, batch_size, 10, rounds, device, autocast) for size in SIZES}
 
     prompts_sweep = {}
@@ -251,7 +264,8 @@ def render(report: dict) -> str:
     lines = [
         "# Cost of prompt tuning: measured",
         "",
-        f"Produced by `{s['command']}` on **{s['machine']}** ({s['mode']} mode: {s['image_size']} px, patch "
+        f"Produced by `{s['command']}` on **{s['machine']}**, {s.get('date', 'date not recorded')} "
+        f"({s['mode']} mode: {s['image_size']} px, patch "
         f"{s['patch_size']}, batch {s['batch_size']}, median of {s['rounds']} interleaved rounds, random-init "
         "ViT-S/16 and ViT-B/16 of 12 blocks — cost does not depend on the weights). Ratios are to the *floor*: the "
         "frozen backbone's forward + input-gradient backward on a sequence that already carries the same extra "
@@ -276,6 +290,8 @@ def render(report: dict) -> str:
         lines.append("")
     lines += ["✓ / ✗: within / above the target (GPT, CDC only; the others are references).", ""]
     lines += ["## Number of prompts (ViT-S)", "",
+              f"Median of {max(5, s['rounds'] // 2)} rounds per row (fewer than above, so noisier: on this machine "
+              "repeated runs move a ratio by several percent; compare the 10-prompt row with the table above).", "",
               "| prompts | floor step (s) | GPT ratio | CDC ratio | GPT inference ratio | CDC inference ratio |",
               "|---|---|---|---|---|---|"]
     for n, r in report["num_prompts_sweep"].items():

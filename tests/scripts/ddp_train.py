@@ -42,7 +42,9 @@ def main() -> None:
     torch.manual_seed(0)
     base = tiny_vit()
     if args.method == "gpt":
-        config = gated_vpt.GatedPromptConfig(num_prompts=4, gate_init=1.0, prompt_dropout=0.0, modules_to_save=["classifier"])
+        config = gated_vpt.GatedPromptConfig(
+            num_prompts=4, gate_init=1.0, prompt_dropout=0.0, modules_to_save=["classifier"]
+        )
     else:
         config = gated_vpt.CDCPromptConfig(num_prompts=4, prompt_dropout=0.0, modules_to_save=["classifier"])
     torch.manual_seed(1)
