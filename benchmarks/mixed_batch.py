@@ -25,42 +25,28 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _runs import cpu_name  # benchmarks/_runs.py
+from cost import backbone, machine, sync  # benchmarks/cost.py: the same ViTs, machine line and GPU sync
 from peft import get_peft_model
-from transformers import ViTConfig, ViTForImageClassification
 
 import gated_vpt
 from gated_vpt import GatedPromptConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SIZES = {"ViT-S/16": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
-         "ViT-B/16": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)}
 
 
 def build(size: str, image_size: int, num_tasks: int, two_layouts: bool) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=image_size, patch_size=16, num_hidden_layers=12, num_labels=10, **SIZES[size])
-    base = ViTForImageClassification(config)
-    tasks = [f"task{i}" for i in range(num_tasks)]
-    model = None
-    for i, task in enumerate(tasks):
-        num_prompts = 20 if two_layouts and i % 2 else 10
-        adapter = GatedPromptConfig(num_prompts=num_prompts, modules_to_save=["classifier"])
-        model = get_peft_model(base, adapter, adapter_name=task) if model is None else model
-        if task not in model.peft_config:
-            model.add_adapter(task, adapter)
+    """`num_tasks` GPT adapters with their own heads on one ViT; with `two_layouts` every other one has 20 prompts."""
+    adapters = [GatedPromptConfig(num_prompts=20 if two_layouts and i % 2 else 10, modules_to_save=["classifier"])
+                for i in range(num_tasks)]
+    model = get_peft_model(backbone(size, image_size), adapters[0], adapter_name="task0")
+    for i, adapter in enumerate(adapters[1:], start=1):
+        model.add_adapter(f"task{i}", adapter)
     return model.eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure(size: str, image_size: int, num_tasks: int, per_task: int, rounds: int, device: torch.device,
@@ -97,12 +83,6 @@ def measure(size: str, image_size: int, num_tasks: int, per_task: int, rounds: i
     for name in result:
         result[name]["speedup_vs_sequential"] = result["sequential"]["seconds"] / result[name]["seconds"]
     return result
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def render(report: dict) -> str:
@@ -160,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     gpu = args.mode == "gpu"
     device = torch.device("cuda" if gpu else "cpu")
-    size, image_size = ("ViT-B/16", 224) if gpu else ("ViT-S/16", 112)
+    size, image_size = ("ViT-B", 224) if gpu else ("ViT-S", 112)
     per_task_values = (1, 4, 16, 64) if gpu else (1, 2, 8)
     rounds = args.rounds or (20 if gpu else 9)
 
@@ -172,8 +152,8 @@ def main() -> None:
         command += f" --rounds {args.rounds}"
     if args.num_tasks != 4:
         command += f" --num-tasks {args.num_tasks}"
-    settings = {"mode": args.mode, "size": size, "image_size": image_size, "num_tasks": args.num_tasks,
-                "rounds": rounds, "machine": machine(device), "gated_vpt": gated_vpt.__version__,
+    settings = {"mode": args.mode, "size": f"{size}/16", "image_size": image_size, "num_tasks": args.num_tasks,
+                "rounds": rounds, "machine": machine(), "gated_vpt": gated_vpt.__version__,
                 "date": datetime.date.today().isoformat(), "command": command}
     results = {}
     for per_task in per_task_values:

@@ -51,8 +51,7 @@ class LayoutGroup:
 
     positions: list[int]  # their positions in the batch
     names: list[str]  # their adapter names, in the same order
-    num_prompts: Optional[int]  # None for the base model
-    adapters: tuple[str, ...]  # distinct adapters, in order of first appearance
+    adapters: tuple[str, ...]  # distinct adapters, in order of first appearance; empty for the base model
 
 
 def check_adapter_names(adapter_names: Any, known: Sequence[str]) -> list[str]:
@@ -75,7 +74,7 @@ def check_adapter_names(adapter_names: Any, known: Sequence[str]) -> list[str]:
     return names
 
 
-def plan_groups(names: Sequence[str], layouts: dict[str, tuple], num_prompts: dict[str, int]) -> list[LayoutGroup]:
+def plan_groups(names: Sequence[str], layouts: dict[str, tuple]) -> list[LayoutGroup]:
     """Group the samples by adapter layout (base-model samples form their own group), in order of first appearance."""
     grouped: dict[Any, tuple[list[int], list[str]]] = {}
     for position, name in enumerate(names):
@@ -84,12 +83,7 @@ def plan_groups(names: Sequence[str], layouts: dict[str, tuple], num_prompts: di
         positions.append(position)
         group_names.append(name)
     return [
-        LayoutGroup(
-            positions=positions,
-            names=group_names,
-            num_prompts=None if key is None else num_prompts[group_names[0]],
-            adapters=() if key is None else tuple(dict.fromkeys(group_names)),
-        )
+        LayoutGroup(positions, group_names, () if key is None else tuple(dict.fromkeys(group_names)))
         for key, (positions, group_names) in grouped.items()
     ]
 
@@ -150,7 +144,9 @@ def merge_outputs(parts: list[Any], indices: list[torch.Tensor], batch_size: int
 
 
 @contextlib.contextmanager
-def _routed_group(tuner: PromptTuner, group: LayoutGroup, device: torch.device) -> Iterator[None]:
+def _routed_group(
+    tuner: PromptTuner, group: LayoutGroup, blocks: list[nn.Module], heads: list[nn.Module], device: torch.device
+) -> Iterator[None]:
     """Route one group's forward: every prompt block gathers per-sample parameters, every head wrapper (PEFT's
     `modules_to_save`) picks per-sample heads, the hidden-state hooks strip the group's prompt count."""
     slots = None
@@ -158,8 +154,6 @@ def _routed_group(tuner: PromptTuner, group: LayoutGroup, device: torch.device) 
         slot_of = {name: i for i, name in enumerate(group.adapters)}
         slots = torch.tensor([slot_of[name] for name in group.names], device=device)
     route = BatchRoute(group.adapters, slots)
-    blocks = [m for m in tuner.model.modules() if isinstance(m, tuner.tuner_layer_cls)]
-    heads = [m for m in tuner.model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
 
     def give_head_names(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return args, {**kwargs, "adapter_names": group.names}
@@ -167,7 +161,7 @@ def _routed_group(tuner: PromptTuner, group: LayoutGroup, device: torch.device) 
     handles = [head.register_forward_pre_hook(give_head_names, with_kwargs=True) for head in heads]
     for block in blocks:
         block._batch_route = route
-    tuner._routed_num_prompts = group.num_prompts
+    tuner._routed_num_prompts = tuner.peft_config[group.adapters[0]].num_prompts if group.adapters else None
     try:
         yield
     finally:
@@ -189,9 +183,10 @@ def mixed_batch_forward(tuner: PromptTuner, adapter_names: Any) -> Iterator[None
         )
     depth = tuner._prompt_site.depth
     layouts = {name: config.mixed_batch_layout(depth) for name, config in tuner.peft_config.items()}
-    num_prompts = {name: config.num_prompts for name, config in tuner.peft_config.items()}
-    groups = plan_groups(names, layouts, num_prompts)
+    groups = plan_groups(names, layouts)
     model = tuner.model
+    blocks = [m for m in model.modules() if isinstance(m, tuner.tuner_layer_cls)]
+    heads = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
     had_own_forward = "forward" in model.__dict__  # e.g. accelerate's hooks install one on the instance
     original_forward = model.forward
 
@@ -205,14 +200,14 @@ def mixed_batch_forward(tuner: PromptTuner, adapter_names: Any) -> Iterator[None
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         if len(groups) == 1:
-            with _routed_group(tuner, groups[0], device):
+            with _routed_group(tuner, groups[0], blocks, heads, device):
                 return original_forward(*args, **kwargs)
         parts, indices = [], []
         for group in groups:
             index = torch.tensor(group.positions, device=device)
             group_args = tuple(select_samples(a, index, batch_size) for a in args)
             group_kwargs = {k: select_samples(v, index, batch_size) for k, v in kwargs.items()}
-            with _routed_group(tuner, group, device):
+            with _routed_group(tuner, group, blocks, heads, device):
                 parts.append(original_forward(*group_args, **group_kwargs))
             indices.append(index)
         return merge_outputs(parts, indices, batch_size)

@@ -143,14 +143,11 @@ def test_input_gradients_and_temperature_gradients_per_sample():
     names = [A, B, A, B]
     x = pixel_values(len(names))
 
-    def grads(adapter_names=None, adapter=None):
-        if adapter is not None:
-            model.set_adapter(adapter)
+    def grads(adapter_names):
         for param in model.parameters():
             param.grad = None
         inputs = x.clone().requires_grad_(True)
-        kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
-        model(pixel_values=inputs, **kwargs).logits.square().sum().backward()
+        model(pixel_values=inputs, adapter_names=adapter_names).logits.square().sum().backward()
         temperatures = {
             n: p.grad.clone() for n, p in model.named_parameters() if "temperatures" in n and p.grad is not None
         }
@@ -159,7 +156,7 @@ def test_input_gradients_and_temperature_gradients_per_sample():
     # Make the other adapter's parameters trainable too, so that the mixed batch gives them gradients.
     for name, param in model.named_parameters():
         param.requires_grad_("gpt_" in name)
-    mixed_input_grad, mixed_temperature_grads = grads(adapter_names=names)
+    mixed_input_grad, mixed_temperature_grads = grads(names)
     solo_input_grad = torch.empty_like(x)
     solo_temperature_grads = {}
     for adapter in (A, B):
