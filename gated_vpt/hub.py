@@ -266,6 +266,31 @@ def _install_atomic_saving() -> None:
     PeftModel.save_pretrained = save_pretrained
 
 
+def _install_transformers_enable_fix() -> None:
+    """transformers' `enable_adapters()` re-enables only `BaseTunerLayer`s, while `disable_adapters()` also disables
+    PEFT's `ModulesToSaveWrapper` heads: after a disable / enable round trip the trained head stays off and the model
+    silently uses the base head. For models holding our adapters, re-enable the heads too."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
+    from transformers.integrations.peft import PeftAdapterMixin
+
+    from .prompt_layer import PromptBlock
+
+    original_enable = PeftAdapterMixin.enable_adapters
+
+    @functools.wraps(original_enable)
+    def enable_adapters(self, *args, **kwargs):
+        result = original_enable(self, *args, **kwargs)
+        modules = list(self.modules())
+        if any(isinstance(m, PromptBlock) for m in modules):
+            for module in modules:
+                if isinstance(module, ModulesToSaveWrapper) and not isinstance(module, BaseTunerLayer):
+                    module.enable_adapters(enabled=True)
+        return result
+
+    PeftAdapterMixin.enable_adapters = enable_adapters
+
+
 def install_peft_model_patches() -> None:
     """Route `save_pretrained`'s card and `push_to_hub` of *our* adapters through this module, and loading and
     saving them through `gated_vpt.safety` (idempotent)."""
@@ -273,6 +298,7 @@ def install_peft_model_patches() -> None:
         return
     _install_safe_loading()
     _install_atomic_saving()
+    _install_transformers_enable_fix()
     original_card = PeftModel.create_or_update_model_card
     original_push = PeftModel.push_to_hub
 

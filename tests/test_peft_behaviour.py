@@ -103,6 +103,15 @@ def test_transformers_load_adapter(trained, backbone_name):
     x = pixel_values()
     with torch.no_grad():
         torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(model(x)), rtol=0, atol=0)
+    # transformers' own adapter API after the load (transformers 5.24 + peft 0.21 fails each of these)
+    assert base.active_adapters() == ["default"]
+    base.set_adapter("default")
+    base.disable_adapters()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(pristine(x)), rtol=0, atol=0)
+    base.enable_adapters()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(model(x)), rtol=0, atol=0)
 
 
 def test_gated_vpt_loader_checks_and_loads(trained):
