@@ -8,6 +8,7 @@ A method subclasses `PromptTuner` and provides its config class, its block wrapp
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -114,6 +115,16 @@ class PromptTuner(BaseTuner):
         setattr(parent, child_name, new_module)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        # The tuner records the resolved blocks and backbone in the config: on a copy, so the object the user passed
+        # stays reusable (`get_peft_model(vit4, c); get_peft_model(vit6, c)`, as with LoRA). transformers' adapter API
+        # keeps its own `model.peft_config` dict: point it at the same copy.
+        original = self.peft_config[adapter_name]
+        copied = copy.deepcopy(original)
+        self.peft_config[adapter_name] = copied
+        host_configs = getattr(model, "peft_config", None)
+        if isinstance(host_configs, dict) and host_configs is not self.peft_config:
+            if host_configs.get(adapter_name) is original:
+                host_configs[adapter_name] = copied
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         self._install_hidden_state_hooks()
         # When this injection is part of loading a saved adapter (the loaders in `gated_vpt.hub` announce the

@@ -235,3 +235,17 @@ def test_registration_is_idempotent():
     importlib.reload(gated_vpt.registration)
     gated_vpt.register("gated_prompt", GatedPromptConfig, gated_vpt.GatedPromptModel, prefix="gpt_")
     assert PEFT_TYPE_TO_TUNER_MAPPING["GATED_PROMPT"] is gated_vpt.GatedPromptModel
+
+
+def test_get_peft_model_does_not_consume_the_config():
+    # One config object reused for two backbones of different depth, as users do with LoRA configs.
+    shallow = TINY_BACKBONES["vit"]()
+    deep_config = shallow.config.__class__(**{**shallow.config.to_dict(), "num_hidden_layers": 6})
+    deep = type(shallow)(deep_config)
+    cfg = config()
+    first = get_peft_model(shallow, cfg)
+    assert cfg.backbone is None and cfg.target_modules is None
+    second = get_peft_model(deep, cfg)
+    assert first.peft_config["default"].backbone["num_hidden_layers"] == 4
+    assert second.peft_config["default"].backbone["num_hidden_layers"] == 6
+    assert len(second.peft_config["default"].target_modules) == 6
