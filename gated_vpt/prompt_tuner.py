@@ -213,6 +213,19 @@ class PromptTuner(BaseTuner):
         if remaining:
             self.set_adapter(remaining[0])
 
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "`add_weighted_adapter` is a LoRA operation (a weighted sum of low-rank weight deltas) and is not supported "
+            "for prompt adapters: prompts are tokens, and adapters of different layouts cannot be summed. Train a new "
+            "adapter, or serve several adapters at once with `model(pixel_values=x, adapter_names=[...])`."
+        )
+
+    def subtract_mutated_init(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "`subtract_mutated_init` is a LoRA operation (PiSSA / OLoRA conversion) and is not supported for prompt "
+            "adapters, which never change the backbone's weights."
+        )
+
     def _check_merge_allowed(self) -> None:
         raise MergeNotSupportedError(MERGE_MESSAGE)
 

@@ -249,3 +249,11 @@ def test_get_peft_model_does_not_consume_the_config():
     assert first.peft_config["default"].backbone["num_hidden_layers"] == 4
     assert second.peft_config["default"].backbone["num_hidden_layers"] == 6
     assert len(second.peft_config["default"].target_modules) == 6
+
+
+@pytest.mark.parametrize("call", ["add_weighted_adapter", "subtract_mutated_init"])
+def test_lora_only_calls_say_they_are_not_supported(call):
+    model = get_peft_model(TINY_BACKBONES["vit"](), config())
+    with pytest.raises(NotImplementedError, match="not supported for prompt adapters"):
+        getattr(model, call)(["default"], [1.0], "merged")
+    assert list(model.peft_config) == ["default"]
