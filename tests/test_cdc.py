@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from tiny_models import DEPTH, HIDDEN, NUM_LABELS, TINY_BACKBONES, pixel_values
+from tiny_models import DEPTH, HIDDEN, NUM_LABELS, TINY_BACKBONES, pixel_values, tiny_beit, tiny_clip_model
 from torch import nn
 
 import gated_vpt
@@ -21,7 +21,6 @@ from gated_vpt import CDCPromptConfig, ConfigError, MergeNotSupportedError, Unsu
 from gated_vpt.cdc.layer import CDCPromptBlock, num_reinforced
 
 NUM_PROMPTS = 3
-
 
 
 @functools.cache
@@ -262,12 +261,20 @@ def test_parameter_count(backbone_name, layers, cross_layer, dynamic_aggregation
         assert not any("aggregation_weights" in n for n in trainable)
 
 
+# Hosts whose head reads only the prefix tokens of the final block (CLS, DeiT's distillation token): there the
+# final block's AR scale could never learn, and the default `reinforce_final_block=None` does not create it.
+PREFIX_ONLY_HOSTS = {"vit", "deit", "vit_msn"}
+# The tests' own linear probes (transformers has no ViTMAE / DINOv3 classifier) read CLS only too, but gated-vpt
+# cannot know a custom head: they pass `reinforce_final_block=False` themselves, as the config's docs tell users.
+CUSTOM_PREFIX_ONLY_HOSTS = {"vit_mae", "dinov3"}
+
+
 def test_every_parameter_gets_a_gradient(backbone_name):
-    # Heads that read only CLS / distillation tokens (ViT, DeiT, CLIP) give the final block's lambda an all-zero
-    # gradient; with `reinforce_final_block=False` it is not created, and every parameter left gets a non-zero one.
-    model = _wrap(backbone_name, reinforce_final_block=False)
+    overrides = {"reinforce_final_block": False} if backbone_name in CUSTOM_PREFIX_ONLY_HOSTS else {}
+    model = _wrap(backbone_name, **overrides)
     head = model.base_model.model.classifier.modules_to_save["default"]
-    lambdas = (DEPTH - 1) if _has_cls(backbone_name) else 0
+    final_lambda = backbone_name not in PREFIX_ONLY_HOSTS | CUSTOM_PREFIX_ONLY_HOSTS
+    lambdas = (DEPTH - 1 + final_lambda) if _has_cls(backbone_name) else 0
     expected = (
         NUM_PROMPTS * HIDDEN * DEPTH
         + (DEPTH - 1) * (2 * HIDDEN + 1)
@@ -276,11 +283,39 @@ def test_every_parameter_gets_a_gradient(backbone_name):
         + head.bias.numel()
     )
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    assert model.peft_config["default"].reinforce_final_block is final_lambda  # resolved, and saved so
     _fill(model, scale="random", weight_std=0.1)
     model.train()
     model(pixel_values()).logits.square().sum().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing
+
+
+@pytest.mark.parametrize(
+    "build, final_lambda",
+    [
+        (lambda: TINY_BACKBONES["beit"](head=True), True),  # mean pooling over the patches (BEiT's default)
+        (lambda: tiny_beit(head=True, use_mean_pooling=False), False),
+        (lambda: tiny_clip_model(), False),  # the image embedding is the projected CLS token
+        (lambda: TINY_BACKBONES["vit"](head=False), True),  # a bare encoder: users read its patch tokens
+    ],
+    ids=["beit-mean-pooling", "beit-cls", "clip-model", "vit-bare"],
+)
+def test_final_block_reinforcement_follows_the_host_head(build, final_lambda):
+    model = peft.get_peft_model(build(), _config(modules_to_save=None))
+    last = _prompted(model)[-1]
+    assert ("default" in last.cdc_reinforce_scales) is final_lambda
+    assert model.peft_config["default"].reinforce_final_block is final_lambda
+    explicit = peft.get_peft_model(build(), _config(modules_to_save=None, reinforce_final_block=True))
+    assert "default" in _prompted(explicit)[-1].cdc_reinforce_scales  # an explicit value is kept
+
+
+def test_resolved_final_block_choice_survives_a_save(tmp_path):
+    model = _wrap("vit")
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["reinforce_final_block"] is False
+    reloaded = gated_vpt.from_pretrained(TINY_BACKBONES["vit"](head=True), tmp_path)
+    assert "default" not in _prompted(reloaded)[-1].cdc_reinforce_scales
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,7 +337,7 @@ def test_without_cdc_and_ar_equals_vpt_deep_exactly(backbone_name, layers):
 def test_ar_with_zero_scale_changes_nothing(backbone_name):
     _needs_cls(backbone_name)
     # CDC off, AR on at its init (lambda = 0): exactly VPT-deep, although AR ranks and scatters in every block.
-    model = _wrap(backbone_name, cross_layer=False, attentive_reinforcement=True).eval()
+    model = _wrap(backbone_name, cross_layer=False, attentive_reinforcement=True, reinforce_final_block=True).eval()
     assert all(float(b.cdc_reinforce_scales["default"]) == 0.0 for b in _prompted(model))
     reference = _reference_vpt_deep(backbone_name, model)
     images = pixel_values(batch=3)
@@ -403,7 +438,7 @@ def _eager_twin(backbone_name: str, model: nn.Module) -> nn.Module:
 def test_attentive_reinforcement_adds_to_the_top_cls_attended_patches(backbone_name):
     _needs_cls(backbone_name)
     ratio = 0.25
-    model = _wrap(backbone_name, reinforce_ratio=ratio).eval()
+    model = _wrap(backbone_name, reinforce_ratio=ratio, reinforce_final_block=True).eval()  # AR in every block
     assert all(
         m.config._attn_implementation == "sdpa"
         for m in model.modules()

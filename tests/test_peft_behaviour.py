@@ -18,6 +18,7 @@ from tiny_models import TINY_BACKBONES, pixel_values
 
 import gated_vpt
 from gated_vpt import GatedPromptConfig, MergeNotSupportedError
+from gated_vpt.prompt_layer import PromptBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,7 +170,9 @@ def test_disable_adapter_equals_the_base_model(trained):
 
 def test_unload_returns_the_original_model_bit_for_bit(trained):
     model, pristine, _ = trained
-    trained_head = {k: v.clone() for k, v in model.base_model.model.classifier.modules_to_save["default"].state_dict().items()}
+    trained_head = {
+        k: v.clone() for k, v in model.base_model.model.classifier.modules_to_save["default"].state_dict().items()
+    }
     unloaded = model.unload()
     assert type(unloaded) is type(pristine)
     assert unloaded.state_dict().keys() == pristine.state_dict().keys()
@@ -251,9 +254,70 @@ def test_get_peft_model_does_not_consume_the_config():
     assert len(second.peft_config["default"].target_modules) == 6
 
 
+@pytest.mark.parametrize("target_modules", [["vit.layers.2", "vit.layers.3"], ["layers.2", "layers.3"], ["layers.2"]])
+def test_target_modules_naming_blocks_choose_the_prompted_blocks(target_modules, tmp_path):
+    # Full module names or dotted tails; the result is the adapter `layers_to_transform` gives for those blocks.
+    indices = sorted({int(name.rsplit(".", 1)[1]) for name in target_modules})
+    by_name = get_peft_model(TINY_BACKBONES["vit"](), config(target_modules=target_modules)).eval()
+    by_index = get_peft_model(TINY_BACKBONES["vit"](), config(layers_to_transform=indices)).eval()
+    wrapped = [n for n, m in by_name.named_modules() if isinstance(m, PromptBlock)]
+    assert wrapped == [f"base_model.model.vit.layers.{i}" for i in indices]
+    saved = by_name.peft_config["default"]
+    assert saved.layers_to_transform == indices and saved.backbone["prompted_blocks"] == [indices[0], indices[-1]]
+    by_index.load_state_dict(by_name.state_dict())
+    x = pixel_values()
+    with torch.no_grad():
+        assert torch.equal(by_name(x).logits, by_index(x).logits)
+    by_name.save_pretrained(tmp_path)
+    reloaded = gated_vpt.from_pretrained(TINY_BACKBONES["vit"](), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, by_name(x).logits)
+
+
+def test_a_backbone_record_copied_from_an_adapter_is_accepted_on_its_backbone():
+    record = get_peft_model(TINY_BACKBONES["vit"](), config()).peft_config["default"].backbone
+    again = get_peft_model(TINY_BACKBONES["vit"](), config(backbone=record))
+    assert again.peft_config["default"].backbone == record
+
+
 @pytest.mark.parametrize("call", ["add_weighted_adapter", "subtract_mutated_init"])
 def test_lora_only_calls_say_they_are_not_supported(call):
     model = get_peft_model(TINY_BACKBONES["vit"](), config())
     with pytest.raises(NotImplementedError, match="not supported for prompt adapters"):
         getattr(model, call)(["default"], [1.0], "merged")
     assert list(model.peft_config) == ["default"]
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_prompt_tuning_on_top_of_lora_reads_the_wrapped_projections(method):
+    # LoRA injected first (q_proj, k_proj wrapped by lora.Linear), prompts on top: GPT's temperature must divide the
+    # whole query (base + LoRA update), CDC's AR must read the wrapped query and key.
+    from peft import LoraConfig, inject_adapter_in_model
+
+    def lora_vit():
+        vit = inject_adapter_in_model(
+            LoraConfig(target_modules=["q_proj", "k_proj"], init_lora_weights=False), TINY_BACKBONES["vit"]()
+        )
+        return vit
+
+    if method == "cdc":
+        model = get_peft_model(lora_vit(), gated_vpt.CDCPromptConfig(num_prompts=3, prompt_dropout=0.0)).eval()
+        assert sum("cdc_reinforce_scales" in n for n, _ in model.named_parameters()) >= 3
+        with torch.no_grad():
+            model(pixel_values())
+        return
+    model = get_peft_model(lora_vit(), config(prompt_dropout=0.0)).eval()
+    reference = fresh_copy(model)
+    with torch.no_grad():
+        for block in model.base_model.model.vit.layers:
+            block.gpt_temperatures["default"].fill_(2.0)
+        # the same attention logits: the query (base weight, bias and LoRA's B) halved instead
+        for block in reference.base_model.model.vit.layers:
+            q_proj = block.base_layer.attention.q_proj
+            q_proj.base_layer.weight.mul_(0.5)
+            q_proj.base_layer.bias.mul_(0.5)
+            q_proj.lora_B["default"].weight.mul_(0.5)
+    x = pixel_values()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(model(x).logits, TINY_BACKBONES["vit"]()(x).logits)

@@ -39,7 +39,6 @@ MODEL = settings(
 )
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Validation: ConfigError exactly for the values the docs exclude
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ CDC_FIELDS = {
     "cross_layer": (ANYTHING, lambda v: isinstance(v, bool)),
     "dynamic_aggregation": (ANYTHING, lambda v: isinstance(v, bool)),
     "attentive_reinforcement": (ANYTHING, lambda v: isinstance(v, bool)),
-    "reinforce_final_block": (ANYTHING, lambda v: isinstance(v, bool)),
+    "reinforce_final_block": (ANYTHING, lambda v: v is None or isinstance(v, bool)),
     "aggregation_bias_init": (st.one_of(ANYTHING, st.floats(-4e38, 4e38)), _finite32),
     "reinforce_scale_init": (st.one_of(ANYTHING, st.floats(-4e38, 4e38)), lambda v: _finite32(v) and abs(v) <= 100),
     "reinforce_ratio": (st.one_of(ANYTHING, st.floats(-0.5, 1.5)), lambda v: _finite32(v) and 0 < v <= 1),

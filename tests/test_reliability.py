@@ -405,7 +405,7 @@ def test_a_save_replaces_the_adapter_and_keeps_other_files(saved_twice, tmp_path
     assert stat.S_IMODE(folder.stat().st_mode) == 0o750
     with torch.no_grad():
         assert torch.equal(_outputs(folder), new(pixel_values()).logits)
-    assert (folder / "README.md").read_text().count("## gated-vpt adapter") == 1
+    assert (folder / "README.md").read_text().count("## How to load this adapter") == 1
     assert _stale(tmp_path) == []
 
 

@@ -218,7 +218,7 @@ def tiny_dinov3(head: bool = True, attn_implementation: Optional[str] = None) ->
     )
 
 
-def tiny_beit(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
+def tiny_beit(head: bool = True, attn_implementation: Optional[str] = None, **overrides: Any) -> nn.Module:
     from transformers import BeitConfig, BeitForImageClassification, BeitModel
 
     # Absolute position embeddings, a per-block and a shared relative position bias: every position mechanism at once.
@@ -232,12 +232,13 @@ def tiny_beit(head: bool = True, attn_implementation: Optional[str] = None) -> n
         use_absolute_position_embeddings=True,
         use_relative_position_bias=True,
         use_shared_relative_position_bias=True,
+        **overrides,
     )
     _randomize(model, "relative_position_bias_table")
     return model
 
 
-def tiny_data2vec_vision(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
+def tiny_data2vec_vision(head: bool = True, attn_implementation: Optional[str] = None, **overrides: Any) -> nn.Module:
     from transformers import Data2VecVisionConfig, Data2VecVisionForImageClassification, Data2VecVisionModel
 
     model = _build(
@@ -250,6 +251,7 @@ def tiny_data2vec_vision(head: bool = True, attn_implementation: Optional[str] =
         use_absolute_position_embeddings=True,
         use_relative_position_bias=True,
         use_shared_relative_position_bias=True,
+        **overrides,
     )
     _randomize(model, "relative_position_bias_table")
     return model

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..prompt_config import ConfigError, PromptConfigBase, check_bool, check_finite
 from ..registration import CDC_PROMPT
@@ -36,11 +37,12 @@ class CDCPromptConfig(PromptConfigBase):
         reinforce_ratio: Fraction rho in (0, 1] of patch tokens reinforced: the top ``ceil(rho * N_patches)``.
         reinforce_scale_init: Initial lambda_l. The default 0 makes AR a no-op at initialisation.
         reinforce_final_block: Also apply AR in the backbone's final block (when it is prompted). That block's output
-            goes only to the head: with a head that reads only the CLS / distillation tokens (the ViT, DeiT and CLIP
-            classifiers) the addition cannot change the output, and that lambda's gradient is always exactly 0 (a
-            dead parameter; DDP still accepts it, the gradient exists). Set False for such heads (no lambda is created
-            there); keep True for heads or dense decoders that read the patch tokens (mean pooling, DINOv2's CLS +
-            mean, segmentation).
+            goes only to the head, and AR changes only its patch tokens: under a head that reads only the CLS /
+            distillation tokens that lambda could never learn (its gradient is exactly 0). None (the default) decides
+            at injection: False for the transformers classifiers that read only prefix tokens (ViT, DeiT, ViTMSN,
+            BEiT / Data2Vec without mean pooling, `CLIPModel` and `CLIPVisionModelWithProjection`; see
+            `BackboneFamily.prefix_only_heads`), True otherwise (bare encoders, mean-pooling or DINOv2 heads, dense
+            decoders). The decision is saved with the adapter. Set it explicitly for a head of your own.
         (and the fields of `PromptConfigBase`: num_prompts, prompt_dropout, prompt_init, layers_to_transform,
         modules_to_save.)
     """
@@ -57,8 +59,9 @@ class CDCPromptConfig(PromptConfigBase):
     )
     reinforce_ratio: float = field(default=0.25, metadata={"help": "Fraction of patch tokens AR reinforces, (0, 1]."})
     reinforce_scale_init: float = field(default=0.0, metadata={"help": "Initial AR scale lambda_l (0: no-op)."})
-    reinforce_final_block: bool = field(
-        default=True, metadata={"help": "Apply AR in the backbone's final block too (False for CLS-only heads)."}
+    reinforce_final_block: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Apply AR in the backbone's final block too; None: unless the host's head reads only CLS."},
     )
 
     def __post_init__(self) -> None:
@@ -67,7 +70,8 @@ class CDCPromptConfig(PromptConfigBase):
         self.cross_layer = check_bool(self.cross_layer, "cross_layer")
         self.dynamic_aggregation = check_bool(self.dynamic_aggregation, "dynamic_aggregation")
         self.attentive_reinforcement = check_bool(self.attentive_reinforcement, "attentive_reinforcement")
-        self.reinforce_final_block = check_bool(self.reinforce_final_block, "reinforce_final_block")
+        if self.reinforce_final_block is not None:
+            self.reinforce_final_block = check_bool(self.reinforce_final_block, "reinforce_final_block")
         self.aggregation_bias_init = check_finite(self.aggregation_bias_init, "aggregation_bias_init")
         self.reinforce_scale_init = check_finite(self.reinforce_scale_init, "reinforce_scale_init")
         if abs(self.reinforce_scale_init) > MAX_REINFORCE_SCALE_INIT:

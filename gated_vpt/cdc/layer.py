@@ -47,6 +47,7 @@ from ..prompt_layer import (
     PromptBlock,
     find_projection,
     new_prompt_parameter,
+    projection_width,
     replace_prompts,
     scalar_parameter,
 )
@@ -65,16 +66,17 @@ def find_parent(root: nn.Module, child: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def attention_head_dim(attention: nn.Module, query: nn.Linear) -> Optional[int]:
+def attention_head_dim(attention: nn.Module, query: nn.Module) -> Optional[int]:
     """Head size of an attention module: its `head_dim` / `attention_head_size`, else from its head count."""
+    width = projection_width(query)
     for attr in ("head_dim", "attention_head_size"):
         value = getattr(attention, attr, None)
-        if isinstance(value, int) and value > 0 and query.out_features % value == 0:
+        if isinstance(value, int) and value > 0 and width % value == 0:
             return value
     for owner in (attention, getattr(attention, "config", None)):
         heads = getattr(owner, "num_attention_heads", None) or getattr(owner, "num_heads", None)
-        if isinstance(heads, int) and heads > 0 and query.out_features % heads == 0:
-            return query.out_features // heads
+        if isinstance(heads, int) and heads > 0 and width % heads == 0:
+            return width // heads
     return None
 
 
@@ -121,7 +123,7 @@ def _argument_positions(module: nn.Module, names: tuple[str, ...]) -> dict[str, 
     return {name: parameters.index(name) if name in parameters else None for name in names}
 
 
-def find_attention_parts(block: nn.Module) -> Optional[tuple[nn.Module, nn.Linear, nn.Linear, int]]:
+def find_attention_parts(block: nn.Module) -> Optional[tuple[nn.Module, nn.Module, nn.Module, int]]:
     """(attention module, query projection, key projection, head size) of a block, or None when AR cannot read them:
     the attention module is the direct parent of both projections."""
     query, key = find_projection(block, QUERY_NAMES), find_projection(block, KEY_NAMES)

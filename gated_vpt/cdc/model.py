@@ -19,6 +19,9 @@ class CDCPromptModel(PromptTuner):
     tuner_layer_cls = CDCPromptBlock
 
     def _check_config_for_site(self, peft_config: CDCPromptConfig, site: PromptSite) -> None:
+        if peft_config.reinforce_final_block is None:
+            # on a copy of the user's config (see `PromptTuner.inject_adapter`); saved with the adapter
+            peft_config.reinforce_final_block = not site.head_reads_only_prefix_tokens(self.model)
         if not peft_config.attentive_reinforcement:
             return
         if site.cls_token_index is None:

@@ -11,6 +11,7 @@ For the prompted blocks s..e of an adapter:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -81,6 +82,7 @@ class GatedPromptBlock(PromptBlock):
         report = {}
         if adapter in self.gpt_gate_logits:
             report["gate"] = torch.sigmoid(self.gpt_gate_logits[adapter].detach().float()).item()
+            report["gate_prior"] = 1.0 / (1.0 + math.exp(self.prompt_roles[adapter].config.gate_init))
         if adapter in self.gpt_temperatures:
             report["temperature"] = self.gpt_temperatures[adapter].detach().float().item()
         return report
