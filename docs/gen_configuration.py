@@ -11,10 +11,12 @@ from pathlib import Path
 
 from peft.config import PeftConfig
 
-import gated_vpt
+import gated_vpt  # noqa: F401  (registers the methods)
+from gated_vpt.registration import registered_prompt_methods
 
 OUT = Path(__file__).with_name("configuration.md")
-CONFIGS = [gated_vpt.GatedPromptConfig, gated_vpt.CDCPromptConfig]
+# Every registered prompt method's config (a new method's folder is picked up without a change here).
+CONFIGS = [config_cls for config_cls, _ in registered_prompt_methods().values()]
 PEFT_BASE_FIELDS = {f.name for f in dataclasses.fields(PeftConfig)}
 
 

@@ -5,21 +5,29 @@ Importing this package registers `GATED_PROMPT` (and `CDC_PROMPT`) with PEFT, af
 `PeftModel.from_pretrained`, `PeftConfig.from_pretrained` and transformers' `load_adapter` all know them.
 """
 
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from .backbone_record import IncompatibleBackboneError
 from .backbones import FAMILIES, UnsupportedModelError, find_prompt_site
-from .cdc import CDCPromptConfig, CDCPromptModel
+from .cdc import CDC_PROMPT, CDCPromptConfig, CDCPromptModel
 from .diagnostics import gate_report, plot_gate_report, summarize_gate_report
-from .gated import GatedPromptConfig, GatedPromptModel
-from .hub import from_pretrained, install_peft_model_patches, push_adapter_to_hub
+from .gated import GATED_PROMPT, GatedPromptConfig, GatedPromptModel
+from .hub import from_pretrained, push_adapter_to_hub
+from .integrations import install_peft_model_patches
+from .io.errors import AdapterConfigError, AdapterFileError, AdapterWeightsError, HeadSizeError, UnsafeAdapterFileError
+from .presets import PRESETS, preset_config
 from .prompt_config import ConfigError
 from .prompt_layer import MergeNotSupportedError
-from .prompt_tuner import IncompatibleBackboneError
-from .registration import CDC_PROMPT, GATED_PROMPT, register
-from .safety import AdapterConfigError, AdapterFileError, AdapterWeightsError, HeadSizeError, UnsafeAdapterFileError
+from .registration import register
 
 __version__ = "0.1.0"
 
-register("gated_prompt", GatedPromptConfig, GatedPromptModel, prefix=GatedPromptModel.prefix)
-register("cdc_prompt", CDCPromptConfig, CDCPromptModel, prefix=CDCPromptModel.prefix)
+# Every method lives in its own sub-package (config.py, layer.py, model.py) and registers itself when imported: import
+# them all, so a new method needs no line here.
+for _module in _pkgutil.iter_modules(__path__):
+    if _module.ispkg and _module.name not in ("io", "contrib"):
+        _importlib.import_module(f"{__name__}.{_module.name}")
 install_peft_model_patches()
 
 __all__ = [
@@ -38,11 +46,14 @@ __all__ = [
     "GatedPromptModel",
     "IncompatibleBackboneError",
     "MergeNotSupportedError",
+    "PRESETS",
     "UnsupportedModelError",
     "find_prompt_site",
     "from_pretrained",
     "gate_report",
     "plot_gate_report",
+    "preset_config",
+    "register",
     "summarize_gate_report",
     "push_adapter_to_hub",
 ]

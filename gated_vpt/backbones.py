@@ -23,6 +23,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
+from .attention import DEFAULT_ATTENTION, AttentionLayout, is_relative_position_bias
+from .tokens import pad_for_prompts
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneFamily:
@@ -46,6 +49,8 @@ class BackboneFamily:
             through the prefix tokens (a classifier on the CLS token), each with a predicate on the encoder's config
             (BEiT's classifier reads the CLS token only without mean pooling). Decides where parameters acting on
             the patch tokens of the final block could never learn (see `head_reads_only_prefix_tokens`).
+        attention: Attribute and argument names of the family's attention (`gated_vpt.attention`): where GPT's
+            temperature and CDC's attentive reinforcement hook in.
         notes: Remarks for the supported-models table.
     """
 
@@ -58,6 +63,7 @@ class BackboneFamily:
     cls_token_index: Optional[int] = 0
     encoder_hooks: tuple[Callable[[nn.Module, int], list[RemovableHandle]], ...] = ()
     prefix_only_heads: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
+    attention: AttentionLayout = DEFAULT_ATTENTION
     notes: str = ""
 
 
@@ -93,9 +99,7 @@ def _without_mean_pooling(config: Any) -> bool:
 def _is_windowed_relative_position_bias(module: nn.Module) -> bool:
     """BEiT / Data2Vec-vision `*RelativePositionBias`: `forward(window_size, interpolate_pos_encoding, dim_size)`
     returns a `[1, H, T, T]` bias for the prompt-free sequence of `T = window_h * window_w + 1` tokens (CLS first)."""
-    return isinstance(getattr(module, "relative_position_bias_table", None), nn.Parameter) and hasattr(
-        module, "generate_relative_position_index"
-    )
+    return is_relative_position_bias(module) and hasattr(module, "generate_relative_position_index")
 
 
 def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) -> list[RemovableHandle]:
@@ -109,7 +113,6 @@ def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) ->
     exactly the base model's) and the forward hook inserts zero rows and columns for the prompt slots. Without
     prompts (`dim_size == T`) both hooks do nothing. Stateless: everything is read from the call's arguments.
     """
-    from .prompt_layer import pad_for_prompts
 
     def bound_arguments(module: nn.Module, args: tuple, kwargs: dict) -> Optional[inspect.BoundArguments]:
         try:
@@ -385,16 +388,6 @@ class PromptSite:
         """Install the family's encoder hooks (see `BackboneFamily.encoder_hooks`) on the encoder of `model`."""
         encoder = model.get_submodule(self.encoder_name)
         return [handle for install in self.family.encoder_hooks for handle in install(encoder, self.num_prefix_tokens)]
-
-    def signature(self) -> dict[str, Any]:
-        """What an adapter records about the backbone it was trained on (checked when it is loaded again)."""
-        return {
-            "model_type": self.model_type,
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.depth,
-            "patch_size": self.patch_size,
-            "num_prefix_tokens": self.num_prefix_tokens,
-        }
 
 
 def _patch_size(config: Any) -> int:

@@ -1,8 +1,8 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """What an adapter learned, per block: gates, selection ratios, temperatures (and each method's own scalars).
 
-GPT's prompts entering the last block are a convex mix of every gated block's prompt output (METHODS.md §2 item 6):
-Z = sum_l g~_l * Block_l(X)_P + prod_j (1 - g_j) * P, with g~_l = g_l * prod_{j > l} (1 - g_j). The *selection
+GPT's prompts entering the last block are a convex mix of every gated block's prompt output (docs/methods.md §2
+item 6): Z = sum_l g~_l * Block_l(X)_P + prod_j (1 - g_j) * P, with g~_l = g_l * prod_{j > l} (1 - g_j). The *selection
 ratio* of block l is g~_l normalised over the gated blocks: it says which blocks the task used.
 """
 

@@ -13,6 +13,8 @@ from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
+from .backbone_record import backbone_record_problem
+
 # A hostile or mistyped adapter_config.json must not make us allocate gigabytes: ViTs see at most a few thousand
 # tokens, and the papers use at most a few hundred prompts.
 MAX_NUM_PROMPTS = 4096
@@ -26,15 +28,6 @@ FLOAT32_MAX = 3.4028234663852886e38
 MIN_TEMPERATURE = 1e-4
 
 
-# The record `backbone` holds (written at injection, see `PromptSite.signature`): every key, and its kind.
-BACKBONE_FIELDS = {
-    "model_type": str,
-    "hidden_size": int,
-    "num_hidden_layers": int,
-    "patch_size": int,
-    "num_prefix_tokens": int,
-    "prompted_blocks": list,
-}
 # Where error messages about block names point the user instead.
 BLOCKS_BY_INDEX_HINT = (
     "choose the prompted blocks by index with `layers_to_transform`, e.g. `layers_to_transform=[4, 5, 6]`"
@@ -43,34 +36,6 @@ BLOCKS_BY_INDEX_HINT = (
 
 class ConfigError(ValueError):
     """A config field holds a value outside its allowed range."""
-
-
-def backbone_record_problem(backbone: Any) -> Optional[str]:
-    """What is wrong with a `backbone` record (None when it is complete and well typed)."""
-    if not isinstance(backbone, dict):
-        return f"`backbone` must be an object; got {_short_repr(backbone)}"
-    unknown = sorted(str(k) for k in set(backbone) - set(BACKBONE_FIELDS))
-    if unknown:
-        return f"`backbone` holds unknown keys {_short_repr(unknown)} (it records exactly {sorted(BACKBONE_FIELDS)})"
-    missing = sorted(set(BACKBONE_FIELDS) - set(backbone))
-    if missing:
-        return f"`backbone` lacks {missing}"
-    for key, kind in BACKBONE_FIELDS.items():
-        value = backbone[key]
-        if kind is int:
-            ok = _is_int(value) and value >= 0
-        elif kind is list:
-            ok = (
-                isinstance(value, (list, tuple))
-                and len(value) == 2
-                and all(_is_int(v) and v >= 0 for v in value)
-                and value[0] <= value[1]
-            )
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            return f"`backbone.{key}` has an invalid value {_short_repr(value)}"
-    return None
 
 
 def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:

@@ -1,5 +1,5 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""The block wrapper shared by all prompt-tuning methods, and the token-slot helpers it uses.
+"""The block wrapper shared by all prompt-tuning methods.
 
 Prompts travel *inside* the token sequence, as `[prefix ; prompts ; patches]`, between the first and the last
 prompted block of the active adapter. Each wrapped block:
@@ -28,8 +28,9 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .mixed_batch import BatchRoute
 from .prompt_config import PromptConfigBase
+from .routing import BatchRoute
+from .tokens import insert_prompts, pad_for_prompts, remove_prompts
 
 
 class MergeNotSupportedError(RuntimeError):
@@ -53,41 +54,6 @@ class BlockRole:
     config: PromptConfigBase
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Token-slot helpers. `start` is the number of prefix tokens; prompts occupy [start, start + n).
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def insert_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
-    return torch.cat([hidden_states[:, :start], prompts, hidden_states[:, start:]], dim=1)
-
-
-def remove_prompts(hidden_states: torch.Tensor, start: int, num_prompts: int) -> torch.Tensor:
-    return torch.cat([hidden_states[:, :start], hidden_states[:, start + num_prompts :]], dim=1)
-
-
-def replace_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
-    return torch.cat([hidden_states[:, :start], prompts, hidden_states[:, start + prompts.shape[1] :]], dim=1)
-
-
-def _pad_dim(tensor: torch.Tensor, dim: int, start: int, num_prompts: int) -> torch.Tensor:
-    # Prompt rows/columns of a mask or bias mean "attend, no bias": True for boolean masks, 0 for additive ones.
-    shape = list(tensor.shape)
-    shape[dim] = num_prompts
-    filler = tensor.new_full(shape, True if tensor.dtype == torch.bool else 0)
-    return torch.cat([tensor.narrow(dim, 0, start), filler, tensor.narrow(dim, start, tensor.shape[dim] - start)], dim)
-
-
-def pad_for_prompts(value: Any, free_len: int, start: int, num_prompts: int) -> Any:
-    """Pad an attention mask or bias built for the prompt-free sequence (`[..., T, T]` or `[..., 1, T]`)."""
-    if not torch.is_tensor(value) or value.dim() < 3:
-        return value
-    for dim in (value.dim() - 2, value.dim() - 1):
-        if value.shape[dim] == free_len:
-            value = _pad_dim(value, dim, start, num_prompts)
-    return value
-
-
 def xavier_prompt_bound(patch_size: int, hidden_size: int) -> float:
     """VPT's prompt init bound v = sqrt(6 / (3 * p^2 + D))."""
     return math.sqrt(6.0 / (3 * patch_size * patch_size + hidden_size))
@@ -108,41 +74,6 @@ def new_prompt_parameter(
 
 def scalar_parameter(value: float, device: Optional[torch.device]) -> nn.Parameter:
     return nn.Parameter(torch.full((), float(value), device=device, dtype=torch.float32))
-
-
-# Attribute names of the attention projections: transformers 5 (`q_proj`, `k_proj`) and earlier (`query`, `key`).
-QUERY_NAMES = ("q_proj", "query")
-KEY_NAMES = ("k_proj", "key")
-
-
-def linear_of(module: nn.Module) -> Optional[nn.Linear]:
-    """`module` itself if it is an `nn.Linear`, the `nn.Linear` a PEFT layer (e.g. LoRA's) wraps, else None."""
-    if isinstance(module, nn.Linear):
-        return module
-    if isinstance(module, BaseTunerLayer) and not isinstance(module, PromptBlock):
-        base = module.get_base_layer()
-        return base if isinstance(base, nn.Linear) else None
-    return None
-
-
-def find_projection(block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Module]:
-    """The first projection in `block` whose attribute name is one of `names` (e.g. `QUERY_NAMES`): an `nn.Linear`,
-    or a PEFT layer wrapping one (LoRA on `q_proj`). The wrapper itself is returned: its output, base plus LoRA
-    update, is the projection's output that hooks must see."""
-    for name, module in block.named_modules():
-        if name.rsplit(".", 1)[-1] in names and linear_of(module) is not None:
-            return module
-    return None
-
-
-def projection_width(projection: nn.Module) -> int:
-    """Output features of a projection found by `find_projection`."""
-    return linear_of(projection).out_features
-
-
-def find_query_projection(block: nn.Module) -> Optional[nn.Module]:
-    """The attention query projection of a transformers ViT block."""
-    return find_projection(block, QUERY_NAMES)
 
 
 class PromptBlock(nn.Module, BaseTunerLayer):
@@ -168,7 +99,7 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self._hook_handles: list[Any] = []
-        self._batch_route: Optional[BatchRoute] = None  # set only while a mixed-adapter batch runs
+        self.batch_route: Optional[BatchRoute] = None  # set only while a mixed-adapter batch runs
 
     # -- adapter bookkeeping ---------------------------------------------------------------------------------------
 
@@ -180,7 +111,7 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         """The active adapter if it prompts this block and adapters are enabled, else None."""
         if self._disable_adapters:
             return None
-        route = self._batch_route
+        route = self.batch_route
         if route is not None:
             # One layout per forward: the group's adapters all prompt the same blocks in the same slots.
             return route.adapters[0] if route.adapters and route.adapters[0] in self.prompt_roles else None
@@ -191,13 +122,13 @@ class PromptBlock(nn.Module, BaseTunerLayer):
 
     def routed_adapters(self, adapter: str) -> tuple[str, ...]:
         """The adapters whose samples this forward runs: `adapter` alone, or a mixed batch's group."""
-        route = self._batch_route
+        route = self.batch_route
         return route.adapters if route is not None and route.slots is not None else (adapter,)
 
     def routed(self, params: nn.ParameterDict, adapter: str) -> torch.Tensor:
         """`params[adapter]`; in a mixed batch of several adapters, every sample's own adapter's value, stacked along a
         new leading batch dimension (the gather is differentiable, like indexing)."""
-        route = self._batch_route
+        route = self.batch_route
         if route is None or route.slots is None:
             return params[adapter]
         return torch.stack([params[name] for name in route.adapters]).index_select(0, route.slots)

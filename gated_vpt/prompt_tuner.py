@@ -18,35 +18,14 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .backbone_record import check_backbone_record, record_for
 from .backbones import PromptSite, find_prompt_site
+from .io.compare import check_pending_weights
 from .mixed_batch import mixed_batch_forward
 from .prompt_config import BLOCKS_BY_INDEX_HINT, ConfigError, PromptConfigBase
-from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock, remove_prompts
-from .safety import check_pending_weights
-
-
-class IncompatibleBackboneError(ValueError):
-    """An adapter was saved for a different backbone than the one it is being loaded onto."""
-
-
-def check_backbone_signature(
-    saved: Optional[dict], site: PromptSite, prompted_blocks: Optional[list[int]] = None
-) -> None:
-    """Refuse an adapter whose recorded backbone differs from `site` (before any weight is touched). With
-    `prompted_blocks`, the record's prompted blocks must be those too."""
-    if not saved:
-        return
-    current = site.signature()
-    if prompted_blocks is not None:
-        current["prompted_blocks"] = list(prompted_blocks)
-    mismatched = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
-    if mismatched:
-        details = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in mismatched.items())
-        raise IncompatibleBackboneError(
-            f"This adapter was trained for a different backbone ({details}). Saved for {saved}; this model is "
-            f"{current}. Load it onto the backbone it was trained with (see `base_model_name_or_path` in "
-            "adapter_config.json)."
-        )
+from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock
+from .routing import RoutedGroup
+from .tokens import strip_prompt_states
 
 
 def is_image_classifier(model: nn.Module) -> bool:
@@ -95,48 +74,36 @@ def resolve_prompted_blocks(config: PromptConfigBase, site: PromptSite) -> tuple
     return by_name
 
 
-def _strip_prompt_states(states: Any, free_len: int, start: int, num_prompts: int) -> Any:
-    if not isinstance(states, (tuple, list)):
-        return states
-    return tuple(
-        remove_prompts(h, start, num_prompts)
-        if torch.is_tensor(h) and h.dim() == 3 and h.shape[1] == free_len + num_prompts
-        else h
-        for h in states
-    )
-
-
 class PromptTuner(BaseTuner):
     """Base `BaseTuner` of the prompt methods. Subclasses set `prefix`, `tuner_layer_cls` and `_new_block`."""
 
     tuner_layer_cls: type[PromptBlock] = PromptBlock
     target_module_mapping: dict[str, list[str]] = {}
-    _prompt_site: Optional[PromptSite] = None
+    prompt_site: Optional[PromptSite] = None  # the resolved block stack of the model, set at injection
     _hidden_state_hooks: Optional[list] = None
-    # Set while a mixed-adapter batch runs (`gated_vpt.mixed_batch`): the prompt count of the group being run.
-    _mixed_batch_active: bool = False
-    _routed_num_prompts: Optional[int] = None
+    # Set while one layout group of a mixed-adapter batch runs (`gated_vpt.mixed_batch`).
+    routed_group: Optional[RoutedGroup] = None
 
     # -- resolving the blocks --------------------------------------------------------------------------------------
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         # Everything that can fail is checked here, before PEFT replaces the first module.
         site = find_prompt_site(self.model)
-        check_backbone_signature(peft_config.backbone, site)
+        check_backbone_record(peft_config.backbone, site)
         first, last = resolve_prompted_blocks(peft_config, site)
-        check_backbone_signature(peft_config.backbone, site, [first, last])
+        check_backbone_record(peft_config.backbone, site, [first, last])
         self._check_config_for_site(peft_config, site)
         if (first, last) != peft_config.prompted_range(site.depth):
             # chosen by name: record the indices too, so that every later reader (loaders, mixed batches, the card)
             # sees the same blocks through `prompted_range`
             peft_config.layers_to_transform = list(range(first, last + 1))
         peft_config.target_modules = list(site.block_names[first : last + 1])
-        peft_config.backbone = {**site.signature(), "prompted_blocks": [first, last]}
+        peft_config.backbone = record_for(site, [first, last])
         if peft_config.base_model_class is None:
             peft_config.base_model_class = type(self.model).__name__
             if is_image_classifier(self.model):
                 peft_config.base_model_num_labels = int(self.model.config.num_labels)
-        self._prompt_site = site
+        self.prompt_site = site
         return peft_config
 
     def _check_config_for_site(self, peft_config: PromptConfigBase, site: PromptSite) -> None:
@@ -158,7 +125,7 @@ class PromptTuner(BaseTuner):
         current_key: str,
         **kwargs: Any,
     ) -> None:
-        site = self._prompt_site
+        site = self.prompt_site
         index = site.block_index(current_key)
         first, last = peft_config.prompted_range(site.depth)
         role = BlockRole(index=index, first=index == first, last=index == last, config=peft_config)
@@ -202,11 +169,11 @@ class PromptTuner(BaseTuner):
             return
         self._hidden_state_hooks = [
             self.model.get_submodule(name).register_forward_hook(self._strip_prompts_from_output)
-            for name in self._prompt_site.ancestor_names
+            for name in self.prompt_site.ancestor_names
         ]
         # Family-specific adjustments of sequence-sized computations inside the encoder (e.g. BEiT's relative
         # position biases); removed with the hooks above.
-        self._hidden_state_hooks += self._prompt_site.install_encoder_hooks(self.model)
+        self._hidden_state_hooks += self.prompt_site.install_encoder_hooks(self.model)
 
     def _remove_hidden_state_hooks(self) -> None:
         for handle in self._hidden_state_hooks or ():
@@ -214,8 +181,8 @@ class PromptTuner(BaseTuner):
         self._hidden_state_hooks = None
 
     def _active_num_prompts(self) -> Optional[int]:
-        if self._mixed_batch_active:
-            return self._routed_num_prompts
+        if self.routed_group is not None:
+            return self.routed_group.num_prompts
         for name in self.active_adapters:
             config = self.peft_config.get(name)
             if isinstance(config, PromptConfigBase):
@@ -226,18 +193,18 @@ class PromptTuner(BaseTuner):
         num_prompts = self._active_num_prompts()
         if num_prompts is None:
             return None
-        start = self._prompt_site.num_prefix_tokens
+        start = self.prompt_site.num_prefix_tokens
         # Every hidden state of one forward is either prompt-free (length of last_hidden_state) or carries the
         # prompt slots; only the latter are shortened.
         if isinstance(output, ModelOutput):
             reference = output.get("last_hidden_state")
             states = output.get("hidden_states")
             if torch.is_tensor(reference) and states is not None:
-                output["hidden_states"] = _strip_prompt_states(states, reference.shape[1], start, num_prompts)
+                output["hidden_states"] = strip_prompt_states(states, reference.shape[1], start, num_prompts)
             return output
         if isinstance(output, tuple) and output and torch.is_tensor(output[0]) and output[0].dim() == 3:
             free_len = output[0].shape[1]
-            return tuple(_strip_prompt_states(item, free_len, start, num_prompts) for item in output)
+            return tuple(strip_prompt_states(item, free_len, start, num_prompts) for item in output)
         return None
 
     # -- mixed-adapter batches ---------------------------------------------------------------------------------

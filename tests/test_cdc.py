@@ -1,4 +1,4 @@
-"""CDC prompt tuning (our reconstruction of iVPT, METHODS.md §3): identities, the method's maths checked against
+"""CDC prompt tuning (our reconstruction of iVPT, docs/methods.md §3): identities, the method's maths checked against
 independent references written here, and the PEFT behaviours shared with the core."""
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def _fill(model: nn.Module, *, scale=None, weight_std=None, bias=None, seed: int
 
 
 class _ReferenceVPTDeepBlock(nn.Module):
-    """VPT-deep written from METHODS.md §1, independently of the library: the first prompted block inserts its prompts
-    after the prefix, later ones overwrite the prompt slots with their own, the last drops them after the block."""
+    """VPT-deep written from docs/methods.md §1, independently of the library: the first prompted block inserts its
+    prompts after the prefix, later ones overwrite the prompt slots with their own, the last drops them after the
+    block."""
 
     def __init__(self, block: nn.Module, prompts: torch.Tensor, start: int, first: bool, last: bool) -> None:
         super().__init__()

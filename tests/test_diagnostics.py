@@ -1,4 +1,4 @@
-"""gate_report reads what a GPT adapter learned; its selection ratios match METHODS.md §2 item 6."""
+"""gate_report reads what a GPT adapter learned; its selection ratios match docs/methods.md §2 item 6."""
 
 from __future__ import annotations
 

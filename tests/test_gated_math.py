@@ -1,4 +1,4 @@
-"""Gated Prompt Tuning computes exactly what METHODS.md §2 specifies, on every tiny backbone family."""
+"""Gated Prompt Tuning computes exactly what docs/methods.md §2 specifies, on every tiny backbone family."""
 
 from __future__ import annotations
 

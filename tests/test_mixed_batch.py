@@ -205,7 +205,7 @@ def test_model_is_unchanged_after_a_mixed_batch():
     assert torch.equal(before, after)
     assert model.active_adapter == A
     assert "forward" not in model.base_model.model.__dict__
-    assert all(block._batch_route is None for block in blocks_of(model))
+    assert all(block.batch_route is None for block in blocks_of(model))
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_bad_adapter_names(adapter_names, error, match):
         after = model(pixel_values=x).logits
     assert torch.equal(before, after)
     assert "forward" not in model.base_model.model.__dict__
-    assert all(block._batch_route is None for block in blocks_of(model))
+    assert all(block.batch_route is None for block in blocks_of(model))
 
 
 def test_training_mode_is_refused():
@@ -242,9 +242,9 @@ def test_error_inside_a_group_forward_leaves_no_routing():
     wrong = torch.randn(len(NAMES), 5, 32, 32)  # 5 channels: the patch embedding raises inside the routed forward
     with torch.no_grad(), pytest.raises(ValueError, match="channel"):
         model(pixel_values=wrong, adapter_names=NAMES)
-    assert all(block._batch_route is None for block in blocks_of(model))
+    assert all(block.batch_route is None for block in blocks_of(model))
     assert "forward" not in model.base_model.model.__dict__
-    assert model.base_model._mixed_batch_active is False
+    assert model.base_model.routed_group is None
 
 
 def test_disabled_adapters_run_every_sample_through_the_base_model():

@@ -27,8 +27,6 @@ import gated_vpt
 from gated_vpt import ConfigError, GatedPromptConfig
 from gated_vpt.prompt_config import FLOAT32_MAX, MAX_NUM_PROMPTS, MIN_TEMPERATURE
 
-HAS_CDC = hasattr(gated_vpt, "CDCPromptConfig")
-
 FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 MODEL = settings(
     max_examples=30,
@@ -152,7 +150,6 @@ CDC_FIELDS = {
 }
 
 
-@pytest.mark.skipif(not HAS_CDC, reason="gated_vpt.CDCPromptConfig not available")
 @pytest.mark.parametrize("field", sorted(CDC_FIELDS))
 def test_cdc_config_accepts_exactly_the_documented_values(field):
     strategy, valid = CDC_FIELDS[field]
@@ -266,7 +263,6 @@ def test_gated_prompt_forward_is_finite_with_standard_shapes(backbone, dtype, tr
         _run_property(GatedPromptConfig, fields, dict(shapes, backbone=backbone, dtype=dtype, train=train))
 
 
-@pytest.mark.skipif(not HAS_CDC, reason="gated_vpt.CDCPromptConfig not available")
 @pytest.mark.parametrize(("backbone", "dtype", "train"), COMBINATIONS)
 @MODEL
 @given(fields=CDC, shapes=SHAPES)

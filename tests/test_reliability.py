@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
 import gated_vpt
-import gated_vpt.safety as safety
+from gated_vpt.io import atomic, config_file, weights_file
 from gated_vpt import GatedPromptConfig
 from gated_vpt.prompt_layer import PromptBlock
 
@@ -385,7 +385,7 @@ def test_an_interrupted_save_leaves_the_old_adapter(saved_twice, where, monkeypa
     elif where == "card write":
         monkeypatch.setattr(gated_vpt.hub, "_add_card_section", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
     else:
-        monkeypatch.setattr(safety, "exchange_directories", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
+        monkeypatch.setattr(atomic, "exchange_directories", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
     with pytest.raises((OSError, KeyboardInterrupt)):
         new.save_pretrained(folder)
     monkeypatch.undo()
@@ -429,9 +429,9 @@ def test_the_fallback_switch_restores_the_old_folder_when_it_fails(saved_twice, 
     old_files = _listing(folder)
 
     def unsupported(*args):
-        raise safety.ExchangeUnsupported(38, "no renameat2")
+        raise atomic.ExchangeUnsupported(38, "no renameat2")
 
-    monkeypatch.setattr(safety, "exchange_directories", unsupported)
+    monkeypatch.setattr(atomic, "exchange_directories", unsupported)
     real_rename, calls = os.rename, []
 
     def flaky_rename(source, target):
@@ -562,7 +562,7 @@ def test_transformers_adapter_state_dict_is_checked_too(world):
     before = fingerprint(base)
     folder = world["references"]["vit"]
     tensors = load_file(folder / "adapter_model.safetensors")
-    config = safety.load_adapter_config(folder)
+    config = config_file.load_adapter_config(folder)
     bad = {**tensors, "base_model.model.vit.embeddings.cls_token": torch.zeros(1, 1, 32)}
     with pytest.raises(gated_vpt.AdapterWeightsError, match=r"^adapter_state_dict: holds tensors that are not part"):
         base.load_adapter(peft_config=config, adapter_state_dict=bad)
@@ -596,19 +596,19 @@ def test_hub_repos_are_checked_without_downloading_a_pickle(world, tmp_path, mon
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo_id, name, **kw: (repo / name).exists())
-    config, weights = safety.check_adapter_files("someone/adapter")
+    config, weights = weights_file.check_adapter_files("someone/adapter")
     assert isinstance(config, GatedPromptConfig) and weights.path == str(repo / "adapter_model.safetensors")
     gen.malicious_pickle(repo)
     downloaded.clear()
     with pytest.raises(gated_vpt.UnsafeAdapterFileError, match=r"^someone/adapter/adapter_model.bin: refused"):
-        safety.check_adapter_files("someone/adapter")
+        weights_file.check_adapter_files("someone/adapter")
     assert "adapter_model.bin" not in downloaded
 
     def offline(*args, **kwargs):
         raise OSError("offline")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    assert safety.check_adapter_files("someone/adapter") is None
+    assert weights_file.check_adapter_files("someone/adapter") is None
 
 
 @pytest.mark.parametrize("why", ["it is the working directory", "it is a mount point", "its parent is read-only"])
@@ -620,16 +620,16 @@ def test_a_folder_that_cannot_be_swapped_gets_its_files_replaced_one_by_one(save
     if why == "it is the working directory":
         monkeypatch.chdir(folder)
     elif why == "it is a mount point":
-        monkeypatch.setattr(safety, "exchange_directories", lambda *a: (_ for _ in ()).throw(OSError(16, "EBUSY")))
+        monkeypatch.setattr(atomic, "exchange_directories", lambda *a: (_ for _ in ()).throw(OSError(16, "EBUSY")))
     else:
-        real_mkdtemp = safety.tempfile.mkdtemp
+        real_mkdtemp = atomic.tempfile.mkdtemp
 
         def no_parent(prefix=None, dir=None, **kwargs):
             if dir == str(tmp_path):
                 raise PermissionError(13, "read-only")
             return real_mkdtemp(prefix=prefix, dir=dir, **kwargs)
 
-        monkeypatch.setattr(safety.tempfile, "mkdtemp", no_parent)
+        monkeypatch.setattr(atomic.tempfile, "mkdtemp", no_parent)
     real_replace, calls = os.replace, []
 
     def flaky_replace(source, target):

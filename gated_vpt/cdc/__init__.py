@@ -2,8 +2,44 @@
 """CDC prompt tuning: our reconstruction of iVPT's cross-layer dynamic connection, dynamic aggregation and attentive
 reinforcement (Zhou, Chen, Huang, arXiv 2404.05207) on deep visual prompts: config, block wrapper and tuner."""
 
-from .config import CDCPromptConfig
+from ..presets import MethodPreset, register_preset
+from ..registration import register
+from .config import CDC_PROMPT, CDCPromptConfig
 from .layer import CDCPromptBlock
 from .model import CDCPromptModel
 
-__all__ = ["CDCPromptBlock", "CDCPromptConfig", "CDCPromptModel"]
+# Registering here, with the method, keeps everything about it in its folder: `gated_vpt` imports every method
+# package it finds, and this registers the PEFT type and the method's named presets.
+register("cdc_prompt", CDCPromptConfig, CDCPromptModel, prefix=CDCPromptModel.prefix)
+register_preset(MethodPreset("cdc", CDCPromptConfig, (), "CDC prompt tuning (our reconstruction of iVPT)"))
+register_preset(
+    MethodPreset(
+        "vpt-deep",
+        CDCPromptConfig,
+        (("cross_layer", False), ("attentive_reinforcement", False)),
+        "VPT-deep (CDC without cross-layer connections and attentive reinforcement)",
+    )
+)
+register_preset(
+    MethodPreset(
+        "cdc-no-ar", CDCPromptConfig, (("attentive_reinforcement", False),), "CDC without attentive reinforcement"
+    )
+)
+register_preset(
+    MethodPreset(
+        "cdc-static-aggregation",
+        CDCPromptConfig,
+        (("dynamic_aggregation", False),),
+        "CDC with static aggregation (one learned mixing weight per block)",
+    )
+)
+register_preset(
+    MethodPreset(
+        "cdc-no-cross-layer",
+        CDCPromptConfig,
+        (("cross_layer", False),),
+        "CDC without cross-layer connections (attentive reinforcement kept)",
+    )
+)
+
+__all__ = ["CDC_PROMPT", "CDCPromptBlock", "CDCPromptConfig", "CDCPromptModel"]

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..prompt_config import ConfigError, PromptConfigBase, check_bool, check_finite
-from ..registration import CDC_PROMPT
+from ..registration import peft_type
+
+CDC_PROMPT = peft_type("CDC_PROMPT")
 
 MAX_REINFORCE_SCALE_INIT = 100.0
 
@@ -84,11 +86,6 @@ class CDCPromptConfig(PromptConfigBase):
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"`reinforce_ratio` must be a fraction in (0, 1]; got {self.reinforce_ratio!r}.")
         self.reinforce_ratio = ratio
-
-    @property
-    def uses_aggregation_weights(self) -> bool:
-        """Whether blocks after the first own an input-conditioned weight vector w_l (CDC with DA)."""
-        return self.cross_layer and self.dynamic_aggregation
 
     def mixed_batch_layout(self, depth: int) -> tuple:
         return (

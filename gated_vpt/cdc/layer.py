@@ -1,5 +1,5 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""The per-block state and updates of CDC prompt tuning (METHODS.md §3, our reconstruction of iVPT).
+"""The per-block state and updates of CDC prompt tuning (docs/methods.md §3, our reconstruction of iVPT).
 
 For the prompted blocks s..e of an adapter (D = width, N_p = prompts, P_l in R^{N_p x D} owned by every block):
 
@@ -32,7 +32,6 @@ How AR stays cheap and consistent with transformers:
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Optional
 
@@ -40,44 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import DEFAULT_ATTENTION, AttentionLayout
 from ..prompt_layer import (
-    KEY_NAMES,
-    QUERY_NAMES,
     BlockRole,
     PromptBlock,
-    find_projection,
     new_prompt_parameter,
-    projection_width,
-    replace_prompts,
     scalar_parameter,
 )
+from ..tokens import replace_prompts
 from .config import CDCPromptConfig
-
-# Arguments of an attention module that carry additive terms on the attention logits, and the rotary embedding.
-LOGIT_TERM_ARGUMENTS = ("attention_mask", "relative_position_bias")
-ROTARY_ARGUMENT = "position_embeddings"
-
-
-def find_parent(root: nn.Module, child: nn.Module) -> Optional[nn.Module]:
-    """The module of `root` (or `root` itself) that holds `child` as a direct child."""
-    for module in root.modules():
-        if any(c is child for c in module.children()):
-            return module
-    return None
-
-
-def attention_head_dim(attention: nn.Module, query: nn.Module) -> Optional[int]:
-    """Head size of an attention module: its `head_dim` / `attention_head_size`, else from its head count."""
-    width = projection_width(query)
-    for attr in ("head_dim", "attention_head_size"):
-        value = getattr(attention, attr, None)
-        if isinstance(value, int) and value > 0 and width % value == 0:
-            return value
-    for owner in (attention, getattr(attention, "config", None)):
-        heads = getattr(owner, "num_attention_heads", None) or getattr(owner, "num_heads", None)
-        if isinstance(heads, int) and heads > 0 and width % heads == 0:
-            return width // heads
-    return None
 
 
 def num_reinforced(ratio: float, num_patches: int) -> int:
@@ -110,30 +80,6 @@ def cls_attention_logits(
     return (k * query).sum(-1) * scaling
 
 
-def _argument_positions(module: nn.Module, names: tuple[str, ...]) -> dict[str, Optional[int]]:
-    """Positional index (in a forward hook's `args`) of each named parameter of `module.forward`, None if absent."""
-    try:
-        parameters = [
-            p.name
-            for p in inspect.signature(module.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        parameters = []
-    return {name: parameters.index(name) if name in parameters else None for name in names}
-
-
-def find_attention_parts(block: nn.Module) -> Optional[tuple[nn.Module, nn.Module, nn.Module, int]]:
-    """(attention module, query projection, key projection, head size) of a block, or None when AR cannot read them:
-    the attention module is the direct parent of both projections."""
-    query, key = find_projection(block, QUERY_NAMES), find_projection(block, KEY_NAMES)
-    attention = None if query is None else find_parent(block, query)
-    if key is None or attention is None or not any(c is key for c in attention.children()):
-        return None
-    head_dim = attention_head_dim(attention, query)
-    return None if head_dim is None else (attention, query, key, head_dim)
-
-
 class CDCPromptBlock(PromptBlock):
     adapter_layer_names = ("cdc_prompts", "cdc_aggregation_weights", "cdc_aggregation_biases", "cdc_reinforce_scales")
 
@@ -145,8 +91,10 @@ class CDCPromptBlock(PromptBlock):
         patch_size: int,
         cls_index: Optional[int] = None,
         final_block: bool = False,
+        attention: AttentionLayout = DEFAULT_ATTENTION,
     ) -> None:
         super().__init__(base_layer, num_prefix_tokens, hidden_size, patch_size)
+        self.attention_layout = attention
         self.final_block = final_block  # the backbone's last block: its output goes only to the head
         self.cdc_prompts = nn.ParameterDict()
         self.cdc_aggregation_weights = nn.ParameterDict()
@@ -166,23 +114,18 @@ class CDCPromptBlock(PromptBlock):
 
     def _install_reinforcement_hooks(self) -> bool:
         """Hook the block's attention for AR; False when the block does not expose what AR needs."""
-        parts = find_attention_parts(self.base_layer)
+        parts = self.attention_layout.parts(self.base_layer)
         if self.cls_index is None or parts is None:
             return False
-        attention, query, key, head_dim = parts
-        self.head_dim = head_dim
-        scaling = getattr(attention, "scaling", None)
-        self.scaling = float(scaling) if isinstance(scaling, (int, float)) else head_dim**-0.5
-        self._ar_argument_positions = _argument_positions(attention, (*LOGIT_TERM_ARGUMENTS, ROTARY_ARGUMENT))
+        self.head_dim, self.scaling = parts.head_dim, parts.scaling
+        self._ar_argument_positions = parts.argument_positions
         handles = [
-            attention.register_forward_pre_hook(self._capture_attention_arguments, with_kwargs=True),
-            query.register_forward_hook(self._capture_query),
-            key.register_forward_hook(self._capture_keys),
+            parts.attention.register_forward_pre_hook(self._capture_attention_arguments, with_kwargs=True),
+            parts.query.register_forward_hook(self._capture_query),
+            parts.key.register_forward_hook(self._capture_keys),
         ]
         # A relative position bias computed inside the attention module (Data2Vec's per-block bias).
-        for child in attention.children():
-            if isinstance(getattr(child, "relative_position_bias_table", None), nn.Parameter):
-                handles.append(child.register_forward_hook(self._capture_bias_output))
+        handles += [module.register_forward_hook(self._capture_bias_output) for module in parts.bias_modules]
         handles.append(self.base_layer.register_forward_hook(self._reinforce, prepend=True))
         self._hook_handles.extend(handles)
         return True
@@ -281,11 +224,11 @@ class CDCPromptBlock(PromptBlock):
             if value is None and position is not None and position < len(args):
                 value = args[position]
             values[name] = value
-        for name in LOGIT_TERM_ARGUMENTS:
+        for name in self.attention_layout.logit_term_arguments:
             row = self._cls_row(values[name])
             if row is not None:
                 self._ar_terms.append(row)
-        rotary = values[ROTARY_ARGUMENT]
+        rotary = values.get(self.attention_layout.rotary_argument)
         if isinstance(rotary, (tuple, list)) and len(rotary) == 2 and all(torch.is_tensor(t) for t in rotary):
             self._ar_rotary = (rotary[0].detach(), rotary[1].detach())
         return None

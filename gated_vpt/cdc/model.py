@@ -8,7 +8,7 @@ from torch import nn
 from ..backbones import PromptSite, UnsupportedModelError
 from ..prompt_tuner import PromptTuner
 from .config import CDCPromptConfig
-from .layer import CDCPromptBlock, find_attention_parts
+from .layer import CDCPromptBlock
 
 
 class CDCPromptModel(PromptTuner):
@@ -35,7 +35,7 @@ class CDCPromptModel(PromptTuner):
         for name in site.block_names[first : last + 1]:
             block = self.model.get_submodule(name)
             inner = block.base_layer if isinstance(block, CDCPromptBlock) else block
-            if find_attention_parts(inner) is None:
+            if site.family.attention.parts(inner) is None:
                 raise UnsupportedModelError(
                     "`attentive_reinforcement=True` reads the attention query / key projections (`q_proj`, `k_proj`) "
                     f"and head size of each block, and {type(block).__name__} ({name}) does not expose them. Set "
@@ -51,4 +51,5 @@ class CDCPromptModel(PromptTuner):
             cls_index=site.cls_token_index,
             # Called before the block is replaced: the stack still holds it.
             final_block=self.model.get_submodule(site.stack_name)[site.depth - 1] is block,
+            attention=site.family.attention,
         )

@@ -2,8 +2,23 @@
 """Gated Prompt Tuning (Yoo et al., "Improving Visual Prompt Tuning for Self-supervised Vision Transformers",
 ICML 2023): config, block wrapper and tuner."""
 
-from .config import GatedPromptConfig
+from ..presets import MethodPreset, register_preset
+from ..registration import register
+from .config import GATED_PROMPT, GatedPromptConfig
 from .layer import GatedPromptBlock
 from .model import GatedPromptModel
 
-__all__ = ["GatedPromptBlock", "GatedPromptConfig", "GatedPromptModel"]
+# Registering here, with the method, keeps everything about it in its folder: `gated_vpt` imports every method
+# package it finds, and this registers the PEFT type and the method's named presets.
+register("gated_prompt", GatedPromptConfig, GatedPromptModel, prefix=GatedPromptModel.prefix)
+register_preset(MethodPreset("gpt", GatedPromptConfig, (), "Gated Prompt Tuning"))
+register_preset(
+    MethodPreset(
+        "vpt-shallow",
+        GatedPromptConfig,
+        (("use_gates", False), ("learn_temperature", False)),
+        "VPT-shallow (GPT without gates and temperatures)",
+    )
+)
+
+__all__ = ["GATED_PROMPT", "GatedPromptBlock", "GatedPromptConfig", "GatedPromptModel"]

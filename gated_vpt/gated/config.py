@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..prompt_config import PromptConfigBase, check_bool, check_finite, check_temperature_range
-from ..registration import GATED_PROMPT
+from ..registration import peft_type
+
+GATED_PROMPT = peft_type("GATED_PROMPT")
 
 
 @dataclass

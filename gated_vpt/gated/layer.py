@@ -1,5 +1,5 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""The per-block state and update of Gated Prompt Tuning (METHODS.md §2).
+"""The per-block state and update of Gated Prompt Tuning (docs/methods.md §2).
 
 For the prompted blocks s..e of an adapter:
 - block s inserts `Dropout(P)` after the prefix tokens (P is the only prompt parameter: VPT-shallow);
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, replace_prompts, scalar_parameter
+from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, scalar_parameter
+from ..tokens import replace_prompts
 from .config import GatedPromptConfig
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from torch import nn
 
 from ..backbones import PromptSite, UnsupportedModelError
-from ..prompt_layer import find_query_projection
 from ..prompt_tuner import PromptTuner
 from .config import GatedPromptConfig
 from .layer import GatedPromptBlock
@@ -22,7 +21,7 @@ class GatedPromptModel(PromptTuner):
     def _check_config_for_site(self, peft_config: GatedPromptConfig, site: PromptSite) -> None:
         if peft_config.learn_temperature:
             block = self.model.get_submodule(site.block_names[0])
-            if find_query_projection(block) is None:
+            if site.family.attention.query_projection(block) is None:
                 raise UnsupportedModelError(
                     f"`learn_temperature=True` needs the attention query projection (`q_proj`) of each block, and "
                     f"{type(block).__name__} has none. Set `learn_temperature=False` for this model."
@@ -34,5 +33,5 @@ class GatedPromptModel(PromptTuner):
             num_prefix_tokens=site.num_prefix_tokens,
             hidden_size=site.hidden_size,
             patch_size=site.patch_size,
-            query_projection=find_query_projection(block),
+            query_projection=site.family.attention.query_projection(block),
         )

@@ -1,0 +1,24 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""Loading and saving our adapters safely: bad files give a clear error, nothing is unpickled, a failed load leaves
+the model exactly as it was, and a save is atomic.
+
+Everything here is off the hot path: it runs when an adapter is loaded or saved, never in `forward`.
+
+Why the checks live here and not (only) in the tuner: PEFT's own flow (`PeftModel.from_pretrained`,
+`PeftModel.load_adapter`, transformers' `load_adapter`) builds and injects the adapter modules *first* and reads the
+weights file afterwards, and the tuner never sees the file's path. So `gated_vpt.integrations` wraps those three entry
+points for our adapter types only, and they call into this package:
+
+1. `weights_file.check_adapter_files` reads `adapter_config.json` (`config_file`) and `adapter_model.safetensors`
+   *before* anything is built: JSON, field names and values, the recorded backbone, the safetensors header, dtypes,
+   finiteness. A pickle weights file (`adapter_model.bin`) is refused without being opened.
+2. While PEFT injects the adapter, the tuner calls `compare.check_pending_weights` right after creating the new
+   parameters and before any value is loaded: the file must hold exactly the tensors (names and shapes) of the
+   adapter that `adapter_config.json` describes. So an unexpected tensor can never be written into the frozen backbone.
+3. `rollback.preserved_on_error` snapshots the model's structure (children, parameters, buffers, hooks, attributes,
+   `requires_grad`, train/eval mode) and restores it if anything fails, so even a failure after injection leaves no
+   wrapper, hook or half-loaded adapter behind.
+
+Where a file is found (a folder or a Hub repo) is `locate`; the errors are in `errors`.
+`atomic.atomic_save` writes a save into a temporary folder next to the target and switches it in atomically.
+"""

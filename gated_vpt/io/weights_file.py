@@ -1,0 +1,157 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""`adapter_model.safetensors`: opened with safetensors only (a pickle file is refused unopened), every tensor's dtype
+and finiteness checked, before any model is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+
+from ..prompt_config import PromptConfigBase
+from ..registration import adapter_parameter_markers
+from .config_file import load_adapter_config
+from .errors import AdapterWeightsError, pickle_refusal, weights_error
+from .locate import Unresolvable, locate
+from .names import CONFIG_NAME, PICKLE_WEIGHTS_NAMES, WEIGHTS_NAME
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+# Integer buffers are legitimate in `modules_to_save` (BatchNorm's `num_batches_tracked` in a segmentation head);
+# the prompt-tuning parameters themselves (`gpt_*`, `cdc_*`) are always floating point.
+INTEGER_DTYPES = ("I64", "I32", "I16", "I8", "U8", "BOOL")
+_PEFT_PREFIX = "base_model.model."
+
+
+def is_saved_module_key(key: str) -> bool:
+    """Whether `key` belongs to a `modules_to_save` copy (e.g. the classifier head), not to the prompt adapter."""
+    return not any(f".{prefix}" in f".{key}" for prefix in adapter_parameter_markers())
+
+
+def _may_be_integer(key: str) -> bool:
+    return is_saved_module_key(key)
+
+
+@dataclasses.dataclass
+class CheckedWeights:
+    """What `check_weights_file` found: the file and the shape of each tensor (keys without `base_model.model.`)."""
+
+    path: str
+    shapes: dict[str, tuple[int, ...]]
+    key_mapping: Optional[Mapping[str, str]] = None
+
+
+def _strip(key: str) -> str:
+    return key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
+
+
+def apply_key_mapping(key: str, key_mapping: Optional[Mapping[str, str]]) -> str:
+    """PEFT's `load_peft_weights(key_mapping=...)` on one (prefix-free) key."""
+    if not key_mapping:
+        return key
+    for pattern, replacement in key_mapping.items():
+        new_key, count = re.subn(pattern, replacement, key)
+        if count:
+            return new_key
+    return key
+
+
+_TORCH_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, tuple[int, ...]]:
+    """dtype and finiteness of every tensor; returns the shapes, keys stripped of `base_model.model.`."""
+    if not tensors:
+        raise weights_error(path, "holds no tensors")
+    shapes = {}
+    for key, tensor in tensors.items():
+        if not torch.is_tensor(tensor):
+            raise weights_error(path, f"`{_strip(key)}` is a {type(tensor).__name__}, not a tensor")
+        if not tensor.is_floating_point() and not (_may_be_integer(key) and tensor.dtype in _TORCH_INTEGER_DTYPES):
+            raise weights_error(
+                path,
+                f"tensor `{_strip(key)}` has dtype {tensor.dtype}; adapter weights are floating point (the file is "
+                "damaged or not an adapter)",
+            )
+        if tensor.device.type != "meta":
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+                raise weights_error(
+                    path,
+                    f"tensor `{_strip(key)}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in "
+                    "training or the file is damaged, and it would only produce NaN / infinite outputs",
+                    "Use an earlier checkpoint, or train again (e.g. with a lower learning rate).",
+                )
+        shapes[_strip(key)] = tuple(tensor.shape)
+    return shapes
+
+
+def check_weights_file(path: str) -> dict[str, tuple[int, ...]]:
+    """Open `adapter_model.safetensors` (never anything else) and check it fully; returns the tensor shapes."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise weights_error(path, "not a regular file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise weights_error(path, "is empty (0 bytes): the save or download was interrupted")
+    tensors = {}
+    try:
+        with safe_open(path, framework="pt") as file:
+            for key in file.keys():
+                dtype = file.get_slice(key).get_dtype()
+                if dtype not in FLOAT_DTYPES and not (_may_be_integer(key) and dtype in INTEGER_DTYPES):
+                    raise weights_error(
+                        path,
+                        f"tensor `{_strip(key)}` has dtype {dtype}; adapter weights are floating point (the file is "
+                        "damaged or not an adapter)",
+                    )
+                tensors[key] = file.get_tensor(key)
+    except AdapterWeightsError:
+        raise
+    except Exception as error:  # safetensors' SafetensorError, OSError, ...
+        detail = str(error).strip().rstrip(".") or type(error).__name__
+        raise weights_error(
+            path,
+            f"not a valid safetensors file ({detail}): it is corrupted or was cut short ({size} bytes)",
+            "Download or copy the adapter again, or save it again with `model.save_pretrained`.",
+        ) from None
+    return check_tensors(tensors, path)
+
+
+def check_adapter_files(
+    model_id: str | os.PathLike,
+    config: Optional[PromptConfigBase] = None,
+    hub_kwargs: Optional[Mapping[str, Any]] = None,
+    key_mapping: Optional[Mapping[str, str]] = None,
+) -> Optional[tuple[PromptConfigBase, CheckedWeights]]:
+    """Check both files of the adapter at `model_id` before anything is built.
+
+    `config`: a config the caller already has (then `adapter_config.json` is not read). Returns (config, weights),
+    or None when the adapter is not one of ours or lives on an unreachable Hub repo (PEFT then reports it)."""
+    if config is None:
+        config = load_adapter_config(model_id, hub_kwargs)
+        if config is None:
+            return None
+    try:
+        path = locate(model_id, WEIGHTS_NAME, hub_kwargs)
+        if path is None:
+            for name in PICKLE_WEIGHTS_NAMES:
+                pickle_path = locate(model_id, name, hub_kwargs, download=False)
+                if pickle_path is not None:
+                    raise pickle_refusal(pickle_path)
+    except Unresolvable:
+        return None
+    if path is None:
+        folder = os.path.join(os.fspath(model_id), (hub_kwargs or {}).get("subfolder") or "")
+        raise weights_error(
+            os.path.join(folder, WEIGHTS_NAME),
+            f"no such file: the adapter's weights are missing (only {CONFIG_NAME} is there)",
+            "Copy the weights file from the original save, or save the adapter again with `model.save_pretrained`.",
+        )
+    return config, CheckedWeights(path, check_weights_file(path), key_mapping)

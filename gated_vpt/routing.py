@@ -1,0 +1,134 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""Per-sample routing of a mixed-adapter batch: which adapter each sample uses, how samples are grouped into
+forwards, and how the groups' outputs are put back in the batch's order. Pure data and tensor functions; the
+forward that uses them is `gated_vpt.mixed_batch`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from transformers.utils import ModelOutput
+
+BASE_ADAPTER = "__base__"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRoute:
+    """Which adapter each sample of one forward uses. Set on every prompt block for the duration of the forward.
+
+    `adapters`: the distinct adapters of the group, in order of first appearance; empty for the base model.
+    `slots`: ``[batch]`` index into `adapters` per sample, on the model's device; None when there is one adapter
+    (the blocks then run exactly their single-adapter code path).
+    """
+
+    adapters: tuple[str, ...]
+    slots: Optional[torch.Tensor] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedGroup:
+    """Set on the tuner (`PromptTuner.routed_group`) while one layout group of a mixed batch runs: the prompt count
+    its hidden-state hooks strip (None for the base model's group, which has no prompt slots)."""
+
+    num_prompts: Optional[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutGroup:
+    """Samples of one mixed batch that can share a forward."""
+
+    positions: list[int]  # their positions in the batch
+    names: list[str]  # their adapter names, in the same order
+    adapters: tuple[str, ...]  # distinct adapters, in order of first appearance; empty for the base model
+
+
+def check_adapter_names(adapter_names: Any, known: Sequence[str]) -> list[str]:
+    """The names as a list, or a clear error naming the problem and the fix."""
+    if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)):
+        raise TypeError(
+            f"`adapter_names` must be a list with one adapter name per sample (or {BASE_ADAPTER!r} for the base "
+            f"model); got {type(adapter_names).__name__}. For one adapter for the whole batch use `set_adapter(name)`."
+        )
+    names = list(adapter_names)
+    bad_types = sorted({type(n).__name__ for n in names if not isinstance(n, str)})
+    if bad_types:
+        raise TypeError(f"`adapter_names` must hold strings; got element(s) of type {', '.join(bad_types)}.")
+    unknown = sorted(set(names) - set(known) - {BASE_ADAPTER})
+    if unknown:
+        raise ValueError(
+            f"Unknown adapter(s) in `adapter_names`: {', '.join(map(repr, unknown))}. This model has "
+            f"{', '.join(map(repr, sorted(known)))}; use {BASE_ADAPTER!r} for the base model without an adapter."
+        )
+    return names
+
+
+def plan_groups(names: Sequence[str], layouts: dict[str, tuple]) -> list[LayoutGroup]:
+    """Group the samples by adapter layout (base-model samples form their own group), in order of first appearance."""
+    grouped: dict[Any, tuple[list[int], list[str]]] = {}
+    for position, name in enumerate(names):
+        key = None if name == BASE_ADAPTER else layouts[name]
+        positions, group_names = grouped.setdefault(key, ([], []))
+        positions.append(position)
+        group_names.append(name)
+    return [
+        LayoutGroup(positions, group_names, () if key is None else tuple(dict.fromkeys(group_names)))
+        for key, (positions, group_names) in grouped.items()
+    ]
+
+
+def batch_size_of(args: tuple, kwargs: dict) -> int:
+    """The batch size of a vision model call: the leading dimension of `pixel_values` (or the first tensor)."""
+    candidates = [kwargs.get("pixel_values"), *args, *kwargs.values()]
+    tensor = next((t for t in candidates if torch.is_tensor(t) and t.dim() > 0), None)
+    if tensor is None:
+        raise ValueError("A mixed-adapter batch needs a batched tensor input (`pixel_values`) to route samples.")
+    return tensor.shape[0]
+
+
+def select_samples(value: Any, index: torch.Tensor, batch_size: int) -> Any:
+    """`value` restricted to the samples `index` if it is a batched tensor (leading dimension = batch), else as is."""
+    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch_size:
+        return value.index_select(0, index.to(value.device))
+    return value
+
+
+def merge_outputs(parts: list[Any], indices: list[torch.Tensor], batch_size: int, name: str = "output") -> Any:
+    """Put the outputs of the groups' forwards back together in the batch's order.
+
+    Batched tensors are scattered back to their samples' positions; a 0-d tensor (a loss the model reduced over its
+    group) becomes the sample-weighted mean of the groups' values, which is the batch's loss for per-sample-mean
+    losses such as cross-entropy. A tensor that is not per sample (e.g. CLIPModel's image-text logits, whose other
+    side is the text batch) cannot be merged: that raises rather than return one group's values."""
+    first = parts[0]
+    if torch.is_tensor(first):
+        if first.dim() == 0:
+            return sum(part * len(index) for part, index in zip(parts, indices, strict=True)) / batch_size
+        sizes = [len(index) for index in indices]
+        if not all(torch.is_tensor(p) and p.dim() > 0 and p.shape[0] == n for p, n in zip(parts, sizes, strict=True)):
+            raise ValueError(
+                f"`{name}` of this model is not one row per image ({[tuple(p.shape) for p in parts]} for layout groups "
+                f"of {sizes} images), so a batch mixing adapters of different layouts cannot be put back together. "
+                "Use adapters of one layout in a batch (one forward, nothing to merge) or run the groups separately."
+            )
+        if any(p.shape[1:] != first.shape[1:] for p in parts):
+            shapes = ", ".join(str(tuple(p.shape[1:])) for p in parts)
+            raise ValueError(
+                f"The adapters of this mixed batch give `{name}` different shapes per sample ({shapes}), e.g. heads "
+                "with different numbers of labels; they cannot be returned as one batch. Run them separately."
+            )
+        merged = first.new_empty((batch_size, *first.shape[1:]))
+        return merged.index_copy_(0, torch.cat(indices).to(first.device), torch.cat(parts))
+    if isinstance(first, ModelOutput):
+        return type(first)(
+            **{key: merge_outputs([p[key] for p in parts], indices, batch_size, f"{name}.{key}") for key in first}
+        )
+    if isinstance(first, (tuple, list)) and not hasattr(first, "_fields"):
+        return type(first)(
+            merge_outputs([p[i] for p in parts], indices, batch_size, f"{name}[{i}]") for i in range(len(first))
+        )
+    if isinstance(first, dict):
+        return {key: merge_outputs([p[key] for p in parts], indices, batch_size, f"{name}.{key}") for key in first}
+    return first

@@ -1,0 +1,164 @@
+"""The package's structure, as docs/architecture.md draws it: who may import whom, no import cycle (function-level
+and TYPE_CHECKING imports included), no library module over 450 lines, and nothing in the core that downloads or
+runs subprocesses. Adding a method or a family must not need an exception here."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gated_vpt"
+MAX_LINES = 450
+# Method packages: a folder with config.py, layer.py and model.py. They may import the core below, never each other.
+METHOD_IMPORTS = {
+    "attention",
+    "backbones",
+    "presets",
+    "prompt_config",
+    "prompt_layer",
+    "prompt_tuner",
+    "registration",
+    "routing",
+    "tokens",
+}
+# module (relative to gated_vpt, fnmatch pattern) -> what it may import from the package
+ALLOWED = {
+    "tokens": set(),
+    "routing": set(),
+    "attention": set(),
+    "backbone_record": set(),
+    "prompt_config": {"backbone_record"},
+    "registration": {"prompt_config"},
+    "presets": {"prompt_config"},
+    "backbones": {"attention", "tokens"},
+    "prompt_layer": {"prompt_config", "routing", "tokens"},
+    "mixed_batch": {"routing"},
+    "io": set(),
+    "io.*": {"io.*", "prompt_config", "backbone_record", "registration"},
+    "prompt_tuner": {
+        "backbone_record",
+        "backbones",
+        "io.compare",
+        "mixed_batch",
+        "prompt_config",
+        "prompt_layer",
+        "routing",
+        "tokens",
+    },
+    "diagnostics": {"prompt_layer"},
+    "hub": {"backbone_record", "io.*", "prompt_config"},
+    "integrations": {"backbone_record", "hub", "io.*", "prompt_config", "prompt_layer"},
+    "contrib": set(),
+    "contrib.*": set(),
+}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+MODULES = _modules()
+METHOD_PACKAGES = sorted(
+    name
+    for name, path in MODULES.items()
+    if path.name == "__init__.py" and all((path.parent / f).is_file() for f in ("config.py", "layer.py", "model.py"))
+)
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Package-internal modules `name` imports anywhere in its file ("" is the package root)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("gated_vpt"):
+                target = node.module.removeprefix("gated_vpt").lstrip(".")
+            else:
+                continue
+            children = [f"{target}.{a.name}".lstrip(".") for a in node.names]
+            found.update([c for c in children if c in MODULES] or [target])
+        elif isinstance(node, ast.Import):
+            found.update(
+                a.name.removeprefix("gated_vpt").lstrip(".") for a in node.names if a.name.startswith("gated_vpt")
+            )
+    found.discard(name)
+    return {f for f in found if f in MODULES}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _allowed(name: str) -> set[str] | None:
+    method = next((m for m in METHOD_PACKAGES if name == m or name.startswith(m + ".")), None)
+    if method is not None:
+        return METHOD_IMPORTS | {f"{method}.*", method}
+    for pattern, allowed in ALLOWED.items():
+        if fnmatch.fnmatch(name, pattern):
+            return allowed
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n))
+def test_each_module_imports_only_what_its_layer_may(name):
+    allowed = _allowed(name)
+    assert allowed is not None, f"gated_vpt.{name} is in no layer of docs/architecture.md: add it there and here"
+    bad = sorted(i for i in GRAPH[name] if not any(fnmatch.fnmatch(i, a) for a in allowed))
+    assert not bad, f"gated_vpt.{name} imports {bad}; its layer allows {sorted(allowed)}"
+
+
+def test_there_is_no_import_cycle():
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(GRAPH[node]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep) :] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for name in sorted(n for n in MODULES if n):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_root_imports_no_contrib_module():
+    assert not any(i == "contrib" or i.startswith("contrib.") for i in GRAPH[""])
+    core = [n for n in MODULES if not (n == "contrib" or n.startswith("contrib."))]
+    assert not [n for n in core for i in GRAPH[n] if i.startswith("contrib")]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if not n.startswith("contrib")))
+def test_library_modules_are_small_and_never_run_subprocesses(name):
+    text = MODULES[name].read_text()
+    assert len(text.splitlines()) <= MAX_LINES, f"gated_vpt.{name} has {len(text.splitlines())} lines"
+    tree = ast.parse(text)
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"subprocess", "urllib", "requests"}, f"gated_vpt.{name} runs or downloads things"
+
+
+def test_method_packages_are_found_and_each_registers_itself():
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    import gated_vpt
+
+    assert {"cdc", "gated"} <= set(METHOD_PACKAGES)
+    for method in METHOD_PACKAGES:
+        package = getattr(gated_vpt, method)
+        config_cls = next(v for k, v in vars(package).items() if k.endswith("Config") and isinstance(v, type))
+        assert config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.values()
