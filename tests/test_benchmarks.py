@@ -15,10 +15,12 @@ DOCS = REPO / "docs"
 SHARED_EUROSAT = REPO.parent / "shared" / "data" / "eurosat_rgb_jpeg.npz"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import accuracy  # noqa: E402
+import accuracy  # noqa: E402,F401  (the command line, benchmarks/accuracy.py, imports)
 import cost  # noqa: E402
 import mixed_batch  # noqa: E402
 import report  # noqa: E402
+from vtab_accuracy import page as accuracy_page  # noqa: E402  (benchmarks/vtab_accuracy: accuracy.py's code)
+from vtab_accuracy import sampling as accuracy_sampling  # noqa: E402
 
 
 def record(name: str) -> dict:
@@ -29,7 +31,7 @@ def record(name: str) -> dict:
 
 
 def test_accuracy_page_is_rendered_from_its_record():
-    page = accuracy.render_markdown(
+    page = accuracy_page.render_markdown(
         record("benchmarks_accuracy.json"), "benchmarks_accuracy.png", "benchmarks_insertion_sweep.png"
     )
     assert (DOCS / "benchmarks_accuracy.md").read_text() == page, "run: python benchmarks/accuracy.py --report-only"
@@ -59,8 +61,8 @@ def test_vtab1k_sampling_rule_picks_the_bundled_eurosat_subset():
     the full EuroSAT file it must give exactly the bundled 800 / 200 / 1,000 images."""
     with np.load(SHARED_EUROSAT, allow_pickle=False) as data:
         labels, split, filenames = data["labels"], data["split"], data["filenames"]
-    picked = accuracy.vtab1k_indices(labels, split, filenames, (0,), 2, 1000)
-    with np.load(accuracy.BUNDLED, allow_pickle=False) as bundled:
+    picked = accuracy_sampling.vtab1k_indices(labels, split, filenames, (0,), 2, 1000)
+    with np.load(accuracy_sampling.BUNDLED, allow_pickle=False) as bundled:
         names, codes = bundled["filenames"], bundled["split"]
     for part, code in (("train", 0), ("val", 1), ("test", 2)):
         assert sorted(map(str, filenames[picked[part]])) == sorted(map(str, names[codes == code])), part

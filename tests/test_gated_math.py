@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import InputRecorder, blocks_of, fresh_copy, logits_or_hidden, prefix_count, vpt_reference
+from helpers import InputRecorder, blocks_of, fresh_copy, main_output, prefix_count, vpt_reference
 from peft import get_peft_model
 from tiny_models import DEPTH, HIDDEN, TINY_BACKBONES, pixel_values
 
@@ -63,8 +63,8 @@ def test_vpt_shallow_is_gpt_without_gates_and_temperatures(backbone_name):
     share_head(model, reference)
     x = pixel_values()
     with torch.no_grad(), vpt_reference(reference, {0: prompts}, last=DEPTH - 1) as vpt:
-        expected = logits_or_hidden(vpt(x))
-        actual = logits_or_hidden(model(x))
+        expected = main_output(vpt(x))
+        actual = main_output(model(x))
     assert torch.equal(actual, expected)
 
 
@@ -77,8 +77,8 @@ def test_gates_at_one_and_unit_temperature_equal_vpt_shallow(backbone_name):
     prompts = adapter_params(model, "prompts")[0].detach()
     x = pixel_values()
     with torch.no_grad(), vpt_reference(reference, {0: prompts}, last=DEPTH - 1) as vpt:
-        expected = logits_or_hidden(vpt(x))
-        actual = logits_or_hidden(model(x))
+        expected = main_output(vpt(x))
+        actual = main_output(model(x))
     assert torch.equal(actual, expected)
 
 
@@ -139,14 +139,14 @@ def test_temperature_equals_scaling_the_query_projection(backbone_name):
     prompts = adapter_params(model, "prompts")[0].detach()
     x = pixel_values()
     with torch.no_grad(), vpt_reference(reference, {0: prompts}, last=DEPTH - 1) as vpt:
-        expected = logits_or_hidden(vpt(x))
-        actual = logits_or_hidden(model(x))
+        expected = main_output(vpt(x))
+        actual = main_output(model(x))
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     # and the temperature does change the output
     with torch.no_grad():
         for tau in adapter_params(model, "temperatures").values():
             tau.fill_(1.0)
-        assert not torch.allclose(logits_or_hidden(model(x)), actual)
+        assert not torch.allclose(main_output(model(x)), actual)
 
 
 def test_temperatures_are_clamped_in_place_before_the_forward():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import blocks_of, logits_or_hidden
+from helpers import blocks_of, main_output
 from peft import PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
@@ -72,11 +72,11 @@ def test_every_sample_equals_its_adapter_alone(backbone_name, method):
     with torch.no_grad():
         mixed = model(pixel_values=x, adapter_names=NAMES, output_hidden_states=True)
         solo = solo_outputs(model, x, output_hidden_states=True)
-    expected = per_sample(solo, logits_or_hidden)
-    assert logits_or_hidden(mixed).dtype == expected.dtype
-    torch.testing.assert_close(logits_or_hidden(mixed), expected, rtol=1e-5, atol=1e-5)
+    expected = per_sample(solo, main_output)
+    assert main_output(mixed).dtype == expected.dtype
+    torch.testing.assert_close(main_output(mixed), expected, rtol=1e-5, atol=1e-5)
     # The adapters really differ, so the comparison above is not between equal outputs.
-    assert not torch.allclose(logits_or_hidden(solo[A]), logits_or_hidden(solo[B]), atol=1e-3)
+    assert not torch.allclose(main_output(solo[A]), main_output(solo[B]), atol=1e-3)
     # Hidden states are prompt-free and per sample those of the sample's own adapter.
     for layer, state in enumerate(mixed.hidden_states):
         expected_state = torch.stack([solo[name].hidden_states[layer][i] for i, name in enumerate(NAMES)])

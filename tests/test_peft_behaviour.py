@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fresh_copy, logits_or_hidden
+from helpers import fresh_copy, main_output, perturb_adapter
+from methods import METHOD_CASES, method_config
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import TINY_BACKBONES, pixel_values
@@ -23,30 +24,23 @@ from gated_vpt.prompt_layer import PromptBlock
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(**overrides) -> GatedPromptConfig:
-    return GatedPromptConfig(**{"num_prompts": 4, "modules_to_save": ["classifier"], **overrides})
-
-
-def perturb_adapter(model, scale: float = 0.5, seed: int = 1) -> None:
-    """Move every trainable parameter away from its init, so round trips compare non-trivial values."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(scale * torch.randn(param.shape, generator=generator))
+def config(method: str = "gpt", model=None, **overrides):
+    """The method's config with 4 prompts and a trained head (tests/methods.py builds it)."""
+    return method_config(method, model, **{"num_prompts": 4, "modules_to_save": ["classifier"], **overrides})
 
 
 @pytest.fixture
-def trained(backbone_name, tmp_path):
+def trained(backbone_name, method, tmp_path):
+    """(a saved, perturbed adapter of `method` on `backbone_name`, the untouched base, the save folder)."""
     base = TINY_BACKBONES[backbone_name]()
     pristine = fresh_copy(base)
-    model = get_peft_model(base, config()).eval()
+    model = get_peft_model(base, config(method, base)).eval()
     perturb_adapter(model)
     model.save_pretrained(tmp_path)
     return model, pristine, tmp_path
 
 
-def test_saved_files_are_only_the_tiny_adapter(trained):
+def test_saved_files_are_only_the_tiny_adapter(trained, method):
     model, _, path = trained
     assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     weights = load_file(path / "adapter_model.safetensors")
@@ -54,7 +48,7 @@ def test_saved_files_are_only_the_tiny_adapter(trained):
     assert n_saved == model.get_nb_trainable_parameters()[0]
     assert all(t.dtype == torch.float32 for t in weights.values())
     saved = json.loads((path / "adapter_config.json").read_text())
-    assert saved["peft_type"] == "GATED_PROMPT"
+    assert saved["peft_type"] == METHOD_CASES[method].peft_type
     assert saved["target_modules"] == sorted(saved["target_modules"], key=lambda n: int(n.rsplit(".", 1)[1]))
     assert saved["backbone"]["num_hidden_layers"] == 4
 
@@ -63,21 +57,20 @@ def test_peft_model_from_pretrained_is_bit_identical(trained):
     model, pristine, path = trained
     x = pixel_values()
     with torch.no_grad():
-        expected = logits_or_hidden(model(x))
+        expected = main_output(model(x))
         loaded = PeftModel.from_pretrained(fresh_copy(pristine), path).eval()
-        assert torch.equal(logits_or_hidden(loaded(x)), expected)
+        assert torch.equal(main_output(loaded(x)), expected)
     assert not any(p.requires_grad for p in loaded.parameters())
 
 
 def test_peft_config_from_pretrained_round_trips(trained):
     model, _, path = trained
     loaded = PeftConfig.from_pretrained(path)
-    assert isinstance(loaded, GatedPromptConfig)
+    assert type(loaded) is type(model.peft_config["default"])
     # PEFT itself sets inference_mode and auto_mapping when saving; every field of ours round-trips
     ignore = {"inference_mode", "auto_mapping"}
     strip = lambda d: {k: v for k, v in d.items() if k not in ignore}  # noqa: E731
     assert strip(loaded.to_dict()) == strip(model.peft_config["default"].to_dict())
-    assert loaded.temperature_range == (0.01, 10.0)
 
 
 def test_is_trainable_reload_trains_the_same_parameters(trained):
@@ -94,7 +87,7 @@ def test_load_adapter_adds_a_second_identical_adapter(trained):
     loaded.load_adapter(path, adapter_name="again")
     loaded.set_adapter("again")
     with torch.no_grad():
-        assert torch.equal(logits_or_hidden(loaded(x)), logits_or_hidden(model(x)))
+        assert torch.equal(main_output(loaded(x)), main_output(model(x)))
 
 
 def test_transformers_load_adapter(trained, backbone_name):
@@ -103,16 +96,16 @@ def test_transformers_load_adapter(trained, backbone_name):
     base.load_adapter(str(path))
     x = pixel_values()
     with torch.no_grad():
-        torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(model(x)), rtol=0, atol=0)
+        torch.testing.assert_close(main_output(base(x)), main_output(model(x)), rtol=0, atol=0)
     # transformers' own adapter API after the load (transformers 5.24 + peft 0.21 fails each of these)
     assert base.active_adapters() == ["default"]
     base.set_adapter("default")
     base.disable_adapters()
     with torch.no_grad():
-        torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(pristine(x)), rtol=0, atol=0)
+        torch.testing.assert_close(main_output(base(x)), main_output(pristine(x)), rtol=0, atol=0)
     base.enable_adapters()
     with torch.no_grad():
-        torch.testing.assert_close(logits_or_hidden(base(x)), logits_or_hidden(model(x)), rtol=0, atol=0)
+        torch.testing.assert_close(main_output(base(x)), main_output(model(x)), rtol=0, atol=0)
 
 
 def test_gated_vpt_loader_checks_and_loads(trained):
@@ -120,38 +113,38 @@ def test_gated_vpt_loader_checks_and_loads(trained):
     loaded = gated_vpt.from_pretrained(fresh_copy(pristine), path).eval()
     x = pixel_values()
     with torch.no_grad():
-        assert torch.equal(logits_or_hidden(loaded(x)), logits_or_hidden(model(x)))
+        assert torch.equal(main_output(loaded(x)), main_output(model(x)))
 
 
-def test_several_adapters_switch_and_delete(backbone_name):
+def test_several_adapters_switch_and_delete(backbone_name, method):
     base = TINY_BACKBONES[backbone_name]()
     pristine = fresh_copy(base)
     x = pixel_values()
-    model = get_peft_model(base, config()).eval()
+    model = get_peft_model(base, config(method, base)).eval()
     perturb_adapter(model, seed=1)
-    model.add_adapter("other", config(num_prompts=2, layers_to_transform=[1, 2, 3]))
+    model.add_adapter("other", config(method, base, num_prompts=2, layers_to_transform=[1, 2, 3]))
     model.set_adapter("other")
     perturb_adapter(model, seed=2)  # only "other" is trainable now
     with torch.no_grad():
-        out_other = logits_or_hidden(model(x))
+        out_other = main_output(model(x))
         model.set_adapter("default")
-        out_default = logits_or_hidden(model(x))
-        base_out = logits_or_hidden(pristine(x))
+        out_default = main_output(model(x))
+        base_out = main_output(pristine(x))
         assert not torch.allclose(out_other, out_default)
         model.delete_adapter("default")
         assert model.active_adapters == ["other"]
-        assert torch.equal(logits_or_hidden(model(x)), out_other)
+        assert torch.equal(main_output(model(x)), out_other)
         model.delete_adapter("other")
         assert model.base_model.active_adapters == []
         # With every adapter gone the blocks pass through and the head is the original one. (PEFT's PeftModel
         # keeps a stale `active_adapter` then, for every PEFT method, so call the wrapped model or unload().)
-        assert torch.equal(logits_or_hidden(model.base_model.model(x)), base_out)
-        assert torch.equal(logits_or_hidden(model.unload()(x)), base_out)
+        assert torch.equal(main_output(model.base_model.model(x)), base_out)
+        assert torch.equal(main_output(model.unload()(x)), base_out)
 
 
-def test_two_prompt_adapters_cannot_be_active_together():
-    model = get_peft_model(TINY_BACKBONES["vit"](), config())
-    model.add_adapter("other", config())
+def test_two_prompt_adapters_cannot_be_active_together(method):
+    model = get_peft_model(TINY_BACKBONES["vit"](), config(method))
+    model.add_adapter("other", config(method))
     with pytest.raises(ValueError, match="one prompt adapter"):
         model.base_model.set_adapter(["default", "other"])
 
@@ -163,9 +156,9 @@ def test_disable_adapter_equals_the_base_model(trained):
         with model.disable_adapter():
             disabled = model(x, output_hidden_states=True)
         base = pristine(x, output_hidden_states=True)
-        assert torch.equal(logits_or_hidden(disabled), logits_or_hidden(base))
+        assert torch.equal(main_output(disabled), main_output(base))
         assert all(torch.equal(a, b) for a, b in zip(disabled.hidden_states, base.hidden_states))
-        assert not torch.equal(logits_or_hidden(model(x)), logits_or_hidden(base))
+        assert not torch.equal(main_output(model(x)), main_output(base))
 
 
 def test_unload_returns_the_original_model_bit_for_bit(trained):
@@ -186,10 +179,10 @@ def test_unload_returns_the_original_model_bit_for_bit(trained):
     assert all(torch.equal(v, trained_head[k]) for k, v in unloaded.classifier.state_dict().items())
 
 
-def test_unload_without_trained_modules_equals_the_original_outputs(backbone_name):
+def test_unload_without_trained_modules_equals_the_original_outputs(backbone_name, method):
     base = TINY_BACKBONES[backbone_name]()
     pristine = fresh_copy(base)
-    model = get_peft_model(base, config(modules_to_save=None))
+    model = get_peft_model(base, config(method, base, modules_to_save=None))
     perturb_adapter(model)
     unloaded = model.unload()
     x = pixel_values()

@@ -5,29 +5,16 @@ The script's `main(argv)` is imported, not spawned. One training run is shared b
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
+import semantic_segmentation as example  # examples/semantic_segmentation.py (examples/ is on sys.path: conftest.py)
 import torch
 
 import gated_vpt
 
-
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "examples" / "semantic_segmentation.py"
 IMAGE_SIZE = 32
 SEED = 0
-
-
-def _import_example():
-    spec = importlib.util.spec_from_file_location("semantic_segmentation_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _import_example()
 
 
 @pytest.fixture(scope="module", params=["gpt", "cdc"])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import fresh_copy
+from methods import method_config
 from peft import PeftModel, get_peft_model
 from tiny_models import NUM_LABELS, TINY_BACKBONES, pixel_values
-
-from gated_vpt import GatedPromptConfig
 
 
 def toy_task(n: int = 32, seed: int = 0):
@@ -21,14 +20,25 @@ def toy_task(n: int = 32, seed: int = 0):
     return images, labels
 
 
-def gpt(backbone: str = "vit", **overrides):
+def tuned(method: str = "gpt", backbone: str = "vit", visible: bool = False, **overrides):
+    """`method` (tests/methods.py) on the tiny `backbone` classifier: 4 prompts, no dropout, a trained head;
+    `visible`: initialised so that the adapter already changes the outputs."""
     base = TINY_BACKBONES[backbone]()
-    config = {"num_prompts": 4, "modules_to_save": ["classifier"], "prompt_dropout": 0.0, **overrides}
-    return get_peft_model(base, GatedPromptConfig(**config))
+    fields = {"num_prompts": 4, "modules_to_save": ["classifier"], "prompt_dropout": 0.0, **overrides}
+    return get_peft_model(base, method_config(method, base, visible=visible, **fields))
 
 
-def test_plain_pytorch_loop_reduces_the_loss(representative_backbone):
-    model = gpt(representative_backbone).train()
+def gpt(backbone: str = "vit", **overrides):
+    return tuned("gpt", backbone, **overrides)
+
+
+def adapter_parameters(model) -> dict:
+    prefix = model.base_model.prefix  # the method's parameter prefix (gpt_, cdc_)
+    return {n: p for n, p in model.named_parameters() if prefix in n}
+
+
+def test_plain_pytorch_loop_reduces_the_loss(representative_backbone, method):
+    model = tuned(method, representative_backbone).train()
     images, labels = toy_task()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -106,7 +116,7 @@ TUPLE_EMBEDDINGS = {"beit", "data2vec_vision"}
 
 @pytest.mark.parametrize("enable", ["before_wrapping", "after_wrapping"])
 @pytest.mark.parametrize("use_reentrant", [True, False])
-def test_activation_checkpointing_gives_the_same_gradients(representative_backbone, use_reentrant, enable):
+def test_activation_checkpointing_gives_the_same_gradients(representative_backbone, method, use_reentrant, enable):
     backbone_name = representative_backbone
     if enable == "before_wrapping" and backbone_name in TUPLE_EMBEDDINGS:
         pytest.xfail("upstream: enable_input_require_grads' hook fails on tuple-returning patch embeddings")
@@ -117,7 +127,8 @@ def test_activation_checkpointing_gives_the_same_gradients(representative_backbo
         base = TINY_BACKBONES[backbone_name]()
         if checkpointing and enable == "before_wrapping":
             base.gradient_checkpointing_enable(**kwargs)
-        model = get_peft_model(base, GatedPromptConfig(num_prompts=4, gate_init=1.0, prompt_dropout=0.0)).train()
+        config = method_config(method, base, visible=True, num_prompts=4, prompt_dropout=0.0)
+        model = get_peft_model(base, config).train()
         if checkpointing and enable == "after_wrapping":
             model.gradient_checkpointing_enable(**kwargs)
         with torch.no_grad():
@@ -133,9 +144,9 @@ def test_activation_checkpointing_gives_the_same_gradients(representative_backbo
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_torch_compile_fullgraph_has_no_graph_breaks(representative_backbone):
+def test_torch_compile_fullgraph_has_no_graph_breaks(representative_backbone, method):
     torch._dynamo.reset()
-    model = gpt(representative_backbone).eval()
+    model = tuned(method, representative_backbone, visible=True).eval()
     x = pixel_values()
     with torch.no_grad():
         expected = model(x).logits
@@ -145,11 +156,11 @@ def test_torch_compile_fullgraph_has_no_graph_breaks(representative_backbone):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_training_step_matches_eager():
+def test_compiled_training_step_matches_eager(method):
     torch._dynamo.reset()
     images, labels = toy_task(4)
-    eager = gpt(gate_init=1.0).train()
-    compiled_model = gpt(gate_init=1.0).train()
+    eager = tuned(method, visible=True).train()
+    compiled_model = tuned(method, visible=True).train()
     compiled_model.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_model.base_model.model, fullgraph=True, backend="aot_eager")
     eager(pixel_values=images, labels=labels).loss.backward()
@@ -159,22 +170,22 @@ def test_compiled_training_step_matches_eager():
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_backbone_keeps_fp32_adapter_weights(backbone_name):
+def test_bf16_backbone_keeps_fp32_adapter_weights(backbone_name, method):
     base = TINY_BACKBONES[backbone_name]().to(torch.bfloat16)
-    model = get_peft_model(base, GatedPromptConfig(num_prompts=4, modules_to_save=["classifier"]))
-    adapter = {n: p.dtype for n, p in model.named_parameters() if "gpt_" in n}
+    model = get_peft_model(base, method_config(method, base, num_prompts=4, modules_to_save=["classifier"]))
+    adapter = {n: p.dtype for n, p in adapter_parameters(model).items()}
     assert adapter and set(adapter.values()) == {torch.float32}
     images, labels = toy_task(4)
     model.train()
     out = model(pixel_values=images.to(torch.bfloat16), labels=labels)
     assert out.logits.dtype == torch.bfloat16
     out.loss.backward()
-    grads = [p.grad for n, p in model.named_parameters() if "gpt_" in n]
+    grads = [p.grad for p in adapter_parameters(model).values()]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
-def test_bf16_autocast_on_an_fp32_backbone():
-    model = gpt().train()
+def test_bf16_autocast_on_an_fp32_backbone(method):
+    model = tuned(method).train()
     images, labels = toy_task(4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(pixel_values=images, labels=labels).loss

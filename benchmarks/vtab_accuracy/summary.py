@@ -1,0 +1,256 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The record the pages are written from: every run's numbers (done or not), the tables over seeds, the findings
+(where GPT and CDC lose) and the run times. The committed docs/benchmarks_accuracy.json is this record."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+from typing import Any, Optional
+
+import _runs  # benchmarks/_runs.py
+
+from .plan import Plan, Spec
+from .protocol import ABLATIONS, BASELINES, DATASETS, LABELS, THE, TITLES, Settings
+
+
+def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[str, Any]:
+    s = plan.settings
+    runs: list[dict[str, Any]] = []
+    chosen: dict[str, Any] = {}
+    for dataset in dict.fromkeys(s.select_on.values()):
+        runs += [record_of("selection", spec, plan.results(spec)) for spec in plan.selection(dataset)]
+        chosen[dataset] = plan.choose(dataset)
+    planned_pending: dict[str, int] = {}
+    for dataset in DATASETS:
+        lrs = chosen[s.select_on[dataset]]
+        if lrs is None:  # selection not finished: the final runs' learning rates are not known yet
+            placeholder = {m: s.lr_grids[m][0] for m in s.methods}
+            planned_pending[dataset] = len({spec for _, spec in plan.final(dataset, placeholder)})
+            continue
+        seen = set()
+        for stage, spec in plan.final(dataset, {m: c["lr"] for m, c in lrs.items()}):
+            if spec not in seen:  # sweep k = 1 is main's VPT-shallow run
+                seen.add(spec)
+                runs.append(record_of(stage, spec, plan.results(spec)))
+    commands = []
+    if command_log.is_file():
+        for line in command_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["command"] not in [c["command"] for c in commands]:
+                commands.append(entry)
+    done = [r for r in runs if r["done"]]
+    summary = summarize(s, runs)
+    return {
+        "title": "Accuracy under the VTAB-1k protocol",
+        "mode": plan.mode,
+        "quick": s.max_samples is not None,
+        "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "commands": commands,
+        "render_command": render_command,
+        "model": plan.model,
+        "settings": dataclasses.asdict(s),
+        "machine": {
+            "renderer_cpu": _runs.cpu_name(),
+            "renderer_cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "run_cpus": sorted({f"{r['cpu']}, {r['cpu_count']} cores" for r in done if r.get("cpu")}),
+            "run_devices": sorted({r["device"] for r in done if r.get("device")}),
+            "torch": sorted({r["torch"] for r in done if r.get("torch")}),
+            "workers": sorted({r["workers"] for r in done if r.get("workers")}),
+            "run_dates": sorted({r["date"] for r in done if r.get("date")}),
+        },
+        "progress": {"done": len(done), "known": len(runs), "pending_unknown_lr": planned_pending},
+        "chosen_lrs": chosen,
+        "summary": summary,
+        "findings": findings(summary),
+        "runs": runs,
+    }
+
+
+def record_of(stage: str, spec: Spec, results: Optional[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "stage": stage,
+        **dataclasses.asdict(spec),
+        "k": spec.layers + 1,
+        "done": results is not None,
+    }
+    if results is None:
+        return row
+    probe = results.get("linear_probe")
+    env = results.get("environment", {})
+    harness = results.get("harness", {})
+    row.update(
+        accuracy=results["accuracy"],
+        num_train=results["num_train"],
+        num_eval=results["num_eval"],
+        num_classes=results["num_classes"],
+        trainable_parameters=results["trainable_parameters"],
+        adapter_bytes=results["adapter_bytes"],
+        train_loss=results["train_loss"],
+        steps=results["steps"],
+        train_s=results["timings_s"]["train_s"],
+        wall_s=results["wall_time_s"],
+        run_s=harness.get("run_s"),
+        cpu_s=harness.get("cpu_s"),
+        linear_probe=None if probe is None else {k: probe[k] for k in ("accuracy", "l2", "feature_dim", "seconds")},
+        date=results.get("date"),
+        torch=env.get("torch"),
+        device=env.get("device"),
+        cpu=harness.get("cpu"),
+        cpu_count=harness.get("cpu_count"),
+        workers=harness.get("workers"),
+        load_average=harness.get("load_average"),
+    )
+    return row
+
+
+def summarize(settings: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dataset: the main table (methods and linear probe), the ablations and the sweep, over seeds."""
+    summary: dict[str, Any] = {}
+    for dataset in DATASETS:
+        mine = [r for r in runs if r["dataset"] == dataset and r["split"] == "test"]
+        if not mine:
+            continue
+        main = {m: table_row(mine, "main", settings.seeds, method=m) for m in settings.methods}
+        probes = {
+            r["seed"]: r["linear_probe"] for r in mine if r["stage"] == "main" and r["method"] == "gpt" and r["done"]
+        }
+        probe = stats([probes[s]["accuracy"] if probes.get(s) else None for s in settings.seeds])
+        probe["seeds"] = list(settings.seeds)
+        first = next((p for p in probes.values() if p), None)
+        if first is not None:
+            classes = next(r["num_classes"] for r in mine if r["done"])
+            probe["trainable_parameters"] = (first["feature_dim"] + 1) * classes
+            probe["adapter_bytes"] = None  # the example does not save the probe
+        summary[dataset] = {
+            "num_test": next((r["num_eval"] for r in mine if r["done"]), None),
+            "main": {"linear-probe": probe, **main},
+            "ablations": {a: table_row(mine, "ablations", settings.seeds, ablation=a) for a in settings.ablations},
+            "sweep": {  # k = 1 is main's VPT-shallow run
+                k: table_row(
+                    mine, "sweep" if k > 1 else "main", settings.sweep_seeds, method="vpt-shallow", layers=k - 1
+                )
+                for k in settings.sweep_blocks
+            },
+        }
+    return summary
+
+
+def table_row(runs: list[dict[str, Any]], stage: str, seeds, **match) -> dict[str, Any]:
+    """One table row: the runs of `stage` matching `match`, over `seeds`."""
+    found = {r["seed"]: r for r in runs if r["stage"] == stage and all(r[k] == v for k, v in match.items())}
+    done = [found[s] for s in seeds if s in found and found[s]["done"]]
+    out = stats([found[s]["accuracy"] if s in found and found[s]["done"] else None for s in seeds])
+    out.update(seeds=list(seeds), lr=next((r["lr"] for r in found.values()), None))
+    if done:
+        out.update(
+            trainable_parameters=done[0]["trainable_parameters"],
+            adapter_bytes=done[0]["adapter_bytes"],
+            train_s=statistics.fmean(r["train_s"] for r in done),
+        )
+    return out
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1) of the values that exist."""
+    done = [v for v in values if v is not None]
+    return {
+        "values": values,
+        "n": len(done),
+        "mean": statistics.fmean(done) if done else None,
+        "std": statistics.stdev(done) if len(done) > 1 else None,
+    }
+
+
+def findings(summary: dict[str, Any]) -> list[str]:
+    """Plain statements, from the numbers, of where GPT and CDC lose to a baseline (and where CDC's parts hurt)."""
+    lines = []
+    for dataset, tables in summary.items():
+        main, title = tables["main"], TITLES[dataset]
+        for ours in ("gpt", "cdc"):
+            if ours not in main or main[ours]["mean"] is None:
+                continue
+            losses, compared = [], []
+            for base in BASELINES:
+                if base not in main or main[base]["mean"] is None:
+                    continue
+                compared.append(LABELS[base])
+                gap = 100 * (main[base]["mean"] - main[ours]["mean"])
+                if gap > 0:
+                    stds = [s for s in (main[ours]["std"], main[base]["std"]) if s is not None]
+                    noise = " — no more than one seed-to-seed std" if stds and gap <= 100 * max(stds) else ""
+                    losses.append(
+                        f"{LABELS[ours]} is below {THE.get(base, LABELS[base])} on {title} by {gap:.1f} points "
+                        f"({_versus(main[ours], main[base])}){noise}."
+                    )
+            if losses:
+                lines += losses
+            elif compared:
+                lines.append(f"{LABELS[ours]} is not below any baseline run so far on {title} ({', '.join(compared)}).")
+        cdc = main["cdc"]["mean"] if "cdc" in main else None
+        for name, s in tables["ablations"].items():
+            if cdc is not None and s["mean"] is not None and s["mean"] > cdc:
+                lines.append(
+                    f"{ABLATIONS[name][1]} scores above full CDC on {title} by {100 * (s['mean'] - cdc):.1f} points "
+                    f"({_versus(s, main['cdc'])})."
+                )
+    return lines
+
+
+def _versus(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """'83.3 ± 0.4 vs 88.8 ± 0.2; 2 seeds' (or 'n of m seeds so far')."""
+    n, m = min(a["n"], b["n"]), len(a["values"])
+    seeds = f"{n} seed{'s' * (n > 1)}" if n == m else f"{n} of {m} seeds so far"
+    return f"{mean_std(a, False)} vs {mean_std(b, False)}; {seeds}"
+
+
+def pts(x: Optional[float]) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def mean_std(s: dict[str, Any], seeds: bool = True) -> str:
+    if s["mean"] is None:
+        return "not run yet"
+    std = "" if s["std"] is None else f" ± {100 * s['std']:.1f}"
+    partial = seeds and s["n"] < len(s["values"])
+    return f"{100 * s['mean']:.1f}{std}" + (f" ({s['n']} of {len(s['values'])} seeds)" if partial else "")
+
+
+def times(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (dataset, stage): runs done and planned, mean wall and CPU time per run, estimated time of the runs left.
+
+    The estimate uses the CPU time where it was recorded: a run has one torch thread, so its CPU time is what its
+    wall time would be on an otherwise idle core (wall times also count pauses and a shared CPU)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in record["runs"]:
+        groups.setdefault((r["dataset"], r["stage"]), []).append(r)
+    for dataset, n in record["progress"]["pending_unknown_lr"].items():
+        groups.setdefault((dataset, "main + ablations + sweep"), []).extend([{"done": False}] * n)
+    fallback = _mean(record["runs"], "cpu_s") or _mean(record["runs"], "run_s")
+    out = []
+    for (dataset, stage), rows in groups.items():
+        wall, cpu = _mean(rows, "run_s"), _mean(rows, "cpu_s")
+        left = sum(not r["done"] for r in rows)
+        per_run = cpu or wall or fallback
+        out.append(
+            {
+                "group": f"{TITLES[dataset]} {stage}",
+                "done": len(rows) - left,
+                "planned": len(rows),
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "left_s": None if per_run is None else left * per_run,
+            }
+        )
+    return out
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> Optional[float]:
+    values = [r[key] for r in rows if r["done"] and r.get(key)]
+    return statistics.fmean(values) if values else None

