@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from methods import METHOD_CASES
 from peft import PeftModel
 from safetensors.torch import load_file
 from tiny_models import tiny_vit
@@ -39,7 +40,7 @@ def run(args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | 
     return stdout + stderr
 
 
-METHODS = ["gpt", "cdc"]
+METHODS = sorted(METHOD_CASES)  # the method case table (tests/methods.py)
 
 
 @pytest.mark.parametrize("method", METHODS)
