@@ -12,64 +12,121 @@ each block gathers every sample's own parameters along the batch dimension (`Bat
 `ModulesToSaveWrapper` gives each sample its own head. Samples of different layouts, and `"__base__"` samples (no
 prompt slots at all), cannot share a sequence without attention masks, which several supported families do not
 accept; each such group runs its own forward and the outputs are put back in the batch's order.
+
+Per call, not per model: the call's routing lives in a `ContextVar` (`gated_vpt.routing.MixedCall`), and the hooks
+that act on it are installed once, when the adapter is injected, and removed by `unload()`. The model's forward is
+never replaced, so concurrent calls from several threads each get their own samples' outputs, and a call that fails
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .routing import (
     BASE_ADAPTER,
-    BatchRoute,
-    LayoutGroup,
-    RoutedGroup,
+    MixedCall,
+    active_call,
     batch_size_of,
     check_adapter_names,
     merge_outputs,
     plan_groups,
+    running,
     select_samples,
 )
 
 
-@contextlib.contextmanager
-def _routed_group(
-    tuner: BaseTuner, group: LayoutGroup, blocks: list[nn.Module], heads: list[nn.Module], device: torch.device
-) -> Iterator[None]:
-    """Route one group's forward: every prompt block gathers per-sample parameters, every head wrapper (PEFT's
-    `modules_to_save`) picks per-sample heads, the hidden-state hooks strip the group's prompt count."""
-    slots = None
-    if len(group.adapters) > 1:
-        slot_of = {name: i for i, name in enumerate(group.adapters)}
-        slots = torch.tensor([slot_of[name] for name in group.names], device=device)
-    route = BatchRoute(group.adapters, slots)
+def _call_of(tuner: BaseTuner) -> Optional[MixedCall]:
+    call = active_call()
+    return call if call is not None and call.tuner_id == id(tuner) else None
 
-    def give_head_names(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return args, {**kwargs, "adapter_names": group.names}
 
-    handles = [head.register_forward_pre_hook(give_head_names, with_kwargs=True) for head in heads]
-    for block in blocks:
-        block.batch_route = route
-    tuner.routed_group = RoutedGroup(tuner.peft_config[group.adapters[0]].num_prompts if group.adapters else None)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for block in blocks:
-            block.batch_route = None
-        tuner.routed_group = None
+def _group_inputs(call: MixedCall, index: torch.Tensor) -> tuple[tuple, dict]:
+    args, kwargs = call.inputs
+    batch_size = len(call.names)
+    return (
+        tuple(select_samples(a, index, batch_size) for a in args),
+        {k: select_samples(v, index, batch_size) for k, v in kwargs.items()},
+    )
+
+
+def install_mixed_batch_hooks(tuner: BaseTuner) -> list[RemovableHandle]:
+    """The two hooks on the tuner's model that run a mixed call: the pre-hook takes the call and narrows the input to
+    its first layout group; the forward hook runs the other groups and merges the outputs. Inert for any call that is
+    not a mixed call of this tuner (one global read)."""
+    model = tuner.model
+
+    def take_call(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        call = _call_of(tuner)
+        if call is None or call.dispatching or call.started:
+            return None
+        call.started = True
+        batch_size = batch_size_of(args, kwargs)
+        if batch_size != len(call.names):
+            raise ValueError(
+                f"`adapter_names` has {len(call.names)} entries but the batch has {batch_size} samples: give one "
+                f"adapter name per sample ({BASE_ADAPTER!r} for the base model)."
+            )
+        call.select(call.groups[0])
+        if len(call.groups) == 1:
+            return None
+        call.inputs = (args, kwargs)
+        return _group_inputs(call, torch.tensor(call.groups[0].positions, device=call.device))
+
+    def run_other_groups(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        call = _call_of(tuner)
+        if call is None or call.dispatching or len(call.groups) == 1:
+            return None
+        parts, indices = [output], [torch.tensor(call.groups[0].positions, device=call.device)]
+        call.dispatching = True
+        try:
+            for group in call.groups[1:]:
+                index = torch.tensor(group.positions, device=call.device)
+                call.select(group)
+                group_args, group_kwargs = _group_inputs(call, index)
+                parts.append(module(*group_args, **group_kwargs))
+                indices.append(index)
+        finally:
+            call.dispatching = False
+            call.inputs = ((), {})
+        return merge_outputs(parts, indices, len(call.names))
+
+    return [
+        model.register_forward_pre_hook(take_call, with_kwargs=True, prepend=True),
+        model.register_forward_hook(run_other_groups, with_kwargs=True),
+    ]
+
+
+def _install_head_hooks(tuner: BaseTuner) -> None:
+    """Give every `modules_to_save` wrapper the current group's per-sample adapter names. PEFT creates the wrappers
+    after the tuner injected its blocks, so they are hooked at the first mixed call, once, and unhooked by
+    `unload()` with the tuner's other hooks."""
+    hooked = tuner.__dict__.setdefault("_hooked_heads", set())
+
+    def give_head_names(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        call = _call_of(tuner)
+        if call is None or call.head_names is None:
+            return None
+        return args, {**kwargs, "adapter_names": call.head_names}
+
+    for head in tuner.model.modules():
+        if isinstance(head, AuxiliaryTrainingWrapper) and id(head) not in hooked:
+            hooked.add(id(head))
+            tuner.keep_hook(head.register_forward_pre_hook(give_head_names, with_kwargs=True))
 
 
 @contextlib.contextmanager
 def mixed_batch_forward(tuner: BaseTuner, adapter_names: Any) -> Iterator[None]:
-    """While active, calls of the tuner's model run each sample with the adapter `adapter_names` gives it."""
+    """While active, the next call of the tuner's model in this context runs each sample with the adapter
+    `adapter_names` gives it."""
     names = check_adapter_names(adapter_names, list(tuner.peft_config))
     if tuner.model.training:
         raise ValueError(
@@ -78,40 +135,15 @@ def mixed_batch_forward(tuner: BaseTuner, adapter_names: Any) -> Iterator[None]:
         )
     depth = tuner.prompt_site.depth
     layouts = {name: config.mixed_batch_layout(depth) for name, config in tuner.peft_config.items()}
-    groups = plan_groups(names, layouts)
-    model = tuner.model
-    blocks = [m for m in model.modules() if isinstance(m, tuner.tuner_layer_cls)]
-    heads = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
-    had_own_forward = "forward" in model.__dict__  # e.g. accelerate's hooks install one on the instance
-    original_forward = model.forward
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        batch_size = batch_size_of(args, kwargs)
-        if batch_size != len(names):
-            raise ValueError(
-                f"`adapter_names` has {len(names)} entries but the batch has {batch_size} samples: give one adapter "
-                f"name per sample ({BASE_ADAPTER!r} for the base model)."
-            )
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        if len(groups) == 1:
-            with _routed_group(tuner, groups[0], blocks, heads, device):
-                return original_forward(*args, **kwargs)
-        parts, indices = [], []
-        for group in groups:
-            index = torch.tensor(group.positions, device=device)
-            group_args = tuple(select_samples(a, index, batch_size) for a in args)
-            group_kwargs = {k: select_samples(v, index, batch_size) for k, v in kwargs.items()}
-            with _routed_group(tuner, group, blocks, heads, device):
-                parts.append(original_forward(*group_args, **group_kwargs))
-            indices.append(index)
-        return merge_outputs(parts, indices, batch_size)
-
-    model.forward = forward
-    try:
+    param = next(tuner.model.parameters(), None)
+    _install_head_hooks(tuner)
+    call = MixedCall(
+        tuner_id=id(tuner),
+        block_ids=frozenset(id(m) for m in tuner.model.modules() if isinstance(m, tuner.tuner_layer_cls)),
+        names=names,
+        groups=plan_groups(names, layouts),
+        num_prompts_of={name: config.num_prompts for name, config in tuner.peft_config.items()},
+        device=param.device if param is not None else torch.device("cpu"),
+    )
+    with running(call):
         yield
-    finally:
-        if had_own_forward:
-            model.forward = original_forward
-        else:
-            del model.forward

@@ -117,6 +117,13 @@ class PromptConfigBase(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(
+            self.task_type is None,
+            "task_type",
+            self.task_type,
+            "None (prompt adapters are for vision models: any task type makes PEFT return a text-model class, "
+            "e.g. PeftModelForSequenceClassification, whose forward expects `input_ids`)",
+        )
+        _require(
             _is_int(self.num_prompts) and 1 <= self.num_prompts <= MAX_NUM_PROMPTS,
             "num_prompts",
             self.num_prompts,

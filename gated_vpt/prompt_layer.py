@@ -29,7 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .prompt_config import PromptConfigBase
-from .routing import BatchRoute
+from .routing import BatchRoute, active_call
 from .tokens import insert_prompts, pad_for_prompts, remove_prompts
 
 
@@ -99,7 +99,6 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self._hook_handles: list[Any] = []
-        self.batch_route: Optional[BatchRoute] = None  # set only while a mixed-adapter batch runs
 
     # -- adapter bookkeeping ---------------------------------------------------------------------------------------
 
@@ -107,11 +106,16 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         param = next(self.base_layer.parameters(), None)
         return None if param is None else param.device
 
+    def _batch_route(self) -> Optional[BatchRoute]:
+        """The route of the mixed-adapter batch this context is running through this block, if any."""
+        call = active_call()
+        return call.route if call is not None and id(self) in call.block_ids else None
+
     def _active_prompt_adapter(self) -> Optional[str]:
         """The active adapter if it prompts this block and adapters are enabled, else None."""
         if self._disable_adapters:
             return None
-        route = self.batch_route
+        route = self._batch_route()
         if route is not None:
             # One layout per forward: the group's adapters all prompt the same blocks in the same slots.
             return route.adapters[0] if route.adapters and route.adapters[0] in self.prompt_roles else None
@@ -122,13 +126,13 @@ class PromptBlock(nn.Module, BaseTunerLayer):
 
     def routed_adapters(self, adapter: str) -> tuple[str, ...]:
         """The adapters whose samples this forward runs: `adapter` alone, or a mixed batch's group."""
-        route = self.batch_route
+        route = self._batch_route()
         return route.adapters if route is not None and route.slots is not None else (adapter,)
 
     def routed(self, params: nn.ParameterDict, adapter: str) -> torch.Tensor:
         """`params[adapter]`; in a mixed batch of several adapters, every sample's own adapter's value, stacked along a
         new leading batch dimension (the gather is differentiable, like indexing)."""
-        route = self.batch_route
+        route = self._batch_route()
         if route is None or route.slots is None:
             return params[adapter]
         return torch.stack([params[name] for name in route.adapters]).index_select(0, route.slots)

@@ -21,11 +21,50 @@ from transformers.utils import ModelOutput
 from .backbone_record import check_backbone_record, record_for
 from .backbones import PromptSite, find_prompt_site
 from .io.compare import check_pending_weights
-from .mixed_batch import mixed_batch_forward
+from .mixed_batch import install_mixed_batch_hooks, mixed_batch_forward
 from .prompt_config import BLOCKS_BY_INDEX_HINT, ConfigError, PromptConfigBase
 from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock
-from .routing import RoutedGroup
+from .routing import BASE_ADAPTER, active_call
 from .tokens import strip_prompt_states
+
+
+def check_adapter_name(name: Any) -> None:
+    """An adapter name becomes a key of every block's `ParameterDict`s and, in mixed batches, a per-sample label."""
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "must be a non-empty string"
+    elif "." in name:
+        problem = "may not contain '.' (parameter names are dotted paths)"
+    elif name == BASE_ADAPTER:
+        problem = "is reserved: in mixed batches it means the base model without an adapter"
+    elif hasattr(nn.ParameterDict, name) or hasattr(nn.Module, name):
+        problem = "is the name of a torch module attribute or method"
+    if problem is not None:
+        raise ValueError(f"Adapter name {name!r} {problem}. Choose another name, e.g. the task's ('eurosat').")
+
+
+def check_modules_to_save(config: PromptConfigBase, model: nn.Module, site: PromptSite) -> None:
+    """`modules_to_save` may name modules outside the prompted block stack only. PEFT replaces each match with a
+    trained copy (matching by name suffix); inside the stack that copy would sit under our block wrapper, where the
+    method's hooks (GPT's temperature on the query projection, CDC's captures) act on the original module, which no
+    longer runs."""
+    for name in config.modules_to_save or ():
+        if not name:
+            raise ConfigError("`modules_to_save` holds an empty name, which would match every module. Remove it.")
+        inside = [
+            key
+            for key, _ in model.named_modules()
+            if key.endswith(name) and (key == site.stack_name or key.startswith(site.stack_name + "."))
+        ]
+        if inside:
+            raise ConfigError(
+                f"`modules_to_save` entry {name!r} matches {inside[0]!r}"
+                + (f" (and {len(inside) - 1} more)" if len(inside) > 1 else "")
+                + ", inside the transformer blocks the adapter prompts. Prompt tuning owns those blocks and hooks "
+                "their attention: a trained copy there would silently switch the method's temperatures or "
+                "reinforcement off. Train modules outside the block stack only (e.g. the head `classifier`, a "
+                "decoder); to adapt projections inside the blocks use LoRA alongside."
+            )
 
 
 def is_image_classifier(model: nn.Module) -> bool:
@@ -80,15 +119,14 @@ class PromptTuner(BaseTuner):
     tuner_layer_cls: type[PromptBlock] = PromptBlock
     target_module_mapping: dict[str, list[str]] = {}
     prompt_site: Optional[PromptSite] = None  # the resolved block stack of the model, set at injection
-    _hidden_state_hooks: Optional[list] = None
-    # Set while one layout group of a mixed-adapter batch runs (`gated_vpt.mixed_batch`).
-    routed_group: Optional[RoutedGroup] = None
+    _model_hooks: Optional[list] = None  # every hook the tuner put on the model's modules; unload() removes them
 
     # -- resolving the blocks --------------------------------------------------------------------------------------
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         # Everything that can fail is checked here, before PEFT replaces the first module.
         site = find_prompt_site(self.model)
+        check_modules_to_save(peft_config, self.model, site)
         check_backbone_record(peft_config.backbone, site)
         first, last = resolve_prompted_blocks(peft_config, site)
         check_backbone_record(peft_config.backbone, site, [first, last])
@@ -142,6 +180,7 @@ class PromptTuner(BaseTuner):
         setattr(parent, child_name, new_module)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        check_adapter_name(adapter_name)
         # The tuner records the resolved blocks and backbone in the config: on a copy, so the object the user passed
         # stays reusable (`get_peft_model(vit4, c); get_peft_model(vit6, c)`, as with LoRA). transformers' adapter API
         # keeps its own `model.peft_config` dict: point it at the same copy.
@@ -165,24 +204,31 @@ class PromptTuner(BaseTuner):
         """transformers records hidden states with hooks on the *inner* blocks, so they contain the prompt slots.
         Strip them at every module between the model root and the block stack, so Backbone classes, heads and
         users all see the standard `[B, T, D]`."""
-        if self._hidden_state_hooks is not None:
+        if self._model_hooks is not None:
             return
-        self._hidden_state_hooks = [
+        self._model_hooks = [
             self.model.get_submodule(name).register_forward_hook(self._strip_prompts_from_output)
             for name in self.prompt_site.ancestor_names
         ]
         # Family-specific adjustments of sequence-sized computations inside the encoder (e.g. BEiT's relative
         # position biases); removed with the hooks above.
-        self._hidden_state_hooks += self.prompt_site.install_encoder_hooks(self.model)
+        self._model_hooks += self.prompt_site.install_encoder_hooks(self.model)
+        self._model_hooks += install_mixed_batch_hooks(self)
+
+    def keep_hook(self, handle: Any) -> None:
+        """Hold a hook put on one of the model's modules after injection, for `unload()` to remove."""
+        self._model_hooks.append(handle)
 
     def _remove_hidden_state_hooks(self) -> None:
-        for handle in self._hidden_state_hooks or ():
+        for handle in self._model_hooks or ():
             handle.remove()
-        self._hidden_state_hooks = None
+        self._model_hooks = None
+        self.__dict__.pop("_hooked_heads", None)
 
     def _active_num_prompts(self) -> Optional[int]:
-        if self.routed_group is not None:
-            return self.routed_group.num_prompts
+        call = active_call()
+        if call is not None and call.tuner_id == id(self):
+            return call.num_prompts
         for name in self.active_adapters:
             config = self.peft_config.get(name)
             if isinstance(config, PromptConfigBase):

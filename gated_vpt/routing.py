@@ -1,12 +1,21 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """Per-sample routing of a mixed-adapter batch: which adapter each sample uses, how samples are grouped into
-forwards, and how the groups' outputs are put back in the batch's order. Pure data and tensor functions; the
-forward that uses them is `gated_vpt.mixed_batch`."""
+forwards, and how the groups' outputs are put back in the batch's order; the hooks that use them are
+`gated_vpt.mixed_batch`.
+
+The state of one call (`MixedCall`) lives in a `ContextVar`, so it belongs to the thread (or asyncio task) that made
+the call: two threads running mixed batches on one model, or a plain call next to a mixed one, never see each
+other's routing, and nothing is left on the modules when a call ends. `active_call` reads it only while some mixed
+call is in flight anywhere, so an ordinary forward (and `torch.compile`) sees a plain module-level counter.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import torch
@@ -29,14 +38,6 @@ class BatchRoute:
 
 
 @dataclasses.dataclass(frozen=True)
-class RoutedGroup:
-    """Set on the tuner (`PromptTuner.routed_group`) while one layout group of a mixed batch runs: the prompt count
-    its hidden-state hooks strip (None for the base model's group, which has no prompt slots)."""
-
-    num_prompts: Optional[int]
-
-
-@dataclasses.dataclass(frozen=True)
 class LayoutGroup:
     """Samples of one mixed batch that can share a forward."""
 
@@ -53,6 +54,11 @@ def check_adapter_names(adapter_names: Any, known: Sequence[str]) -> list[str]:
             f"model); got {type(adapter_names).__name__}. For one adapter for the whole batch use `set_adapter(name)`."
         )
     names = list(adapter_names)
+    if not names:
+        raise ValueError(
+            "`adapter_names` is empty: give one adapter name per sample of the batch "
+            f"({BASE_ADAPTER!r} for the base model)."
+        )
     bad_types = sorted({type(n).__name__ for n in names if not isinstance(n, str)})
     if bad_types:
         raise TypeError(f"`adapter_names` must hold strings; got element(s) of type {', '.join(bad_types)}.")
@@ -132,3 +138,64 @@ def merge_outputs(parts: list[Any], indices: list[torch.Tensor], batch_size: int
     if isinstance(first, dict):
         return {key: merge_outputs([p[key] for p in parts], indices, batch_size, f"{name}.{key}") for key in first}
     return first
+
+
+@dataclasses.dataclass
+class MixedCall:
+    """One `model(..., adapter_names=[...])` call in flight, in the context that made it."""
+
+    tuner_id: int  # `id()` of the tuner whose model runs the call (a nested model never picks it up)
+    block_ids: frozenset[int]  # `id()` of that tuner's prompt blocks
+    names: list[str]  # one adapter name per sample
+    groups: list[LayoutGroup]
+    num_prompts_of: dict[str, int]  # adapter -> prompt count
+    device: torch.device
+    # The group running now: its route through the blocks, prompt count (None: base model) and head names.
+    route: Optional[BatchRoute] = None
+    num_prompts: Optional[int] = None
+    head_names: Optional[list[str]] = None
+    started: bool = False  # the model's pre-hook has taken the call
+    dispatching: bool = False  # the model's forward hook is running the other groups
+    inputs: tuple[tuple, dict] = ((), {})  # the full batch, while other groups remain to run
+    scratch: dict[int, Any] = dataclasses.field(default_factory=dict)  # per-block captures of this call (CDC's AR)
+
+    def select(self, group: LayoutGroup) -> None:
+        slots = None
+        if len(group.adapters) > 1:
+            slot_of = {name: i for i, name in enumerate(group.adapters)}
+            slots = torch.tensor([slot_of[name] for name in group.names], device=self.device)
+        self.route = BatchRoute(group.adapters, slots)
+        self.num_prompts = self.num_prompts_of[group.adapters[0]] if group.adapters else None
+        self.head_names = list(group.names)
+
+
+_CALL: contextvars.ContextVar[Optional[MixedCall]] = contextvars.ContextVar("gated_vpt_mixed_call", default=None)
+_IN_FLIGHT = 0  # mixed calls running in any thread
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def active_call() -> Optional[MixedCall]:
+    """The mixed call this context is running, if any."""
+    if _IN_FLIGHT == 0:  # the common case: one global read, no ContextVar access
+        return None
+    return _CALL.get()
+
+
+@contextlib.contextmanager
+def running(call: MixedCall) -> Iterator[MixedCall]:
+    """Make `call` this context's mixed call for the duration of the block."""
+    global _IN_FLIGHT
+    if _CALL.get() is not None and _IN_FLIGHT:
+        raise RuntimeError(
+            "A mixed-adapter batch is already running in this thread (a model called inside another model's "
+            "mixed-batch forward); nested mixed batches are not supported."
+        )
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT += 1
+    token = _CALL.set(call)
+    try:
+        yield call
+    finally:
+        _CALL.reset(token)
+        with _IN_FLIGHT_LOCK:
+            _IN_FLIGHT -= 1

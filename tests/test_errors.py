@@ -10,7 +10,7 @@ from helpers import fresh_copy
 from peft import PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
-from gated_vpt import ConfigError, GatedPromptConfig, IncompatibleBackboneError, UnsupportedModelError
+from gated_vpt import CDCPromptConfig, ConfigError, GatedPromptConfig, IncompatibleBackboneError, UnsupportedModelError
 
 
 @pytest.mark.parametrize(
@@ -173,3 +173,63 @@ def test_a_backbone_record_set_by_hand_is_checked_against_the_model(changes, mes
     with pytest.raises(IncompatibleBackboneError, match=message):
         get_peft_model(model, GatedPromptConfig(backbone=_record(**changes)))
     assert_untouched(model, pristine)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names and modules the adapter cannot take (issue 14 items 6-7): the library's errors, the model left untouched
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", r"Adapter name '' must be a non-empty string"),
+        ("a.b", r"Adapter name 'a.b' may not contain '\.'"),
+        ("forward", r"Adapter name 'forward' is the name of a torch module attribute"),
+        ("__base__", r"Adapter name '__base__' is reserved: in mixed batches it means the base model"),
+    ],
+)
+@pytest.mark.parametrize("how", ["get_peft_model", "add_adapter"])
+def test_bad_adapter_names_are_refused(name, message, how):
+    model = TINY_BACKBONES["vit"]()
+    pristine = fresh_copy(model)
+    if how == "get_peft_model":
+        with pytest.raises(ValueError, match=message):
+            get_peft_model(model, GatedPromptConfig(num_prompts=2), adapter_name=name)
+        assert_untouched(model, pristine)
+        return
+    peft_model = get_peft_model(model, GatedPromptConfig(num_prompts=2)).eval()
+    x = pixel_values()
+    with torch.no_grad():
+        before = peft_model(x).logits
+    with pytest.raises(ValueError, match=message):
+        peft_model.add_adapter(name, GatedPromptConfig(num_prompts=2))
+    assert list(peft_model.peft_config) == ["default"]
+    with torch.no_grad():
+        assert torch.equal(peft_model(x).logits, before)
+
+
+@pytest.mark.parametrize(
+    ("modules_to_save", "message"),
+    [
+        (["q_proj"], r"'q_proj' matches 'vit\.layers\.0\.attention\.q_proj' \(and 3 more\), inside the transformer"),
+        (["layers.1"], r"'layers.1' matches 'vit\.layers\.1', inside the transformer blocks"),
+        (["classifier", ""], r"`modules_to_save` holds an empty name"),
+    ],
+)
+@pytest.mark.parametrize("config_class", [GatedPromptConfig, CDCPromptConfig])
+def test_modules_to_save_inside_the_prompted_blocks_are_refused(modules_to_save, message, config_class):
+    # Before: modules_to_save=["q_proj"] trained a copy of the projection that GPT's temperature hook never saw.
+    model = TINY_BACKBONES["vit"]()
+    pristine = fresh_copy(model)
+    with pytest.raises(ConfigError, match=message):
+        get_peft_model(model, config_class(num_prompts=2, modules_to_save=modules_to_save))
+    assert_untouched(model, pristine)
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "CAUSAL_LM", "FEATURE_EXTRACTION"])
+def test_a_task_type_is_refused_rather_than_changing_the_returned_class(task_type):
+    # Before: task_type="SEQ_CLS" made get_peft_model return PeftModelForSequenceClassification, whose forward
+    # fails with a bare TypeError on pixel_values.
+    with pytest.raises(ConfigError, match=r"`task_type` must be None \(prompt adapters are for vision models"):
+        GatedPromptConfig(task_type=task_type)

@@ -237,3 +237,25 @@ def test_outputs_outside_the_encoder_are_prompt_free(backbone_name, head):
     # the last recorded hidden state is the stack's output, which the final norm then sees
     tuple_out = model(x, output_hidden_states=True, return_dict=False)
     assert all(h.shape == b.shape for h, b in zip(tuple_out[-1], base.hidden_states))
+
+
+@pytest.mark.parametrize("value", [11.8, -3.0, 0.0])
+def test_temperatures_outside_their_range_are_never_read_or_saved(value, tmp_path):
+    # Before: an optimizer step could leave tau = 11.8 (or <= 0) until the next forward, and gate_report and
+    # save_pretrained showed / wrote it.
+    from safetensors.torch import load_file
+
+    from gated_vpt import gate_report
+
+    model = get_peft_model(TINY_BACKBONES["vit"](), GatedPromptConfig(num_prompts=2, temperature_range=(0.05, 4.0)))
+    with torch.no_grad():
+        for block in blocks_of(model):
+            block.gpt_temperatures["default"].fill_(value)
+    expected = min(max(value, 0.05), 4.0)
+    assert all(row["temperature"] == pytest.approx(expected) for row in gate_report(model))
+    with torch.no_grad():
+        for block in blocks_of(model):
+            block.gpt_temperatures["default"].fill_(value)
+    model.save_pretrained(tmp_path)
+    saved = [t.item() for k, t in load_file(tmp_path / "adapter_model.safetensors").items() if "temperatures" in k]
+    assert saved and all(t == pytest.approx(expected) for t in saved)

@@ -10,6 +10,7 @@ from peft import PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
 from gated_vpt import CDCPromptConfig, GatedPromptConfig, find_prompt_site
+from gated_vpt.routing import active_call
 
 # Two adapters of one layout (A, B: one shared forward), one of another layout (C: fewer prompts, fewer blocks) and
 # the base model, interleaved. (Adapter names must not be substrings of the parameter prefixes `gpt_` / `cdc_`.)
@@ -205,7 +206,7 @@ def test_model_is_unchanged_after_a_mixed_batch():
     assert torch.equal(before, after)
     assert model.active_adapter == A
     assert "forward" not in model.base_model.model.__dict__
-    assert all(block.batch_route is None for block in blocks_of(model))
+    assert active_call() is None and all(block._batch_route() is None for block in blocks_of(model))
 
 
 @pytest.mark.parametrize(
@@ -215,6 +216,7 @@ def test_model_is_unchanged_after_a_mixed_batch():
         ([A, B], ValueError, "has 2 entries but the batch has 6 samples"),
         (A, TypeError, "one adapter name per sample.*set_adapter"),
         ([A, 1, B, A, A, A], TypeError, "must hold strings"),
+        ([], ValueError, r"`adapter_names` is empty: give one adapter name per sample"),
     ],
 )
 def test_bad_adapter_names(adapter_names, error, match):
@@ -227,7 +229,7 @@ def test_bad_adapter_names(adapter_names, error, match):
         after = model(pixel_values=x).logits
     assert torch.equal(before, after)
     assert "forward" not in model.base_model.model.__dict__
-    assert all(block.batch_route is None for block in blocks_of(model))
+    assert active_call() is None and all(block._batch_route() is None for block in blocks_of(model))
 
 
 def test_training_mode_is_refused():
@@ -242,9 +244,8 @@ def test_error_inside_a_group_forward_leaves_no_routing():
     wrong = torch.randn(len(NAMES), 5, 32, 32)  # 5 channels: the patch embedding raises inside the routed forward
     with torch.no_grad(), pytest.raises(ValueError, match="channel"):
         model(pixel_values=wrong, adapter_names=NAMES)
-    assert all(block.batch_route is None for block in blocks_of(model))
+    assert active_call() is None and all(block._batch_route() is None for block in blocks_of(model))
     assert "forward" not in model.base_model.model.__dict__
-    assert model.base_model.routed_group is None
 
 
 def test_disabled_adapters_run_every_sample_through_the_base_model():
@@ -281,3 +282,54 @@ def test_clip_model_image_side_and_an_unmergeable_output():
         torch.testing.assert_close(mixed, per_sample(solo, lambda o: o, names), rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match=r"`output.logits_per_text` of this model is not one row per image"):
             model(pixel_values=x, input_ids=input_ids, adapter_names=[A, C, C, A])
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_concurrent_mixed_batches_from_several_threads_each_get_their_own_outputs(method):
+    # Each thread's call is routed through its own context: outputs are exactly the single-threaded ones, and no
+    # call leaves anything on the model (before: threads got each other's outputs and a stale `forward` stayed).
+    import threading
+
+    model = three_adapters("vit", method)
+    batches = {
+        "mixed-1": (pixel_values(len(NAMES), seed=1), NAMES),
+        "mixed-2": (pixel_values(len(NAMES), seed=2), list(reversed(NAMES))),
+        "mixed-3": (pixel_values(len(NAMES), seed=3), [B] * len(NAMES)),
+        "plain": (pixel_values(len(NAMES), seed=4), None),  # a plain call next to the mixed ones
+    }
+
+    def call(name):
+        x, names = batches[name]
+        with torch.no_grad():
+            return model(pixel_values=x).logits if names is None else model(pixel_values=x, adapter_names=names).logits
+
+    expected = {name: call(name) for name in batches}
+    results, errors = {}, []
+    barrier = threading.Barrier(len(batches))
+
+    def worker(name):
+        try:
+            barrier.wait()
+            for _ in range(5):
+                got = call(name)
+                if not torch.equal(got, expected[name]):
+                    results[name] = "wrong"
+                    return
+            results[name] = "ok"
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in batches]
+    torch.set_num_threads(1)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == dict.fromkeys(batches, "ok")
+    assert "forward" not in model.base_model.model.__dict__
+    model.set_adapter(B)  # single-threaded use afterwards sees the adapter it asks for
+    with torch.no_grad():
+        x = pixel_values(2)
+        alone = model(pixel_values=x).logits
+        torch.testing.assert_close(model(pixel_values=x, adapter_names=[B, B]).logits, alone, rtol=1e-5, atol=1e-6)

@@ -32,6 +32,7 @@ How AR stays cheap and consistent with transformers:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
@@ -46,6 +47,7 @@ from ..prompt_layer import (
     new_prompt_parameter,
     scalar_parameter,
 )
+from ..routing import active_call
 from ..tokens import replace_prompts
 from .config import CDCPromptConfig
 
@@ -80,6 +82,21 @@ def cls_attention_logits(
     return (k * query).sum(-1) * scaling
 
 
+@dataclasses.dataclass
+class ARScratch:
+    """What AR's hooks capture during one block forward, for `_reinforce` at its end."""
+
+    query: Optional[torch.Tensor] = None
+    keys: Optional[torch.Tensor] = None
+    rotary: Optional[tuple] = None
+    logits: Optional[torch.Tensor] = None
+    terms: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+    def clear(self) -> None:
+        self.query = self.keys = self.rotary = self.logits = None
+        self.terms = []
+
+
 class CDCPromptBlock(PromptBlock):
     adapter_layer_names = ("cdc_prompts", "cdc_aggregation_weights", "cdc_aggregation_biases", "cdc_reinforce_scales")
 
@@ -103,12 +120,8 @@ class CDCPromptBlock(PromptBlock):
         self.cls_index = cls_index
         self.head_dim = 0
         self.scaling = 1.0
-        # AR scratch of the current inner call (see the module docstring).
-        self._ar_query: Optional[torch.Tensor] = None
-        self._ar_keys: Optional[torch.Tensor] = None
-        self._ar_rotary: Optional[tuple] = None
-        self._ar_logits: Optional[torch.Tensor] = None
-        self._ar_terms: list[torch.Tensor] = []
+        # AR scratch of the current inner call (see the module docstring); a mixed-adapter call keeps its own.
+        self._plain_scratch = ARScratch()
         self._ar_argument_positions: dict[str, Optional[int]] = {}
         self.supports_reinforcement = self._install_reinforcement_hooks()
 
@@ -197,9 +210,16 @@ class CDCPromptBlock(PromptBlock):
         # re-runs the capture hooks but not `_reinforce`), so the hooks only ever see this call's tensors.
         self._clear_scratch()
 
+    def _scratch(self) -> ARScratch:
+        """Where this forward's captures go: the block's own, or, in a mixed-adapter call, that call's (concurrent
+        calls from other threads each have theirs)."""
+        call = active_call()
+        if call is None or id(self) not in call.block_ids:
+            return self._plain_scratch
+        return call.scratch.setdefault(id(self), ARScratch())
+
     def _clear_scratch(self) -> None:
-        self._ar_query = self._ar_keys = self._ar_rotary = self._ar_logits = None
-        self._ar_terms = []
+        self._scratch().clear()
 
     def _reinforcing_adapter(self) -> Optional[str]:
         adapter = self._active_prompt_adapter()
@@ -218,6 +238,7 @@ class CDCPromptBlock(PromptBlock):
     def _capture_attention_arguments(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._reinforcing_adapter() is None:
             return None
+        scratch = self._scratch()
         values = {}
         for name, position in self._ar_argument_positions.items():
             value = kwargs.get(name)
@@ -227,42 +248,43 @@ class CDCPromptBlock(PromptBlock):
         for name in self.attention_layout.logit_term_arguments:
             row = self._cls_row(values[name])
             if row is not None:
-                self._ar_terms.append(row)
+                scratch.terms.append(row)
         rotary = values.get(self.attention_layout.rotary_argument)
         if isinstance(rotary, (tuple, list)) and len(rotary) == 2 and all(torch.is_tensor(t) for t in rotary):
-            self._ar_rotary = (rotary[0].detach(), rotary[1].detach())
+            scratch.rotary = (rotary[0].detach(), rotary[1].detach())
         return None
 
     def _capture_bias_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._reinforcing_adapter() is None:
             return None
+        scratch = self._scratch()
         row = self._cls_row(output)
         if row is not None:
-            self._ar_terms.append(row)
+            scratch.terms.append(row)
         return None
 
     def _capture_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if self._reinforcing_adapter() is None:
             return None
+        scratch = self._scratch()
         query_cls = output[:, self.cls_index].detach()
-        if self._ar_keys is not None:
-            self._ar_logits = cls_attention_logits(
-                query_cls, self._ar_keys, self.head_dim, self.scaling, self._ar_rotary
-            )
-            self._ar_keys = None
+        if scratch.keys is not None:
+            scratch.logits = cls_attention_logits(query_cls, scratch.keys, self.head_dim, self.scaling, scratch.rotary)
+            scratch.keys = None
         else:
-            self._ar_query = query_cls
+            scratch.query = query_cls
         return None
 
     def _capture_keys(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if self._reinforcing_adapter() is None:
             return None
+        scratch = self._scratch()
         keys = output.detach()
-        if self._ar_query is not None:
-            self._ar_logits = cls_attention_logits(self._ar_query, keys, self.head_dim, self.scaling, self._ar_rotary)
-            self._ar_query = None
+        if scratch.query is not None:
+            scratch.logits = cls_attention_logits(scratch.query, keys, self.head_dim, self.scaling, scratch.rotary)
+            scratch.query = None
         else:
-            self._ar_keys = keys
+            scratch.keys = keys
         return None
 
     # -- attentive reinforcement: ranking and addition ------------------------------------------------------------
@@ -281,7 +303,8 @@ class CDCPromptBlock(PromptBlock):
         adapter = self._reinforcing_adapter()
         if adapter is None:
             return None
-        logits, terms = self._ar_logits, self._ar_terms
+        scratch = self._scratch()
+        logits, terms = scratch.logits, scratch.terms
         self._clear_scratch()
         if logits is None:
             raise RuntimeError(

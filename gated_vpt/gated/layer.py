@@ -45,6 +45,10 @@ class _DivideByTemperature(torch.autograd.Function):
         return grad / temperature, -(grad * scaled).sum_to_size(temperature.shape) / temperature
 
 
+def _project_before_saving(module: GatedPromptBlock, prefix: str, keep_vars: bool) -> None:
+    module.project_temperatures()
+
+
 class GatedPromptBlock(PromptBlock):
     adapter_layer_names = ("gpt_prompts", "gpt_gate_logits", "gpt_temperatures")
 
@@ -62,6 +66,8 @@ class GatedPromptBlock(PromptBlock):
         self.gpt_temperatures = nn.ParameterDict()
         if query_projection is not None:
             self._hook_handles.append(query_projection.register_forward_hook(self._scale_query))
+        # A saved adapter never holds a temperature outside its range, even right after an optimizer step.
+        self.register_state_dict_pre_hook(_project_before_saving)
 
     def update_layer(self, adapter_name: str, role: BlockRole) -> None:
         config: GatedPromptConfig = role.config
@@ -85,8 +91,18 @@ class GatedPromptBlock(PromptBlock):
             report["gate"] = torch.sigmoid(self.gpt_gate_logits[adapter].detach().float()).item()
             report["gate_prior"] = 1.0 / (1.0 + math.exp(self.prompt_roles[adapter].config.gate_init))
         if adapter in self.gpt_temperatures:
+            self.project_temperatures((adapter,))
             report["temperature"] = self.gpt_temperatures[adapter].detach().float().item()
         return report
+
+    def project_temperatures(self, adapters: Optional[tuple[str, ...]] = None) -> None:
+        """Clamp the temperatures of `adapters` (default: all) in place to their configs' `temperature_range`: the
+        paper's projection of tau onto its range, applied to the stored value (not a differentiable op). Runs
+        before every forward that uses them, and whenever they are read (`gate_report`) or saved (`state_dict`)."""
+        with torch.no_grad():
+            for name in self.gpt_temperatures.keys() if adapters is None else adapters:
+                low, high = self.prompt_roles[name].config.temperature_range
+                self.gpt_temperatures[name].clamp_(low, high)
 
     def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
         prompts = self.routed(self.gpt_prompts, adapter).to(hidden_states.dtype)
@@ -96,12 +112,8 @@ class GatedPromptBlock(PromptBlock):
 
     def _before_block(self, adapter: str, role: BlockRole) -> None:
         if adapter in self.gpt_temperatures:
-            # The paper's projection of tau onto its range, on the data, not a differentiable op. Done here, not in
-            # the query hook, because activation checkpointing re-runs the hook during backward.
-            with torch.no_grad():
-                for name in self.routed_adapters(adapter):
-                    low, high = self.prompt_roles[name].config.temperature_range
-                    self.gpt_temperatures[name].clamp_(low, high)
+            # Here, not in the query hook: activation checkpointing re-runs the hook during backward.
+            self.project_temperatures(self.routed_adapters(adapter))
 
     def _scale_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
         adapter = self._active_prompt_adapter()
