@@ -8,10 +8,12 @@ Importing this package registers `GATED_PROMPT` (and `CDC_PROMPT`) with PEFT, af
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+from .attention import AttentionLayout
 from .backbone_record import IncompatibleBackboneError
-from .backbones import FAMILIES, UnsupportedModelError, find_prompt_site
+from .backbones import FAMILIES, UnsupportedModelError, find_prompt_site, register_family, unregister_family
 from .cdc import CDC_PROMPT, CDCPromptConfig, CDCPromptModel
 from .diagnostics import gate_report, plot_gate_report, summarize_gate_report
+from .family import BackboneFamily
 from .gated import GATED_PROMPT, GatedPromptConfig, GatedPromptModel
 from .hub import from_pretrained, push_adapter_to_hub
 from .integrations import install_peft_model_patches
@@ -34,6 +36,8 @@ __all__ = [
     "AdapterConfigError",
     "AdapterFileError",
     "AdapterWeightsError",
+    "AttentionLayout",
+    "BackboneFamily",
     "HeadSizeError",
     "UnsafeAdapterFileError",
     "CDCPromptConfig",
@@ -54,6 +58,8 @@ __all__ = [
     "plot_gate_report",
     "preset_config",
     "register",
+    "register_family",
+    "unregister_family",
     "summarize_gate_report",
     "push_adapter_to_hub",
 ]

@@ -8,281 +8,20 @@ structure, guided by a small registry of families keyed by `config.model_type`, 
 `ViTForImageClassification`, `Dinov2Backbone` or a composite model holding a vision tower all resolve to the same
 block stack.
 
-The registry is the single source of truth for "supported models": the docs table is generated from it.
+The registry itself is `gated_vpt.families`; the docs table is generated from it here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from collections.abc import Callable
 from typing import Any, Optional
 
-import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
-from .attention import DEFAULT_ATTENTION, AttentionLayout, is_relative_position_bias
-from .tokens import pad_for_prompts
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneFamily:
-    """A family of ViT backbones sharing one layout.
-
-    Attributes:
-        name: Human-readable family name (used in error messages and the supported-models table).
-        model_types: The `config.model_type` values of the encoder that owns the block stack.
-        stack_paths: Attribute paths, relative to that encoder, where the `nn.ModuleList` of blocks may live.
-        num_prefix_tokens: Number of tokens the embeddings put before the patch tokens, from the config.
-        example_classes: Model classes tested with this family (documentation only).
-        prefix_tokens_text: What the prefix tokens are, for the supported-models table.
-        cls_token_index: Position of the CLS token among the prefix tokens; None when the family has no CLS token
-            (pooling is then up to the host model's head, and methods that read the CLS token's attention, such as
-            CDC's attentive reinforcement, are unavailable).
-        encoder_hooks: Family-specific adjustments for computations *inside* the encoder that are sized to the
-            prompt-free sequence and are not block arguments (which `pad_for_prompts` already pads). Each is called
-            as `install(encoder, num_prefix_tokens)` when the tuner is attached and returns removable hook handles;
-            the tuner removes them on `unload()`. Hooks must be stateless (activation checkpointing re-runs blocks).
-        prefix_only_heads: Host classes of this family whose output depends on the final block's output only
-            through the prefix tokens (a classifier on the CLS token), each with a predicate on the encoder's config
-            (BEiT's classifier reads the CLS token only without mean pooling). Decides where parameters acting on
-            the patch tokens of the final block could never learn (see `head_reads_only_prefix_tokens`).
-        attention: Attribute and argument names of the family's attention (`gated_vpt.attention`): where GPT's
-            temperature and CDC's attentive reinforcement hook in.
-        notes: Remarks for the supported-models table.
-    """
-
-    name: str
-    model_types: tuple[str, ...]
-    stack_paths: tuple[str, ...]
-    num_prefix_tokens: Callable[[Any], int]
-    example_classes: tuple[str, ...] = ()
-    prefix_tokens_text: str = "1 (CLS)"
-    cls_token_index: Optional[int] = 0
-    encoder_hooks: tuple[Callable[[nn.Module, int], list[RemovableHandle]], ...] = ()
-    prefix_only_heads: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
-    attention: AttentionLayout = DEFAULT_ATTENTION
-    notes: str = ""
-
-
-def _one_cls(config: Any) -> int:
-    return 1
-
-
-def _no_prefix(config: Any) -> int:
-    return 0
-
-
-def _cls_and_distillation(config: Any) -> int:
-    return 2
-
-
-def _cls_and_registers(config: Any) -> int:
-    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-
-
-def _always(config: Any) -> bool:
-    return True
-
-
-def _without_mean_pooling(config: Any) -> bool:
-    return not getattr(config, "use_mean_pooling", True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Family-specific encoder hooks
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _is_windowed_relative_position_bias(module: nn.Module) -> bool:
-    """BEiT / Data2Vec-vision `*RelativePositionBias`: `forward(window_size, interpolate_pos_encoding, dim_size)`
-    returns a `[1, H, T, T]` bias for the prompt-free sequence of `T = window_h * window_w + 1` tokens (CLS first)."""
-    return is_relative_position_bias(module) and hasattr(module, "generate_relative_position_index")
-
-
-def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) -> list[RemovableHandle]:
-    """Give prompt tokens zero relative position bias in BEiT-style models.
-
-    The blocks (per-block bias) and the encoder (shared bias) call the bias module with `dim_size` = the length of the
-    sequence they hold, which includes the prompt slots between the first and the last prompted block. The module
-    builds the bias from the window size, i.e. for the prompt-free `T = wh * ww + 1` tokens, and with
-    `interpolate_pos_encoding=True` resizes it bilinearly to `dim_size x dim_size` (for the prompt-free sequence that
-    resize is the identity). With prompts present, the pre-hook turns that resize off (so the prompt-free bias is
-    exactly the base model's) and the forward hook inserts zero rows and columns for the prompt slots. Without
-    prompts (`dim_size == T`) both hooks do nothing. Stateless: everything is read from the call's arguments.
-    """
-
-    def bound_arguments(module: nn.Module, args: tuple, kwargs: dict) -> Optional[inspect.BoundArguments]:
-        try:
-            bound = inspect.signature(module.forward).bind(*args, **kwargs)
-        except TypeError:
-            return None
-        bound.apply_defaults()
-        window, dim_size = bound.arguments.get("window_size"), bound.arguments.get("dim_size")
-        if window is None or not isinstance(dim_size, (int, torch.SymInt)):
-            return None
-        free_len = int(window[0]) * int(window[1]) + 1
-        return bound if dim_size > free_len else None
-
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
-        bound = bound_arguments(module, args, kwargs)
-        if bound is None:
-            return None
-        bound.arguments["interpolate_pos_encoding"] = False
-        return bound.args, bound.kwargs
-
-    def post_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        bound = bound_arguments(module, args, kwargs)
-        if bound is None or not torch.is_tensor(output):
-            return None
-        window, dim_size = bound.arguments["window_size"], bound.arguments["dim_size"]
-        free_len = int(window[0]) * int(window[1]) + 1
-        return pad_for_prompts(output, free_len, num_prefix_tokens, dim_size - free_len)
-
-    handles = []
-    for module in encoder.modules():
-        if _is_windowed_relative_position_bias(module):
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
-    return handles
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The registry
-# ----------------------------------------------------------------------------------------------------------------
-
-_VIT_STACKS = ("layers", "encoder.layer", "encoder.layers")
-
-FAMILIES: tuple[BackboneFamily, ...] = (
-    BackboneFamily(
-        name="ViT",
-        model_types=("vit",),
-        stack_paths=_VIT_STACKS,
-        num_prefix_tokens=_one_cls,
-        example_classes=("ViTModel", "ViTForImageClassification"),
-        prefix_only_heads=(("ViTForImageClassification", _always),),
-    ),
-    BackboneFamily(
-        name="DeiT",
-        model_types=("deit",),
-        stack_paths=_VIT_STACKS,
-        num_prefix_tokens=_cls_and_distillation,
-        example_classes=("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
-        prefix_only_heads=(
-            ("DeiTForImageClassification", _always),
-            ("DeiTForImageClassificationWithTeacher", _always),
-        ),
-        prefix_tokens_text="2 (CLS, distillation)",
-        notes="Prompts go after the distillation token; both heads of the teacher variant see their usual tokens.",
-    ),
-    BackboneFamily(
-        name="ViTMAE",
-        model_types=("vit_mae",),
-        stack_paths=_VIT_STACKS,
-        num_prefix_tokens=_one_cls,
-        example_classes=("ViTMAEModel", "ViTMAEForPreTraining"),
-        notes=(
-            "Set `mask_ratio=0` to fine-tune (the embeddings still shuffle the patches unless a fixed `noise` is "
-            "passed). With masking the encoder sees `[CLS; kept patches]` and prompts go after CLS. Only the encoder "
-            "is prompted: the decoder of `ViTMAEForPreTraining` gets a prompt-free latent. transformers has no ViTMAE "
-            "classifier: put a head on `ViTMAEModel`, or load MAE weights into `ViTForImageClassification`."
-        ),
-    ),
-    BackboneFamily(
-        name="DINOv2",
-        model_types=("dinov2",),
-        stack_paths=("encoder.layer", "encoder.layers", "layers"),
-        num_prefix_tokens=_one_cls,
-        example_classes=("Dinov2Model", "Dinov2ForImageClassification", "Dinov2Backbone"),
-    ),
-    BackboneFamily(
-        name="DINOv2 with registers",
-        model_types=("dinov2_with_registers",),
-        stack_paths=("encoder.layer", "encoder.layers", "layers"),
-        num_prefix_tokens=_cls_and_registers,
-        example_classes=("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification"),
-        prefix_tokens_text="1 + num_register_tokens (CLS, registers)",
-        notes="Prompts go after the register tokens.",
-    ),
-    BackboneFamily(
-        name="DINOv3 ViT",
-        model_types=("dinov3_vit",),
-        stack_paths=("model.layer", "layer", "layers"),
-        num_prefix_tokens=_cls_and_registers,
-        example_classes=("DINOv3ViTModel", "DINOv3ViTBackbone"),
-        prefix_tokens_text="1 + num_register_tokens (CLS, registers)",
-        notes=(
-            "RoPE is applied to the last `num_patches` tokens of the sequence, so prompts (like CLS and registers) "
-            "get no rotary embedding. transformers has no DINOv3 classifier: put a head on `DINOv3ViTModel`."
-        ),
-    ),
-    BackboneFamily(
-        name="BEiT",
-        model_types=("beit",),
-        stack_paths=_VIT_STACKS,
-        num_prefix_tokens=_one_cls,
-        example_classes=("BeitModel", "BeitForImageClassification"),
-        prefix_only_heads=(("BeitForImageClassification", _without_mean_pooling),),
-        encoder_hooks=(_pad_relative_position_biases,),
-        notes="Per-block and shared relative position biases are padded: prompts get zero bias.",
-    ),
-    BackboneFamily(
-        name="Data2Vec-vision",
-        model_types=("data2vec-vision",),
-        stack_paths=("encoder.layer", "encoder.layers", "layers"),
-        num_prefix_tokens=_one_cls,
-        example_classes=("Data2VecVisionModel", "Data2VecVisionForImageClassification"),
-        prefix_only_heads=(("Data2VecVisionForImageClassification", _without_mean_pooling),),
-        encoder_hooks=(_pad_relative_position_biases,),
-        notes="Blocks return tuples. Per-block and shared relative position biases are padded: prompts get zero bias.",
-    ),
-    BackboneFamily(
-        name="ViTMSN",
-        model_types=("vit_msn",),
-        stack_paths=_VIT_STACKS,
-        num_prefix_tokens=_one_cls,
-        example_classes=("ViTMSNModel", "ViTMSNForImageClassification"),
-        prefix_only_heads=(("ViTMSNForImageClassification", _always),),
-    ),
-    BackboneFamily(
-        name="I-JEPA",
-        model_types=("ijepa",),
-        stack_paths=_VIT_STACKS,
-        num_prefix_tokens=_no_prefix,
-        example_classes=("IJepaModel", "IJepaForImageClassification"),
-        prefix_tokens_text="0 (no CLS)",
-        cls_token_index=None,
-        notes="No CLS: prompts go first; pooling is the host head's (mean over patches). CDC's AR is unavailable.",
-    ),
-    BackboneFamily(
-        name="CLIP vision tower",
-        model_types=("clip_vision_model",),
-        stack_paths=("encoder.layers", "vision_model.encoder.layers"),
-        num_prefix_tokens=_one_cls,
-        example_classes=("CLIPVisionModel", "CLIPForImageClassification", "CLIPModel"),
-        # the image embedding is the projected, normalised CLS token (CLIPForImageClassification averages patches)
-        prefix_only_heads=(("CLIPModel", _always), ("CLIPVisionModelWithProjection", _always)),
-        notes=(
-            "Prompts are inserted after `pre_layrnorm`. In `CLIPModel` only the vision tower is prompted "
-            "(`vision_model.encoder.layers`); the text tower is left as is."
-        ),
-    ),
-    BackboneFamily(
-        name="SigLIP vision tower",
-        model_types=("siglip_vision_model",),
-        stack_paths=("encoder.layers", "vision_model.encoder.layers"),
-        num_prefix_tokens=_no_prefix,
-        example_classes=("SiglipVisionModel", "SiglipForImageClassification", "SiglipModel"),
-        prefix_tokens_text="0 (no CLS)",
-        cls_token_index=None,
-        notes=(
-            "No CLS: prompts go first; pooling is the host head's (attention-pooling head / mean). CDC's AR is "
-            "unavailable. In `SiglipModel` only the vision tower is prompted."
-        ),
-    ),
-)
+from .families import FAMILIES
+from .family import BackboneFamily
 
 _FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
@@ -314,7 +53,10 @@ Every family is tested on a tiny config (`tests/test_families.py`) with Gated Pr
 with the adapter and equal the base model's when it is disabled, hidden states and head outputs keep the base shapes,
 attention maps, save / load round trip, another image size, and the position of the prompts in the sequence.
 
-This file is generated from the registry in `gated_vpt/backbones.py` by `python docs/gen_supported_models.py`; a test
+Other ViTs (a transformers model type not listed here, or a plain `nn.Module`) can be described at run time with
+`gated_vpt.register_family`: see [custom_models.md](custom_models.md).
+
+This file is generated from the registry in `gated_vpt/families.py` by `python docs/gen_supported_models.py`; a test
 checks that it is up to date.
 """
 
@@ -399,6 +141,51 @@ def _patch_size(config: Any) -> int:
     return int(patch)
 
 
+# Families described at run time by users (`register_family`); looked up before the built-in registry.
+_CUSTOM_FAMILIES: list[BackboneFamily] = []
+
+
+def register_family(family: BackboneFamily) -> BackboneFamily:
+    """Describe a ViT the registry does not know, without editing the library: its encoder (by `model_types` for a
+    transformers model, or `module_classes` for any `nn.Module`), where its blocks are, its prefix tokens and CLS
+    index, its width and patch size, and its attention layout. `find_prompt_site`, and so `get_peft_model`, then
+    prompt it like a built-in family. docs/custom_models.md has a worked example. Returns `family`."""
+    if not isinstance(family, BackboneFamily):
+        raise TypeError(f"register_family takes a gated_vpt.BackboneFamily; got {type(family).__name__}.")
+    if not family.stack_paths or not (family.model_types or family.module_classes):
+        raise ValueError(
+            f"Family {family.name!r} needs `stack_paths` and at least one of `model_types` (transformers models) "
+            "or `module_classes` (any nn.Module), so that its encoder can be found."
+        )
+    taken = [
+        f.name
+        for f in (*_CUSTOM_FAMILIES, *FAMILIES)
+        if f.name != family.name and set(f.model_types) & set(family.model_types)
+    ]
+    if taken:
+        raise ValueError(f"model_type(s) {sorted(family.model_types)} already belong to the family {taken[0]!r}.")
+    unregister_family(family.name)
+    _CUSTOM_FAMILIES.insert(0, family)
+    return family
+
+
+def unregister_family(name: str) -> None:
+    """Forget a family added with `register_family` (nothing happens for an unknown name)."""
+    _CUSTOM_FAMILIES[:] = [f for f in _CUSTOM_FAMILIES if f.name != name]
+
+
+def _family_of(module: nn.Module) -> tuple[Optional[BackboneFamily], Optional[str]]:
+    """The family of `module` as an encoder, and its model type (None, None when it is none of them)."""
+    config = getattr(module, "config", None)
+    model_type = getattr(config, "model_type", None) if isinstance(module, PreTrainedModel) else None
+    for family in _CUSTOM_FAMILIES:
+        if family.module_classes and isinstance(module, family.module_classes):
+            return family, model_type or (family.model_types[:1] or (type(module).__name__,))[0]
+        if model_type is not None and model_type in family.model_types:
+            return family, model_type
+    return _FAMILY_BY_MODEL_TYPE.get(model_type), model_type
+
+
 def _get_submodule(root: nn.Module, path: str) -> nn.Module | None:
     try:
         return root.get_submodule(path)
@@ -414,14 +201,13 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
     """
     seen_types = []
     for name, module in model.named_modules():
-        config = getattr(module, "config", None)
-        if not isinstance(module, PreTrainedModel) or config is None:
-            continue
-        model_type = getattr(config, "model_type", None)
-        seen_types.append(model_type)
-        family = _FAMILY_BY_MODEL_TYPE.get(model_type)
+        family, model_type = _family_of(module)
+        if isinstance(module, PreTrainedModel):
+            seen_types.append(getattr(getattr(module, "config", None), "model_type", None))
         if family is None:
             continue
+        # what the facts are read from: the transformers config, else (a plain module) the module itself
+        facts = module.config if isinstance(module, PreTrainedModel) else module
         for rel_path in family.stack_paths:
             stack = _get_submodule(module, rel_path)
             if isinstance(stack, nn.ModuleList) and len(stack) > 0:
@@ -435,15 +221,15 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
                     block_names=tuple(f"{stack_name}.{i}" for i in range(len(stack))),
                     ancestor_names=ancestors,
                     model_type=model_type,
-                    hidden_size=int(config.hidden_size),
+                    hidden_size=int(family.hidden_size(facts) if family.hidden_size else facts.hidden_size),
                     depth=len(stack),
-                    patch_size=_patch_size(config),
-                    num_prefix_tokens=family.num_prefix_tokens(config),
+                    patch_size=int(family.patch_size(facts)) if family.patch_size else _patch_size(facts),
+                    num_prefix_tokens=family.num_prefix_tokens(facts),
                 )
     found = f"model_type(s) {sorted({t for t in seen_types if t})}" if any(seen_types) else "no transformers model"
     raise UnsupportedModelError(
         f"{type(model).__name__} has no Vision Transformer block stack that gated-vpt can prompt (found {found}). "
         f"Supported families: {supported_families_text()}. Pass a model of one of these families (a bare encoder, "
         "an *ForImageClassification head, a Backbone, or a model that contains one); docs/supported_models.md lists "
-        "the tested classes."
+        "the tested classes. For another ViT, describe it with `gated_vpt.register_family` (docs/custom_models.md)."
     )

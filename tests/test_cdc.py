@@ -11,7 +11,16 @@ import math
 import peft
 import pytest
 import torch
-from tiny_models import DEPTH, HIDDEN, NUM_LABELS, TINY_BACKBONES, pixel_values, tiny_beit, tiny_clip_model
+from tiny_models import (
+    CLIP_STYLE_TOWERS,
+    DEPTH,
+    HIDDEN,
+    NUM_LABELS,
+    TINY_BACKBONES,
+    pixel_values,
+    tiny_beit,
+    tiny_clip_model,
+)
 from torch import nn
 
 import gated_vpt
@@ -263,9 +272,10 @@ def test_parameter_count(backbone_name, layers, cross_layer, dynamic_aggregation
 # Hosts whose head reads only the prefix tokens of the final block (CLS, DeiT's distillation token): there the
 # final block's AR scale could never learn, and the default `reinforce_final_block=None` does not create it.
 PREFIX_ONLY_HOSTS = {"vit", "deit", "vit_msn"}
-# The tests' own linear probes (transformers has no ViTMAE / DINOv3 classifier) read CLS only too, but gated-vpt
-# cannot know a custom head: they pass `reinforce_final_block=False` themselves, as the config's docs tell users.
-CUSTOM_PREFIX_ONLY_HOSTS = {"vit_mae", "dinov3"}
+# The tests' own linear probes (ViTMAE, DINOv3 and the CLIP-style towers here have no classifier) read CLS only too,
+# but gated-vpt cannot know a custom head: they pass `reinforce_final_block=False` themselves, as the config's docs
+# tell users.
+CUSTOM_PREFIX_ONLY_HOSTS = {"vit_mae", "dinov3", *CLIP_STYLE_TOWERS}
 
 
 def test_every_parameter_gets_a_gradient(backbone_name):
@@ -459,7 +469,8 @@ def test_attentive_reinforcement_adds_to_the_top_cls_attended_patches(backbone_n
         attentions = twin(images, output_attentions=True).attentions
     for record in records:
         block, index = record["wrapper"], record["wrapper"].prompt_roles["default"].index
-        scores = attentions[index][:, :, 0, patch_start:].mean(dim=1)  # [B, N_patches]
+        length = record["output"].shape[1]  # keys past the block's output (X-CLIP's message token) are no candidates
+        scores = attentions[index][:, :, 0, patch_start:length].mean(dim=1)  # [B, N_patches]
         k = math.ceil(ratio * scores.shape[1])
         expected_rows = torch.zeros_like(scores, dtype=torch.bool).scatter(1, scores.topk(k, dim=1).indices, True)
         with torch.no_grad():

@@ -325,6 +325,40 @@ def tiny_siglip_model(attn_implementation: Optional[str] = None) -> nn.Module:
     return _dual_tower(SiglipConfig, SiglipModel, True, attn_implementation)
 
 
+def _vision_tower(
+    vision_cls_name: str, config_cls_name: str, head_cls_name: Optional[str] = None, **overrides: Any
+) -> Callable:
+    """A factory for a CLIP-style vision tower: the bare tower, or with `head=True` transformers' classifier if it has
+    one, else a linear probe on the tower's CLS token (as for ViTMAE)."""
+
+    def factory(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
+        import transformers
+
+        vision_cls, config_cls = getattr(transformers, vision_cls_name), getattr(transformers, config_cls_name)
+        config = config_cls(**{**_TOWER, **overrides}, num_labels=NUM_LABELS)
+        if not head:
+            return _instantiate(vision_cls, config, attn_implementation)
+        if head_cls_name is not None:
+            return _instantiate(getattr(transformers, head_cls_name), config, attn_implementation)
+        pretrained = vision_cls.__mro__[1]
+        probe = _probe_class(pretrained, vision_cls, f"Tiny{vision_cls_name}ForImageClassification")
+        return _instantiate(probe, config, attn_implementation)
+
+    return factory
+
+
+# The CLIP-architecture vision towers, each its own family in the registry (same test factory).
+CLIP_STYLE_TOWERS = {
+    "chinese_clip": ("ChineseCLIPVisionModel", "ChineseCLIPVisionConfig", None, "Chinese-CLIP vision tower"),
+    "metaclip_2": ("MetaClip2VisionModel", "MetaClip2VisionConfig", None, "MetaCLIP 2 vision tower"),
+    "altclip": ("AltCLIPVisionModel", "AltCLIPVisionConfig", None, "AltCLIP vision tower"),
+    "owlvit": ("OwlViTVisionModel", "OwlViTVisionConfig", None, "OWL-ViT vision tower"),
+    "owlv2": ("Owlv2VisionModel", "Owlv2VisionConfig", None, "OWLv2 vision tower"),
+    "clipseg": ("CLIPSegVisionModel", "CLIPSegVisionConfig", None, "CLIPSeg vision tower"),
+    # one frame per clip: the tests' batches of 2-3 images are then 2-3 clips (X-CLIP needs batch % frames == 0)
+    "xclip": ("XCLIPVisionModel", "XCLIPVisionConfig", None, "X-CLIP vision tower", {"num_frames": 1}),
+}
+
 TINY_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vit": tiny_vit,
     "deit": tiny_deit,
@@ -338,6 +372,7 @@ TINY_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "ijepa": tiny_ijepa,
     "clip": tiny_clip,
     "siglip": tiny_siglip,
+    **{key: _vision_tower(*spec[:3], **(spec[4] if len(spec) > 4 else {})) for key, spec in CLIP_STYLE_TOWERS.items()},
 }
 
 # Family id -> (registry family name, prefix tokens of the tiny model). The tiny DINOv2/DINOv3 models have 2 registers.
@@ -354,6 +389,7 @@ TINY_FAMILY_FACTS: dict[str, tuple[str, int]] = {
     "ijepa": ("I-JEPA", 0),
     "clip": ("CLIP vision tower", 1),
     "siglip": ("SigLIP vision tower", 0),
+    **{key: (spec[3], 1) for key, spec in CLIP_STYLE_TOWERS.items()},
 }
 
 

@@ -319,7 +319,10 @@ class CDCPromptBlock(PromptBlock):
             return None
         scores = self.cls_attention(adapter, logits, terms)
         k = num_reinforced(role.config.reinforce_ratio, num_patches)
-        top = scores[:, patch_start:].topk(k, dim=1, sorted=False).indices + patch_start  # [B, k], no gradient
+        # Keys past the block's output (X-CLIP appends a message token inside the block and drops it again) count in
+        # the softmax but are not candidates.
+        candidates = scores[:, patch_start : hidden.shape[1]]
+        top = candidates.topk(k, dim=1, sorted=False).indices + patch_start  # [B, k], no gradient
         selected = hidden.new_zeros(hidden.shape[0], hidden.shape[1], 1).scatter_(1, top.unsqueeze(-1), 1.0)
         prompt_mean = hidden[:, self.num_prefix_tokens : patch_start].mean(dim=1)  # [B, D]
         delta = self.routed_scalar(self.cdc_reinforce_scales, adapter, prompt_mean.dim()).to(hidden.dtype) * prompt_mean

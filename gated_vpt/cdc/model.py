@@ -35,11 +35,14 @@ class CDCPromptModel(PromptTuner):
         for name in site.block_names[first : last + 1]:
             block = self.model.get_submodule(name)
             inner = block.base_layer if isinstance(block, CDCPromptBlock) else block
-            if site.family.attention.parts(inner) is None:
+            layout = site.family.attention
+            if layout.parts(inner) is None:
                 raise UnsupportedModelError(
-                    "`attentive_reinforcement=True` reads the attention query / key projections (`q_proj`, `k_proj`) "
-                    f"and head size of each block, and {type(block).__name__} ({name}) does not expose them. Set "
-                    "`attentive_reinforcement=False` for this model."
+                    "`attentive_reinforcement=True` reads each block's attention query / key projections (named "
+                    f"{layout.query_names} / {layout.key_names}, children of one attention module) and its head size "
+                    f"(attributes {layout.head_size_attributes} or a head count in {layout.head_count_attributes}), "
+                    f"and {type(block).__name__} ({name}) does not expose them. Set `attentive_reinforcement=False` "
+                    "for this model, or give its family an `AttentionLayout` with the right names."
                 )
 
     def _new_block(self, block: nn.Module, site: PromptSite) -> CDCPromptBlock:

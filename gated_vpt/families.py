@@ -1,0 +1,257 @@
+# Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
+"""The registry of supported ViT families: one `BackboneFamily` record each, keyed by `config.model_type`.
+
+It is the single source of truth for "supported models": `find_prompt_site` (`gated_vpt.backbones`) reads it, and
+docs/supported_models.md is generated from it. Adding a family is adding a record here (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .attention import is_relative_position_bias
+from .family import (
+    BackboneFamily,
+    _always,
+    _cls_and_distillation,
+    _cls_and_registers,
+    _no_prefix,
+    _one_cls,
+    _without_mean_pooling,
+)
+from .tokens import pad_for_prompts
+
+# ----------------------------------------------------------------------------------------------------------------
+# Family-specific encoder hooks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_windowed_relative_position_bias(module: nn.Module) -> bool:
+    """BEiT / Data2Vec-vision `*RelativePositionBias`: `forward(window_size, interpolate_pos_encoding, dim_size)`
+    returns a `[1, H, T, T]` bias for the prompt-free sequence of `T = window_h * window_w + 1` tokens (CLS first)."""
+    return is_relative_position_bias(module) and hasattr(module, "generate_relative_position_index")
+
+
+def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) -> list[RemovableHandle]:
+    """Give prompt tokens zero relative position bias in BEiT-style models.
+
+    The blocks (per-block bias) and the encoder (shared bias) call the bias module with `dim_size` = the length of the
+    sequence they hold, which includes the prompt slots between the first and the last prompted block. The module
+    builds the bias from the window size, i.e. for the prompt-free `T = wh * ww + 1` tokens, and with
+    `interpolate_pos_encoding=True` resizes it bilinearly to `dim_size x dim_size` (for the prompt-free sequence that
+    resize is the identity). With prompts present, the pre-hook turns that resize off (so the prompt-free bias is
+    exactly the base model's) and the forward hook inserts zero rows and columns for the prompt slots. Without
+    prompts (`dim_size == T`) both hooks do nothing. Stateless: everything is read from the call's arguments.
+    """
+
+    def bound_arguments(module: nn.Module, args: tuple, kwargs: dict) -> Optional[inspect.BoundArguments]:
+        try:
+            bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        window, dim_size = bound.arguments.get("window_size"), bound.arguments.get("dim_size")
+        if window is None or not isinstance(dim_size, (int, torch.SymInt)):
+            return None
+        free_len = int(window[0]) * int(window[1]) + 1
+        return bound if dim_size > free_len else None
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        bound = bound_arguments(module, args, kwargs)
+        if bound is None:
+            return None
+        bound.arguments["interpolate_pos_encoding"] = False
+        return bound.args, bound.kwargs
+
+    def post_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        bound = bound_arguments(module, args, kwargs)
+        if bound is None or not torch.is_tensor(output):
+            return None
+        window, dim_size = bound.arguments["window_size"], bound.arguments["dim_size"]
+        free_len = int(window[0]) * int(window[1]) + 1
+        return pad_for_prompts(output, free_len, num_prefix_tokens, dim_size - free_len)
+
+    handles = []
+    for module in encoder.modules():
+        if _is_windowed_relative_position_bias(module):
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    return handles
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------------------------
+
+_VIT_STACKS = ("layers", "encoder.layer", "encoder.layers")
+_CLIP_STACKS = ("encoder.layers", "vision_model.encoder.layers")
+
+
+def _clip_style(name: str, model_type: str, example_classes: tuple[str, ...], notes: str) -> BackboneFamily:
+    """A CLIP-architecture vision tower: CLS, then patches; `pre_layrnorm` before the blocks."""
+    return BackboneFamily(
+        name=name,
+        model_types=(model_type,),
+        stack_paths=_CLIP_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=example_classes,
+        notes=" ".join(t for t in ("The CLIP architecture: prompts go after CLS, after `pre_layrnorm`.", notes) if t),
+    )
+
+
+FAMILIES: tuple[BackboneFamily, ...] = (
+    BackboneFamily(
+        name="ViT",
+        model_types=("vit",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=("ViTModel", "ViTForImageClassification"),
+        prefix_only_heads=(("ViTForImageClassification", _always),),
+    ),
+    BackboneFamily(
+        name="DeiT",
+        model_types=("deit",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_cls_and_distillation,
+        example_classes=("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
+        prefix_only_heads=(
+            ("DeiTForImageClassification", _always),
+            ("DeiTForImageClassificationWithTeacher", _always),
+        ),
+        prefix_tokens_text="2 (CLS, distillation)",
+        notes="Prompts go after the distillation token; both heads of the teacher variant see their usual tokens.",
+    ),
+    BackboneFamily(
+        name="ViTMAE",
+        model_types=("vit_mae",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=("ViTMAEModel", "ViTMAEForPreTraining"),
+        notes=(
+            "Set `mask_ratio=0` to fine-tune (the embeddings still shuffle the patches unless a fixed `noise` is "
+            "passed). With masking the encoder sees `[CLS; kept patches]` and prompts go after CLS. Only the encoder "
+            "is prompted: the decoder of `ViTMAEForPreTraining` gets a prompt-free latent. transformers has no ViTMAE "
+            "classifier: put a head on `ViTMAEModel`, or load MAE weights into `ViTForImageClassification`."
+        ),
+    ),
+    BackboneFamily(
+        name="DINOv2",
+        model_types=("dinov2",),
+        stack_paths=("encoder.layer", "encoder.layers", "layers"),
+        num_prefix_tokens=_one_cls,
+        example_classes=("Dinov2Model", "Dinov2ForImageClassification", "Dinov2Backbone"),
+    ),
+    BackboneFamily(
+        name="DINOv2 with registers",
+        model_types=("dinov2_with_registers",),
+        stack_paths=("encoder.layer", "encoder.layers", "layers"),
+        num_prefix_tokens=_cls_and_registers,
+        example_classes=("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification"),
+        prefix_tokens_text="1 + num_register_tokens (CLS, registers)",
+        notes="Prompts go after the register tokens.",
+    ),
+    BackboneFamily(
+        name="DINOv3 ViT",
+        model_types=("dinov3_vit",),
+        stack_paths=("model.layer", "layer", "layers"),
+        num_prefix_tokens=_cls_and_registers,
+        example_classes=("DINOv3ViTModel", "DINOv3ViTBackbone"),
+        prefix_tokens_text="1 + num_register_tokens (CLS, registers)",
+        notes=(
+            "RoPE is applied to the last `num_patches` tokens of the sequence, so prompts (like CLS and registers) "
+            "get no rotary embedding. transformers has no DINOv3 classifier: put a head on `DINOv3ViTModel`."
+        ),
+    ),
+    BackboneFamily(
+        name="BEiT",
+        model_types=("beit",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=("BeitModel", "BeitForImageClassification"),
+        prefix_only_heads=(("BeitForImageClassification", _without_mean_pooling),),
+        encoder_hooks=(_pad_relative_position_biases,),
+        notes="Per-block and shared relative position biases are padded: prompts get zero bias.",
+    ),
+    BackboneFamily(
+        name="Data2Vec-vision",
+        model_types=("data2vec-vision",),
+        stack_paths=("encoder.layer", "encoder.layers", "layers"),
+        num_prefix_tokens=_one_cls,
+        example_classes=("Data2VecVisionModel", "Data2VecVisionForImageClassification"),
+        prefix_only_heads=(("Data2VecVisionForImageClassification", _without_mean_pooling),),
+        encoder_hooks=(_pad_relative_position_biases,),
+        notes="Blocks return tuples. Per-block and shared relative position biases are padded: prompts get zero bias.",
+    ),
+    BackboneFamily(
+        name="ViTMSN",
+        model_types=("vit_msn",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=("ViTMSNModel", "ViTMSNForImageClassification"),
+        prefix_only_heads=(("ViTMSNForImageClassification", _always),),
+    ),
+    BackboneFamily(
+        name="I-JEPA",
+        model_types=("ijepa",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_no_prefix,
+        example_classes=("IJepaModel", "IJepaForImageClassification"),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        notes="No CLS: prompts go first; pooling is the host head's (mean over patches). CDC's AR is unavailable.",
+    ),
+    BackboneFamily(
+        name="CLIP vision tower",
+        model_types=("clip_vision_model",),
+        stack_paths=_CLIP_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=("CLIPVisionModel", "CLIPForImageClassification", "CLIPModel"),
+        # the image embedding is the projected, normalised CLS token (CLIPForImageClassification averages patches)
+        prefix_only_heads=(("CLIPModel", _always), ("CLIPVisionModelWithProjection", _always)),
+        notes=(
+            "Prompts are inserted after `pre_layrnorm`. In `CLIPModel` only the vision tower is prompted "
+            "(`vision_model.encoder.layers`); the text tower is left as is."
+        ),
+    ),
+    *(
+        _clip_style(name, model_type, (vision_class,), notes)
+        for name, model_type, vision_class, notes in (
+            ("Chinese-CLIP vision tower", "chinese_clip_vision_model", "ChineseCLIPVisionModel", ""),
+            ("MetaCLIP 2 vision tower", "metaclip_2_vision_model", "MetaClip2VisionModel", ""),
+            ("AltCLIP vision tower", "altclip_vision_model", "AltCLIPVisionModel", ""),
+            ("OWL-ViT vision tower", "owlvit_vision_model", "OwlViTVisionModel", ""),
+            ("OWLv2 vision tower", "owlv2_vision_model", "Owlv2VisionModel", ""),
+            (
+                "CLIPSeg vision tower",
+                "clipseg_vision_model",
+                "CLIPSegVisionModel",
+                "Hidden states (which CLIPSeg's decoder reads) are returned prompt-free.",
+            ),
+            (
+                "X-CLIP vision tower",
+                "xclip_vision_model",
+                "XCLIPVisionModel",
+                "Each block appends its cross-frame message token after the sequence and drops it again; prompts sit "
+                "after CLS, and CDC's reinforcement never selects the message token.",
+            ),
+        )
+    ),
+    BackboneFamily(
+        name="SigLIP vision tower",
+        model_types=("siglip_vision_model",),
+        stack_paths=("encoder.layers", "vision_model.encoder.layers"),
+        num_prefix_tokens=_no_prefix,
+        example_classes=("SiglipVisionModel", "SiglipForImageClassification", "SiglipModel"),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        notes=(
+            "No CLS: prompts go first; pooling is the host head's (attention-pooling head / mean). CDC's AR is "
+            "unavailable. In `SiglipModel` only the vision tower is prompted."
+        ),
+    ),
+)
