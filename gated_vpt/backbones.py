@@ -31,8 +31,8 @@ class UnsupportedModelError(ValueError):
 
 
 def supported_families_text() -> str:
-    """One line per family, for error messages."""
-    return "; ".join(f"{f.name} (model_type {', '.join(f.model_types)})" for f in FAMILIES)
+    """One line per supported family, for error messages."""
+    return "; ".join(f"{f.name} (model_type {', '.join(f.model_types)})" for f in FAMILIES if not f.refusal)
 
 
 SUPPORTED_MODELS_INTRO = """\
@@ -42,6 +42,8 @@ gated-vpt prompts the transformer block stack of Hugging Face vision transformer
 or *contains* an encoder of one of the families below (a bare encoder, an `*ForImageClassification` head, a
 `*Backbone`, or a composite model holding a vision tower): the block stack is found by structure, keyed by
 `config.model_type`, and anything else raises `gated_vpt.UnsupportedModelError` before the model is touched.
+Rows marked **Refused** are families gated-vpt recognises and refuses, with the reason in the error message, because
+prompts cannot be inserted into them faithfully.
 
 Prompts are inserted right after the *prefix tokens* (the tokens the embeddings put before the patches) and removed
 after the last prompted block, so heads, `output_hidden_states` and Backbone feature maps see the usual prompt-free
@@ -78,7 +80,7 @@ def supported_models_markdown() -> str:
             ", ".join(f"`{t}`" for t in family.model_types),
             family.prefix_tokens_text,
             ", ".join(f"`{c}`" for c in family.example_classes),
-            family.notes or "",
+            f"**Refused**: {family.refusal}." if family.refusal else family.notes or "",
         )
         lines.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -206,6 +208,12 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
             seen_types.append(getattr(getattr(module, "config", None), "model_type", None))
         if family is None:
             continue
+        if family.refusal:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} holds a {family.name} encoder (model_type {model_type!r}), which gated-vpt "
+                f"recognises but cannot prompt faithfully: {family.refusal}. docs/supported_models.md lists the "
+                "families that work."
+            )
         # what the facts are read from: the transformers config, else (a plain module) the module itself
         facts = module.config if isinstance(module, PreTrainedModel) else module
         for rel_path in family.stack_paths:

@@ -254,4 +254,53 @@ FAMILIES: tuple[BackboneFamily, ...] = (
             "unavailable. In `SiglipModel` only the vision tower is prompted."
         ),
     ),
+    *(
+        BackboneFamily(
+            name=name,
+            model_types=model_types,
+            stack_paths=(),
+            num_prefix_tokens=_no_prefix,
+            example_classes=(example,),
+            prefix_tokens_text="—",
+            cls_token_index=None,
+            refusal=why,
+        )
+        for name, model_types, example, why in (
+            (
+                "ViTDet",
+                ("vitdet",),
+                "VitDetModel",
+                "most blocks attend within fixed windows of the 2-D patch grid (and the encoder keeps tokens as a "
+                "[B, H, W, C] grid), so extra tokens have no place in a window",
+            ),
+            (
+                "SAM / SAM-HQ / SAM 3 image encoders",
+                ("sam_vision_model", "sam_hq_vision_model", "sam3_vit_model"),
+                "SamVisionModel",
+                "windowed attention on a 2-D token grid with relative position biases per window: prompts cannot "
+                "be added to the grid without changing every window",
+            ),
+            (
+                "Hiera",
+                ("hiera", "sam2_hiera_det_model"),
+                "HieraModel",
+                "hierarchical: tokens are pooled between stages and attention runs inside mask units, so the "
+                "sequence is not one token list the prompts could join",
+            ),
+            (
+                "Pixtral vision encoder",
+                ("pixtral",),
+                "PixtralVisionModel",
+                "images of a batch are concatenated into one sequence with block-diagonal attention and 2-D RoPE "
+                "per image; prompts would have to be inserted and masked per image",
+            ),
+            (
+                "RADIO",
+                ("radio",),
+                "RadioModel",
+                "its packed mode concatenates images of different sizes into one sequence (`cu_seqlens`, "
+                "block-diagonal attention), where prompts would have to be inserted per image",
+            ),
+        )
+    ),
 )

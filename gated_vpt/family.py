@@ -43,6 +43,8 @@ class BackboneFamily:
             the patch tokens of the final block could never learn (see `head_reads_only_prefix_tokens`).
         attention: Attribute and argument names of the family's attention (`gated_vpt.attention`): where GPT's
             temperature and CDC's attentive reinforcement hook in.
+        refusal: Set for families gated-vpt recognises but refuses: why prompts cannot be inserted faithfully (the
+            error `find_prompt_site` raises, and the supported-models table's row, say so).
         notes: Remarks for the supported-models table.
     """
 
@@ -59,6 +61,7 @@ class BackboneFamily:
     encoder_hooks: tuple[Callable[[nn.Module, int], list[RemovableHandle]], ...] = ()
     prefix_only_heads: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
     attention: AttentionLayout = DEFAULT_ATTENTION
+    refusal: str = ""
     notes: str = ""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,6 @@ def first_block(model: PeftModel) -> PromptBlock:
     return inner.get_submodule(find_prompt_site(inner).block_names[0])
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # the registry and the docs
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,8 +85,77 @@ def first_block(model: PeftModel) -> PromptBlock:
 
 def test_every_registered_family_has_a_tiny_model():
     tested = {family_name for family_name, _ in TINY_FAMILY_FACTS.values()}
-    assert tested == {family.name for family in FAMILIES}
+    assert tested == {family.name for family in FAMILIES if not family.refusal}
     assert set(TINY_FAMILY_FACTS) == set(TINY_BACKBONES)
+    assert {family.name for family in FAMILIES if family.refusal} == set(REFUSED)
+
+
+def _tiny(class_name: str, config_name: str, **fields):
+    def build():
+        import transformers
+
+        torch.manual_seed(0)
+        return getattr(transformers, class_name)(getattr(transformers, config_name)(**fields)).eval()
+
+    return build
+
+
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+# Family name -> (a tiny model of it, a phrase its refusal must give)
+REFUSED = {
+    "ViTDet": (
+        _tiny("VitDetModel", "VitDetConfig", **_SMALL, pretrain_image_size=32, window_size=2, window_block_indices=[0]),
+        "fixed windows",
+    ),
+    "SAM / SAM-HQ / SAM 3 image encoders": (
+        _tiny("SamVisionModel", "SamVisionConfig", **_SMALL, output_channels=16, window_size=2, mlp_dim=64),
+        "windowed attention",
+    ),
+    "Hiera": (
+        _tiny(
+            "HieraModel",
+            "HieraConfig",
+            embed_dim=16,
+            image_size=[32, 32],
+            patch_size=[4, 4],
+            patch_stride=[4, 4],
+            patch_padding=[0, 0],
+            depths=[1, 1],
+            num_heads=[1, 2],
+            num_query_pool=1,
+            query_stride=[2, 2],
+            masked_unit_size=[2, 2],
+            masked_unit_attention=[True, False],
+        ),
+        "hierarchical",
+    ),
+    "Pixtral vision encoder": (
+        _tiny("PixtralVisionModel", "PixtralVisionConfig", **_SMALL, intermediate_size=64, head_dim=16),
+        "block-diagonal attention",
+    ),
+    "RADIO": (
+        _tiny("RadioModel", "RadioConfig", **_SMALL, num_cls_tokens=1, num_registers=1, max_img_size=64),
+        "packed mode",
+    ),
+}
+
+
+@pytest.mark.parametrize("family_name", sorted(REFUSED))
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_refused_families_say_why_and_are_left_untouched(family_name, method):
+    build, reason = REFUSED[family_name]
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = (
+        method_config(method, num_prompts=NUM_PROMPTS, attentive_reinforcement=False)
+        if method == "cdc"
+        else (method_config(method, num_prompts=NUM_PROMPTS))
+    )
+    with pytest.raises(UnsupportedModelError, match=rf"holds a {re.escape(family_name)} encoder .*{reason}"):
+        get_peft_model(model, config)
+    assert not hasattr(model, "peft_config")
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("family_id", FAMILY_IDS)
@@ -108,13 +177,17 @@ EXTRA_CLASSES = {
     "SiglipModel": tiny_siglip_model,
 }
 BACKBONE_CLASSES = {"Dinov2Backbone": "dinov2", "DINOv3ViTBackbone": "dinov3"}
+# the refused families' classes are built (and refused) by test_refused_families_say_why_and_are_left_untouched
+REFUSED_CLASSES = {"VitDetModel", "SamVisionModel", "HieraModel", "PixtralVisionModel", "RadioModel"}
 
 
 def test_docs_claim_only_tested_classes():
     built = {type(TINY_BACKBONES[f](head=h)).__name__ for f in FAMILY_IDS for h in (True, False)}
     assert all(type(factory()).__name__ == name for name, factory in EXTRA_CLASSES.items())
     claimed = {name for family in FAMILIES for name in family.example_classes}
-    assert claimed <= built | set(EXTRA_CLASSES) | set(BACKBONE_CLASSES), claimed - built
+    refused = {type(build()).__name__ for build, _ in REFUSED.values()}
+    assert refused == REFUSED_CLASSES
+    assert claimed <= built | set(EXTRA_CLASSES) | set(BACKBONE_CLASSES) | refused, claimed - built
 
 
 def test_supported_models_page_is_generated_from_the_registry():
@@ -553,8 +626,9 @@ def test_unsupported_models_are_refused_and_left_untouched(factory, method):
     message = str(info.value)
     assert type(model).__name__ in message
     for family in FAMILIES:
-        assert family.name in message
-        assert all(t in message for t in family.model_types)
+        if not family.refusal:  # the message lists the families that work
+            assert family.name in message
+            assert all(t in message for t in family.model_types)
     assert list(model.state_dict()) == keys
     assert [type(m) for m in model.modules()] == modules
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
