@@ -222,6 +222,31 @@ def _remove_folder(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
+def _huge_integer(key: str, digits: int) -> Callable[[Path], None]:
+    """Set `key` to an integer of `digits` digits, written as JSON text (Python's `json` cannot write one that long)."""
+
+    def damage(folder: Path) -> None:
+        data = json.loads((folder / CONFIG).read_text())
+        data[key] = "HUGE"
+        (folder / CONFIG).write_text(json.dumps(data).replace('"HUGE"', "9" * digits))
+
+    return damage
+
+
+HEAD = "base_model.model.classifier.weight"
+
+
+def _set_head(make) -> Callable[[Path], None]:
+    return _edit_tensors(lambda t: _with(t, HEAD, make(t[HEAD])))
+
+
+def _one_huge_float64(tensor):
+    """`tensor` as float64, its first value 1e300: finite in float64, infinite once cast to float32."""
+    tensor = tensor.double().clone()
+    tensor.view(-1)[0] = 1e300
+    return tensor
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The cases
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,6 +296,15 @@ CASES: list[Case] = [
         "`layers_to_transform` is `[5]` (the recorded backbone has 4 blocks)",
         _edit_config(layers_to_transform=[5]),
     ),
+    _config_case(
+        "layers-huge-range",
+        "`layers_to_transform` is `[0, 1000000000]` (a billion-block range)",
+        _edit_config(layers_to_transform=[0, 10**9]),
+    ),
+    _config_case(
+        "layers-overflow", "`layers_to_transform` is `[0, 2**63]`", _edit_config(layers_to_transform=[0, 2**63])
+    ),
+    _config_case("number-too-long", "`num_prompts` is a 5,000-digit integer", _huge_integer("num_prompts", 5000)),
     _config_case(
         "modules-to-save-string", '`modules_to_save` is `"classifier"`', _edit_config(modules_to_save="classifier")
     ),
@@ -342,6 +376,30 @@ CASES: list[Case] = [
         "weights-inf",
         "one prompt (a row of 32 values) is +inf",
         _set_prompts(lambda t: t.index_fill(0, __import__("torch").tensor([0]), float("inf"))),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "weights-float64-overflow",
+        "prompts stored as float64, one value `1e300` (finite in float64, infinite in the adapter's float32)",
+        _set_prompts(_one_huge_float64),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "head-float64-overflow",
+        "the trained head's `classifier.weight` stored as float64, one value `1e300` (the model's head is float32)",
+        _set_head(_one_huge_float64),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "head-bool",
+        "the trained head's `classifier.weight` stored as bool (it would load as 0 / 1)",
+        _set_head(lambda t: t > 0),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "head-int",
+        "the trained head's `classifier.weight` stored as int64",
+        _set_head(lambda t: (100 * t).round().to(__import__("torch").int64)),
         "AdapterWeightsError",
     ),
     Case("weights-missing-key", "the prompt tensor is missing", _edit_tensors(_drop_prompts), "AdapterWeightsError"),

@@ -26,6 +26,7 @@ from peft import PeftConfig, PeftModel
 
 from .backbone_record import describe_record
 from .io.config_file import load_adapter_config
+from .io.locate import hub_kwargs_of
 from .prompt_config import PromptConfigBase
 
 CARD_MARKER = "<!-- gated-vpt adapter -->"
@@ -44,9 +45,8 @@ def from_pretrained(
     """Load a gated-vpt adapter (local folder or Hub repo) onto `model`; same arguments as
     `peft.PeftModel.from_pretrained`. Unlike a bare `PeftModel.from_pretrained`, this works without a prior
     `import gated_vpt`, and it refuses an adapter saved for a different backbone before touching the model."""
-    hub_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "token", "cache_dir") if k in kwargs}
-    # Clear errors for a missing or malformed adapter_config.json; PEFT's own reader for Hub repos it cannot reach
-    # here and for other PEFT methods.
+    hub_kwargs = hub_kwargs_of(kwargs)  # every argument that chooses the file read, as PEFT passes them on
+    # Clear errors for a missing, malformed or unreadable adapter_config.json; PEFT's own reader for other methods.
     config = load_adapter_config(model_id, hub_kwargs) or PeftConfig.from_pretrained(str(model_id), **hub_kwargs)
     return PeftModel.from_pretrained(
         model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs

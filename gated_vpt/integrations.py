@@ -6,8 +6,9 @@ adapter types only (every other PEFT adapter runs the original code unchanged):
 
 - loading: `PeftModel.from_pretrained`, `PeftModel.load_adapter` and transformers' `PeftAdapterMixin.load_adapter`
   build and inject the adapter *before* reading its weights and would unpickle `adapter_model.bin`. The wrappers
-  check both files first (`gated_vpt.io`), let the tuner check the file's tensors against the injected adapter
-  before any value is copied, and put the model back exactly as it was if anything fails;
+  check both files first (`gated_vpt.io`, with every argument that chooses the file read), let the tuner check the
+  file's tensors against the injected adapter before any value is copied, hand the loader the folder that was
+  checked (so the file checked is the file loaded), and put the model back exactly as it was if anything fails;
 - saving: `PeftModel.save_pretrained` writes into a staging folder switched in atomically;
 - the card and `push_to_hub`: `PeftModel.create_or_update_model_card` adds our loading section
   (`gated_vpt.hub`), and `push_to_hub` goes through `gated_vpt.hub.push_adapter_to_hub` (transformers'
@@ -22,6 +23,7 @@ written against, so an upstream change fails loudly there rather than misbehavin
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import os
@@ -36,10 +38,10 @@ from .io.atomic import atomic_save
 from .io.compare import adapter_tensors, check_weights_match, pending_weights
 from .io.config_file import load_adapter_config
 from .io.errors import UnsafeAdapterFileError
-from .io.locate import hub_kwargs_of
+from .io.locate import hub_keys, hub_kwargs_of
 from .io.names import CONFIG_NAME
 from .io.rollback import preserved_on_error
-from .io.weights_file import CheckedWeights, check_adapter_files, check_tensors
+from .io.weights_file import CheckedWeights, check_adapter_files, checked_weights
 from .prompt_config import PromptConfigBase
 from .prompt_layer import PromptBlock
 
@@ -73,8 +75,8 @@ def _is_ours(model: PeftModel) -> bool:
 
 def _install_safe_loading() -> None:
     """Wrap PEFT's `PeftModel.from_pretrained` / `PeftModel.load_adapter` and transformers' `load_adapter` for our
-    adapter types: check the files first, check the tensors against the injected adapter before loading them, and
-    leave the model exactly as it was on any failure (see `gated_vpt.io`)."""
+    adapter types: check the files first, check the tensors against the injected adapter before loading them, load
+    exactly the files checked, and leave the model exactly as it was on any failure (see `gated_vpt.io`)."""
     from transformers.integrations.peft import PeftAdapterMixin
 
     original_from_pretrained = PeftModel.from_pretrained.__func__
@@ -90,9 +92,10 @@ def _install_safe_loading() -> None:
             return call(config)
         key_mapping = kwargs.get("key_mapping") or getattr(model, "_checkpoint_conversion_mapping", None)
         checked = check_adapter_files(model_id, config, hub_kwargs_of(kwargs), key_mapping)
-        if checked is None:  # another PEFT method, or a Hub repo we cannot reach: PEFT's own behaviour
+        if checked is None:  # another PEFT method: PEFT's own behaviour
             return call(config)
         config, weights = checked
+        # PEFT reads the weights in `load_adapter` (wrapped below, which loads exactly the file it checks).
         with _naming_the_file(weights), preserved_on_error(model), pending_weights(adapter_name, weights):
             return call(config)
 
@@ -111,12 +114,15 @@ def _install_safe_loading() -> None:
         if existing is not None:  # PEFT overwrites this adapter's tensors in place: check them now, keep a copy
             check_weights_match(self, adapter_name, weights)
             clone = list(adapter_tensors(self, adapter_name).values())
+        drop = (*hub_keys(), "self")
+        call = {k: v for k, v in arguments.items() if k not in drop}
+        call["model_id"] = weights.folder  # the folder checked (the Hub cache's snapshot folder for a Hub repo)
         with (
             _naming_the_file(weights),
             preserved_on_error(self, clone),
             pending_weights(adapter_name, weights),
         ):
-            return original_load_adapter(self, *args, **kwargs)
+            return original_load_adapter(self, **call)
 
     @functools.wraps(original_transformers_load_adapter)
     def transformers_load_adapter(self, *args, **kwargs):
@@ -125,16 +131,16 @@ def _install_safe_loading() -> None:
         config = arguments.get("peft_config")
         if config is not None and not isinstance(config, PromptConfigBase):
             return original_transformers_load_adapter(self, *args, **kwargs)
-        model_id = arguments.get("peft_model_id")
         adapter_name = arguments.get("adapter_name") or "default"
         state_dict = arguments.get("adapter_state_dict")
-        hub_kwargs = hub_kwargs_of({**(arguments.get("adapter_kwargs") or {}), **arguments})
+        model_id, download_kwargs = _transformers_source(bound.arguments, config is None)
+        hub_kwargs = hub_kwargs_of(download_kwargs)
         if state_dict is not None:
             if config is None and model_id is not None:
                 config = load_adapter_config(model_id, hub_kwargs)
             if not isinstance(config, PromptConfigBase):
                 return original_transformers_load_adapter(self, *args, **kwargs)
-            weights = CheckedWeights("adapter_state_dict", check_tensors(state_dict, "adapter_state_dict"))
+            weights = checked_weights(state_dict, "adapter_state_dict")
         else:
             checked = check_adapter_files(model_id, config, hub_kwargs) if model_id is not None else None
             if checked is None:
@@ -147,13 +153,41 @@ def _install_safe_loading() -> None:
                     "first; gated-vpt never loads pickle weight files (unpickling runs code from the file). Drop "
                     "`use_safetensors=False`: the adapter is read from adapter_model.safetensors."
                 )
-            bound.arguments["peft_config"] = config  # the config checked above, not a second read of the file
+            _pin_transformers_call(bound.arguments, weights.folder, download_kwargs)
+        bound.arguments["peft_config"] = config  # the config checked above, not a second read of the file
         with _naming_the_file(weights), preserved_on_error(self), pending_weights(adapter_name, weights):
             return original_transformers_load_adapter(*bound.args, **bound.kwargs)
 
     PeftModel.from_pretrained = classmethod(from_pretrained)
     PeftModel.load_adapter = load_adapter
     PeftAdapterMixin.load_adapter = transformers_load_adapter
+
+
+def _transformers_source(arguments: dict[str, Any], reads_config: bool) -> tuple[Any, dict[str, Any]]:
+    """Where transformers' `load_adapter` reads the adapter from, as it works it out: `peft_model_id`, else
+    `load_config.pretrained_model_name_or_path`; the download arguments are `load_config.download_kwargs`, replaced by
+    a `download_kwargs=` keyword, with `adapter_kwargs` merged in when it reads the config itself."""
+    load_config = arguments.get("load_config")
+    fields = {**(vars(load_config) if load_config is not None else {}), **(arguments.get("kwargs") or {})}
+    download_kwargs = dict(fields.get("download_kwargs") or {})
+    if reads_config:
+        download_kwargs.update(arguments.get("adapter_kwargs") or {})
+    if arguments.get("local_files_only"):
+        download_kwargs["local_files_only"] = True
+    return arguments.get("peft_model_id") or fields.get("pretrained_model_name_or_path"), download_kwargs
+
+
+def _pin_transformers_call(arguments: dict[str, Any], folder: str, download_kwargs: dict[str, Any]) -> None:
+    """Make transformers read the adapter from `folder`, the folder checked (see `load_adapter` above)."""
+    arguments["peft_model_id"] = folder
+    arguments["adapter_kwargs"] = None
+    if arguments.get("load_config") is not None:  # transformers updates the object it is given: give it a copy
+        arguments["load_config"] = copy.copy(arguments["load_config"])
+    extra = dict(arguments.get("kwargs") or {})
+    extra.pop("pretrained_model_name_or_path", None)
+    drop = hub_keys()
+    extra["download_kwargs"] = {k: v for k, v in download_kwargs.items() if k not in drop}
+    arguments["kwargs"] = extra
 
 
 def _install_atomic_saving() -> None:

@@ -145,8 +145,10 @@ class PromptConfigBase(PeftConfig):
                 "None, a non-negative int, or a non-empty list of non-negative ints",
             )
             layers = sorted(set(layers))
+            # Distinct sorted integers are contiguous exactly when they span as many values as there are of them; a
+            # hostile `[0, 10**9]` must not make us build the range to compare with.
             _require(
-                layers == list(range(layers[0], layers[-1] + 1)),
+                layers[-1] - layers[0] + 1 == len(layers),
                 "layers_to_transform",
                 self.layers_to_transform,
                 "a contiguous range of block indices (prompts travel through every block between the first and last)",

@@ -43,7 +43,7 @@ READ_BY_NAME = [
     (
         PeftAdapterMixin,
         "load_adapter",
-        ("peft_config", "adapter_state_dict", "adapter_kwargs", "load_config"),
+        ("peft_config", "adapter_state_dict", "adapter_kwargs", "load_config", "local_files_only"),
     ),
 ]
 
@@ -82,3 +82,19 @@ def test_every_patch_is_installed_and_keeps_the_original_reachable():
     ]:
         patched = getattr(owner, method)
         assert _unwrapped(patched) is not patched, f"{owner.__name__}.{method} is not patched"
+
+
+def test_what_chooses_the_file_a_loader_reads_is_still_where_the_wrappers_look():
+    """The wrappers pass every argument that chooses the file read to the checks, then hand the loader the folder
+    checked: `hf_hub_download`'s parameters (PEFT passes each through) and the fields of transformers'
+    `LoadStateDictConfig` that `load_adapter` reads its source from."""
+    import dataclasses
+
+    from transformers.modeling_utils import LoadStateDictConfig
+
+    from gated_vpt.io.locate import hub_keys
+
+    chooses = {"subfolder", "revision", "repo_type", "cache_dir", "local_dir", "token", "local_files_only"}
+    assert chooses <= set(hub_keys()), hub_keys()
+    fields = {f.name for f in dataclasses.fields(LoadStateDictConfig)}
+    assert {"pretrained_model_name_or_path", "download_kwargs", "use_safetensors"} <= fields, fields

@@ -10,6 +10,8 @@ import copy
 import importlib.util
 import os
 import pickle
+import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -23,8 +25,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
 import gated_vpt
-from gated_vpt.io import atomic, config_file, weights_file
 from gated_vpt import GatedPromptConfig
+from gated_vpt.io import atomic, config_file, weights_file
 from gated_vpt.prompt_layer import PromptBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -577,11 +578,11 @@ def test_transformers_adapter_state_dict_is_checked_too(world):
 
 def test_hub_repos_are_checked_without_downloading_a_pickle(world, tmp_path, monkeypatch):
     """For a Hub repo the files are fetched as PEFT would (into the cache); a pickle is only looked up, never
-    downloaded; an unreachable Hub leaves the error to PEFT (the check returns None)."""
+    downloaded; an unreachable Hub with nothing cached is refused (never left unchecked)."""
     import shutil
 
     import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo = tmp_path / "repo"
     shutil.copytree(world["references"]["vit"], repo)
@@ -604,11 +605,15 @@ def test_hub_repos_are_checked_without_downloading_a_pickle(world, tmp_path, mon
         weights_file.check_adapter_files("someone/adapter")
     assert "adapter_model.bin" not in downloaded
 
-    def offline(*args, **kwargs):
-        raise OSError("offline")
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("no connection")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    assert weights_file.check_adapter_files("someone/adapter") is None
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(
+        gated_vpt.AdapterConfigError,
+        match=r"^someone/adapter/adapter_config.json: not in the local Hub cache, and the Hub cannot be asked",
+    ):
+        weights_file.check_adapter_files("someone/adapter")
 
 
 @pytest.mark.parametrize("why", ["it is the working directory", "it is a mount point", "its parent is read-only"])
@@ -651,3 +656,312 @@ def test_a_folder_that_cannot_be_swapped_gets_its_files_replaced_one_by_one(save
     with torch.no_grad():
         assert torch.equal(_outputs(folder), new(pixel_values()).logits)
     assert _stale(tmp_path) == [] and not [p for p in folder.iterdir() if ".gated-vpt-" in p.name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub repos read from the local cache (offline), and the arguments that choose which file is read
+# ----------------------------------------------------------------------------------------------------------------
+
+REPO = "attacker/adapter"
+
+
+def _into_hub_cache(
+    cache: Path, folder: Path, repo_id: str = REPO, repo_type: str = "model", ref: str = "main", commit: str = "1" * 40
+) -> Path:
+    """Lay `folder` out as huggingface_hub's cache does for a downloaded repo (`refs/<ref>` naming `commit`)."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return repo / "snapshots" / commit
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty huggingface_hub cache with `HF_HUB_OFFLINE=1`, as huggingface_hub, PEFT and transformers read them
+    (the environment variables are read once, at import: their module constants are patched instead)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _damaged(world, tmp_path: Path, name: str, damage) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(world["references"]["vit"], folder)
+    damage(folder)
+    return folder
+
+
+def _plain_pickle_with_a_backbone_tensor(folder: Path) -> None:
+    """`adapter_model.bin` only: plain tensors (loads with `weights_only=True`) plus the backbone's CLS token."""
+    from safetensors.torch import load_file
+
+    tensors = dict(load_file(folder / gen.WEIGHTS))
+    tensors["base_model.model.vit.embeddings.cls_token"] = torch.full((1, 1, 32), 7.0)
+    torch.save(tensors, folder / "adapter_model.bin")
+    (folder / gen.WEIGHTS).unlink()
+
+
+OFFLINE_CACHES = {
+    "malicious-pickle": (gen.malicious_pickle, "UnsafeAdapterFileError"),
+    "pickle-with-backbone-tensor": (_plain_pickle_with_a_backbone_tensor, "UnsafeAdapterFileError"),
+    "weights-not-cached": (lambda folder: (folder / gen.WEIGHTS).unlink(), "AdapterWeightsError"),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=SLUGS.get)
+@pytest.mark.parametrize("cached", sorted(OFFLINE_CACHES))
+def test_an_offline_hub_cache_is_checked_like_a_folder(world, offline_hub, tmp_path, cached, entry, monkeypatch):
+    """`HF_HUB_OFFLINE=1` and a cached repo holding a valid config but only a pickle (or no weights): refused
+    unopened, before anything is built, on every entry point; the model is left exactly as it was."""
+    damage, error_class = OFFLINE_CACHES[cached]
+    _into_hub_cache(offline_hub, _damaged(world, tmp_path, cached, damage))
+    model, load, still_works = set_up(entry, world, "vit")
+    before = fingerprint(model)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load was called"))
+    with pytest.raises(gated_vpt.AdapterWeightsError) as info:
+        load(REPO)
+    monkeypatch.undo()
+    assert type(info.value).__name__ == error_class, repr(info.value)
+    message = str(info.value)
+    if cached == "weights-not-cached":
+        assert message.startswith(f"{REPO}/adapter_model.safetensors: not in the local Hub cache"), message
+    else:
+        assert message.startswith(str(offline_hub)) and "adapter_model.bin: refused" in message, message
+    assert not list(offline_hub.rglob(gen.MARKER_NAME)), "the pickle payload ran"
+    assert_same(before, fingerprint(model))
+    still_works()
+
+
+@pytest.mark.parametrize("entry", FRESH + SECOND[:1], ids=SLUGS.get)
+def test_an_adapter_that_cannot_be_looked_up_at_all_is_refused_not_left_unchecked(world, offline_hub, entry):
+    """Offline and nothing cached: whether the repo holds one of our adapters cannot be checked, so it is not loaded
+    (PEFT would fail too, after building the adapter)."""
+    model, load, still_works = set_up(entry, world, "vit")
+    before = fingerprint(model)
+    with pytest.raises(gated_vpt.AdapterConfigError, match=rf"^{REPO}/adapter_config.json: not in the local Hub cache"):
+        load(REPO)
+    assert_same(before, fingerprint(model))
+    still_works()
+
+
+@pytest.mark.parametrize("entry", FRESH + SECOND, ids=SLUGS.get)
+def test_a_good_adapter_in_the_offline_hub_cache_loads(world, offline_hub, entry):
+    _into_hub_cache(offline_hub, world["references"]["vit"])
+    model, load, _ = set_up(entry, world, "vit")
+    loaded = load(REPO)
+    if entry in SECOND:
+        model.set_adapter("second")
+    target = loaded if isinstance(loaded, PeftModel) else model
+    with torch.no_grad():
+        assert torch.equal(target.eval()(pixel_values()).logits, world["expected"]["vit"])
+
+
+def test_an_offline_hub_cache_with_only_a_pickle_is_refused_in_a_fresh_interpreter(world, tmp_path):
+    """The real thing: `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE` set in the environment of a new process."""
+    cache = tmp_path / "hub-cache"
+    _into_hub_cache(cache, _damaged(world, tmp_path, "only-pickle", _plain_pickle_with_a_backbone_tensor))
+    script = textwrap.dedent(
+        f"""
+        import sys, warnings
+        warnings.simplefilter("ignore")
+        sys.path[:0] = [{str(REPO_ROOT / "tests")!r}]
+        import torch
+        from peft import PeftModel
+        from tiny_models import TINY_BACKBONES
+        import gated_vpt
+
+        def no_unpickling(*args, **kwargs):
+            raise AssertionError("torch.load was called")
+
+        torch.load = no_unpickling
+        model = TINY_BACKBONES["vit"]()
+        cls_token = model.vit.embeddings.cls_token.detach().clone()
+        try:
+            PeftModel.from_pretrained(model, {REPO!r})
+        except gated_vpt.UnsafeAdapterFileError as error:
+            print("refused:", error)
+        assert torch.equal(model.vit.embeddings.cls_token, cls_token), "the frozen CLS token was overwritten"
+        assert not hasattr(model, "peft_config") and "PromptBlock" not in str(model)
+        """
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HF_HOME", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"refused: {cache}" in result.stdout and "adapter_model.bin: refused" in result.stdout, result.stdout
+
+
+def _backbone_tensor_added(folder: Path) -> None:
+    gen.CASES_BY_ID["weights-backbone-key"].damage(folder)
+
+
+@pytest.fixture
+def good_root_bad_subfolder(world, tmp_path):
+    """A good adapter folder with a subfolder `evil/` holding an adapter with an extra backbone tensor."""
+    root = tmp_path / "root"
+    shutil.copytree(world["references"]["vit"], root)
+    shutil.copytree(_damaged(world, tmp_path, "evil", _backbone_tensor_added), root / "evil")
+    return root
+
+
+def _transformers_loads(root: Path):
+    from transformers.modeling_utils import LoadStateDictConfig
+
+    return {
+        "load_config": lambda base: base.load_adapter(
+            str(root), load_config=LoadStateDictConfig(download_kwargs={"subfolder": "evil"})
+        ),
+        "download_kwargs": lambda base: base.load_adapter(str(root), download_kwargs={"subfolder": "evil"}),
+        "load_config-path": lambda base: base.load_adapter(
+            load_config=LoadStateDictConfig(pretrained_model_name_or_path=str(root / "evil"))
+        ),
+        "peft-subfolder": lambda base: PeftModel.from_pretrained(base, root, subfolder="evil"),
+    }
+
+
+@pytest.mark.parametrize("how", ["load_config", "download_kwargs", "load_config-path", "peft-subfolder"])
+def test_the_file_checked_is_the_file_loaded(world, good_root_bad_subfolder, how):
+    """transformers' `load_config.download_kwargs` (or `download_kwargs=`, or `load_config.pretrained_model_name_or_
+    path`) choose the folder the weights are read from: the checks read the same one."""
+    base = copy.deepcopy(world["pristine"]["vit"])
+    before = fingerprint(base)
+    evil = re.escape(str(good_root_bad_subfolder / "evil" / gen.WEIGHTS))
+    with pytest.raises(gated_vpt.AdapterWeightsError, match=rf"^{evil}: holds tensors that are not part"):
+        _transformers_loads(good_root_bad_subfolder)[how](base)
+    assert_same(before, fingerprint(base))
+
+
+def test_transformers_adapter_kwargs_choose_the_folder_checked_and_loaded(world, tmp_path):
+    """`adapter_kwargs={"subfolder": ...}`: the good adapter in the subfolder is checked and loaded, not the root's."""
+    root = _damaged(world, tmp_path, "bad-root", _backbone_tensor_added)
+    shutil.copytree(world["references"]["vit"], root / "good")
+    base = copy.deepcopy(world["pristine"]["vit"])
+    cls_token = base.vit.embeddings.cls_token.detach().clone()
+    base.load_adapter(str(root), adapter_kwargs={"subfolder": "good"})
+    assert torch.equal(base.vit.embeddings.cls_token, cls_token)
+    with torch.no_grad():
+        assert torch.equal(base(pixel_values()).logits, world["expected"]["vit"])
+
+
+HUB_ARGUMENT_ENTRIES = {
+    "PeftModel.from_pretrained": lambda base, **kw: PeftModel.from_pretrained(base, REPO, **kw),
+    "gated_vpt.from_pretrained": lambda base, **kw: gated_vpt.from_pretrained(base, REPO, **kw),
+    "PeftModel.load_adapter": lambda base, **kw: base.load_adapter(REPO, adapter_name="second", **kw),
+    "transformers load_adapter": lambda base, **kw: base.load_adapter(REPO, adapter_name="second", download_kwargs=kw),
+}
+
+
+def _hub_argument_cases(world, cache: Path, tmp_path: Path) -> dict:
+    """Each: (keyword arguments, the folder they select, which holds a bad adapter). `main` of the cached repo is
+    good: a check of that one instead would pass and the bad file would be loaded."""
+    bad = _damaged(world, tmp_path, "bad", _backbone_tensor_added)
+    _into_hub_cache(cache, world["references"]["vit"])
+    other_cache = tmp_path / "other-cache"
+    shutil.copytree(bad, tmp_path / "local-dir")
+    return {
+        "repo_type": ({"repo_type": "dataset"}, _into_hub_cache(cache, bad, repo_type="dataset")),
+        "revision": ({"revision": "evil"}, _into_hub_cache(cache, bad, ref="evil", commit="2" * 40)),
+        "cache_dir": ({"cache_dir": str(other_cache)}, _into_hub_cache(other_cache, bad)),
+        "local_dir": ({"local_dir": str(tmp_path / "local-dir")}, tmp_path / "local-dir"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "argument"),
+    [
+        (entry, argument)
+        for entry in sorted(HUB_ARGUMENT_ENTRIES)
+        for argument in ("repo_type", "revision", "cache_dir", "local_dir")
+        # transformers' download_kwargs have no repo_type / local_dir
+        if entry != "transformers load_adapter" or argument in ("revision", "cache_dir")
+    ],
+)
+def test_every_argument_choosing_the_hub_file_reaches_the_checks(world, offline_hub, tmp_path, entry, argument):
+    kwargs, selected = _hub_argument_cases(world, offline_hub, tmp_path)[argument]
+    base = copy.deepcopy(world["pristine"]["vit"])
+    if entry == "PeftModel.load_adapter":
+        base = PeftModel.from_pretrained(base, world["references"]["vit"])
+    elif entry == "transformers load_adapter":
+        base.load_adapter(str(world["references"]["vit"]))
+    before = fingerprint(base)
+    message = rf"^{re.escape(str(selected / gen.WEIGHTS))}: holds tensors that are not part of the adapter"
+    with pytest.raises(gated_vpt.AdapterWeightsError, match=message):
+        HUB_ARGUMENT_ENTRIES[entry](base, **kwargs)
+    assert_same(before, fingerprint(base))
+
+
+def test_a_hub_subfolder_offline_loads_the_file_that_was_checked(world, offline_hub, tmp_path):
+    """PEFT's offline path joins the subfolder twice (`sub/sub/adapter_model.safetensors`): the adapter that was
+    checked (`sub/`) is the one loaded, never a file planted in `sub/sub/`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(world["references"]["vit"], repo / "sub")
+    shutil.copytree(_damaged(world, tmp_path, "planted", _backbone_tensor_added), repo / "sub" / "sub")
+    _into_hub_cache(offline_hub, repo)
+    base = copy.deepcopy(world["pristine"]["vit"])
+    cls_token = base.vit.embeddings.cls_token.detach().clone()
+    model = PeftModel.from_pretrained(base, REPO, subfolder="sub").eval()
+    assert torch.equal(model.base_model.model.vit.embeddings.cls_token, cls_token)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values()).logits, world["expected"]["vit"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values are checked in the dtype they are loaded in; sizes never drive allocation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_head_value_beyond_the_models_float16_range_is_refused(world, tmp_path):
+    """`modules_to_save` weights are cast to the model's dtype: 1e5 is finite in the file's float32, not in the
+    float16 head it would be copied into. The adapter's own parameters stay float32, so 1e5 there loads."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "head"
+    shutil.copytree(world["references"]["vit"], folder)
+    tensors = load_file(folder / gen.WEIGHTS)
+    tensors[gen.HEAD] = tensors[gen.HEAD].clone().index_fill(0, torch.tensor([0]), 1e5)
+    save_file(tensors, folder / gen.WEIGHTS)
+    for load in (lambda base: PeftModel.from_pretrained(base, folder), lambda base: base.load_adapter(str(folder))):
+        base = copy.deepcopy(world["pristine"]["vit"]).half()
+        before = {k: v.clone() for k, v in base.state_dict().items()}
+        with pytest.raises(gated_vpt.AdapterWeightsError, match=r"beyond the range of torch.float16"):
+            load(base)
+        after = base.state_dict()
+        assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    prompts = tmp_path / "prompts"
+    shutil.copytree(world["references"]["vit"], prompts)
+    tensors = load_file(prompts / gen.WEIGHTS)
+    tensors["base_model.model.vit.layers.0.gpt_prompts"] = torch.full((gen.NUM_PROMPTS, 32), 1e5)
+    save_file(tensors, prompts / gen.WEIGHTS)
+    model = PeftModel.from_pretrained(copy.deepcopy(world["pristine"]["vit"]).half(), prompts)
+    assert model.base_model.model.vit.layers[0].gpt_prompts["default"].dtype == torch.float32
+
+
+def test_integer_buffers_of_a_saved_module_still_load(tmp_path):
+    """BatchNorm's `num_batches_tracked` (int64) in `modules_to_save` is an integer buffer in the model too."""
+    base = TINY_BACKBONES["vit"]()
+    base.classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 3))
+    model = get_peft_model(base, GatedPromptConfig(num_prompts=2, modules_to_save=["classifier"]))
+    model.train()(pixel_values())  # counts one batch
+    model.save_pretrained(tmp_path)
+    fresh = TINY_BACKBONES["vit"]()
+    fresh.classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 3))
+    loaded = PeftModel.from_pretrained(fresh, tmp_path)
+    head = loaded.base_model.model.classifier.modules_to_save["default"]
+    assert head[0].num_batches_tracked.dtype == torch.int64 and int(head[0].num_batches_tracked) == 1
+
+
+def test_a_config_reported_as_empty_is_still_read_at_most_1_mib(world, tmp_path, monkeypatch):
+    """Pseudo-files (/proc, some FUSE file systems) report size 0 whatever they hold: the cap must not trust it."""
+    folder = _damaged(world, tmp_path, "pseudo", gen.CASES_BY_ID["config-huge"].damage)
+    real_getsize = os.path.getsize
+    monkeypatch.setattr(os.path, "getsize", lambda p: 0 if os.fspath(p).endswith(gen.CONFIG) else real_getsize(p))
+    base = copy.deepcopy(world["pristine"]["vit"])
+    with pytest.raises(gated_vpt.AdapterConfigError, match=r"adapter_config.json: is more than 1048576 bytes"):
+        PeftModel.from_pretrained(base, folder)
+    assert not hasattr(base, "peft_config")

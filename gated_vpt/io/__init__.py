@@ -11,14 +11,18 @@ points for our adapter types only, and they call into this package:
 
 1. `weights_file.check_adapter_files` reads `adapter_config.json` (`config_file`) and `adapter_model.safetensors`
    *before* anything is built: JSON, field names and values, the recorded backbone, the safetensors header, dtypes,
-   finiteness. A pickle weights file (`adapter_model.bin`) is refused without being opened.
+   finiteness (in the dtype the values are loaded in). A pickle weights file (`adapter_model.bin`) is refused
+   without being opened. The loaders are then given the folder that was checked, so the file checked is the file
+   loaded.
 2. While PEFT injects the adapter, the tuner calls `compare.check_pending_weights` right after creating the new
    parameters and before any value is loaded: the file must hold exactly the tensors (names and shapes) of the
-   adapter that `adapter_config.json` describes. So an unexpected tensor can never be written into the frozen backbone.
+   adapter that `adapter_config.json` describes, and every value must survive the cast to the live tensor's dtype.
+   So an unexpected tensor can never be written into the frozen backbone.
 3. `rollback.preserved_on_error` snapshots the model's structure (children, parameters, buffers, hooks, attributes,
    `requires_grad`, train/eval mode) and restores it if anything fails, so even a failure after injection leaves no
    wrapper, hook or half-loaded adapter behind.
 
-Where a file is found (a folder or a Hub repo) is `locate`; the errors are in `errors`.
+Where a file is found (a folder, a Hub repo, or huggingface_hub's local cache when the Hub cannot be asked) is
+`locate`: a lookup nothing can answer is refused, never left unchecked. The errors are in `errors`.
 `atomic.atomic_save` writes a save into a temporary folder next to the target and switches it in atomically.
 """

@@ -58,7 +58,8 @@ def _fmt_keys(keys: Iterable[str], limit: int = 4) -> str:
 def check_weights_match(model: nn.Module, adapter_name: str, weights: CheckedWeights) -> None:
     """The file holds exactly the tensors, with the shapes, of the adapter built from its config (raise otherwise).
     Called after PEFT created the adapter's parameters and before any value is loaded into them."""
-    expected = {k: tuple(v.shape) for k, v in adapter_tensors(model, adapter_name).items()}
+    live = adapter_tensors(model, adapter_name)
+    expected = {k: tuple(v.shape) for k, v in live.items()}
     found = {apply_key_mapping(k, weights.key_mapping): v for k, v in weights.shapes.items()}
     fix = (
         f"{CONFIG_NAME} and {WEIGHTS_NAME} must come from the same save: copy both from it, or save the adapter "
@@ -91,6 +92,36 @@ def check_weights_match(model: nn.Module, adapter_name: str, weights: CheckedWei
         raise weights_error(
             weights.path, f"tensor shapes do not match the adapter described by {CONFIG_NAME}: {details}", fix
         )
+    _check_values_as_loaded(live, weights)
+
+
+def _check_values_as_loaded(live: Mapping[str, torch.Tensor], weights: CheckedWeights) -> None:
+    """Each value must survive the cast to the dtype of the tensor it is copied into (PEFT and transformers cast
+    silently): an integer or bool file tensor for a floating-point weight would load as whole numbers or 0 / 1, and
+    a value beyond the target dtype's range as infinite. Integer buffers (BatchNorm's `num_batches_tracked`) stay
+    integers."""
+    dtypes = {apply_key_mapping(k, weights.key_mapping): v for k, v in weights.dtypes.items()}
+    peaks = {apply_key_mapping(k, weights.key_mapping): v for k, v in weights.peaks.items()}
+    for key in sorted(live):
+        target, stored = live[key].dtype, dtypes.get(key)
+        if stored is None or not target.is_floating_point:
+            continue
+        if not stored.is_floating_point:
+            raise weights_error(
+                weights.path,
+                f"tensor `{key}` has dtype {stored} in the file, but it is a {target} weight in the model: loading "
+                f"would cast it to {'0 / 1' if stored == torch.bool else 'whole numbers'} (the file is damaged or not "
+                "an adapter)",
+            )
+        peak = peaks.get(key)
+        if peak is not None and not bool(torch.isfinite(peak.to(target))):
+            raise weights_error(
+                weights.path,
+                f"tensor `{key}` holds values beyond the range of {target}, the dtype of this weight in the model "
+                f"(largest magnitude {float(peak.abs()):.3g} in the file's {stored}): they would load as infinite "
+                "and produce NaN / infinite outputs",
+                "Load the base model in a wider dtype (e.g. `dtype=torch.float32`), or use an earlier checkpoint.",
+            )
 
 
 def _head_size_error(

@@ -26,11 +26,13 @@ def read_config_json(path: str) -> dict[str, Any]:
     """The JSON object in `path`, or a clear `AdapterConfigError`."""
     if not os.path.isfile(path):
         raise config_error(path, "not a regular file")
-    size = os.path.getsize(path)
-    if size > MAX_CONFIG_BYTES:
-        raise config_error(path, f"is {size} bytes, far more than an adapter config (about 1 KB); refused")
+    # At most one byte past the limit is read: the size a file reports is not trusted (pseudo-files report 0).
     with open(path, "rb") as file:
-        raw = file.read()
+        raw = file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise config_error(
+            path, f"is more than {MAX_CONFIG_BYTES} bytes, far more than an adapter config (about 1 KB); refused"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -41,6 +43,9 @@ def read_config_json(path: str) -> dict[str, Any]:
         raise config_error(path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
     except RecursionError:
         raise config_error(path, "not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # an integer longer than Python's int-string conversion limit
+        detail = str(error).split(";")[0].strip()
+        raise config_error(path, f"not valid JSON: it holds a number too long to be read ({detail})") from None
     if not isinstance(data, dict):
         raise config_error(path, f"must hold a JSON object; it holds a {type(data).__name__}")
     return data
@@ -161,12 +166,17 @@ def load_adapter_config(
 ) -> Optional[PromptConfigBase]:
     """Read and check the `adapter_config.json` of the adapter at `model_id`.
 
-    Returns our config, or None when the file is another PEFT method's (left to PEFT) or on the Hub and unreachable.
-    Raises `AdapterConfigError` when the file is missing or cannot be a valid adapter config of any PEFT method."""
+    Returns our config, or None when the file is another PEFT method's (left to PEFT). Raises `AdapterConfigError`
+    when the file is missing, cannot be a valid adapter config of any PEFT method, or cannot be read at all (a Hub
+    repo that neither the Hub nor the local cache can give: not checked means not loaded)."""
     try:
         path = locate(model_id, CONFIG_NAME, hub_kwargs)
-    except Unresolvable:
-        return None
+    except Unresolvable as error:
+        raise AdapterConfigError(
+            f"{error}: whether it is a gated-vpt adapter cannot be checked, so it is not loaded. Check the repo id, "
+            "`revision` and `token`, or download the adapter once with the Hub reachable (it is then cached), or pass "
+            "the folder that `save_pretrained` wrote."
+        ) from None
     if path is None:
         raise config_error(
             os.path.join(os.fspath(model_id), (hub_kwargs or {}).get("subfolder") or "", CONFIG_NAME),

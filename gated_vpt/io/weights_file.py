@@ -37,11 +37,21 @@ def _may_be_integer(key: str) -> bool:
 
 @dataclasses.dataclass
 class CheckedWeights:
-    """What `check_weights_file` found: the file and the shape of each tensor (keys without `base_model.model.`)."""
+    """What `check_weights_file` found: the file and the shape of each tensor (keys without `base_model.model.`),
+    and, for the checks against the live model (`compare`), each tensor's dtype and largest magnitude."""
 
     path: str
     shapes: dict[str, tuple[int, ...]]
     key_mapping: Optional[Mapping[str, str]] = None
+    dtypes: dict[str, torch.dtype] = dataclasses.field(default_factory=dict)
+    # The element of largest magnitude of each floating-point tensor, in the file's dtype: a cast is monotonic, so
+    # if it fits the dtype the model holds the tensor in, every element does.
+    peaks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        """The folder the weights file was found in (a local folder, or the snapshot folder in the Hub cache)."""
+        return os.path.dirname(self.path)
 
 
 def _strip(key: str) -> str:
@@ -62,11 +72,33 @@ def apply_key_mapping(key: str, key_mapping: Optional[Mapping[str, str]]) -> str
 _TORCH_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
 
 
+def _non_finite_error(path: str, key: str, tensor: torch.Tensor, finite: torch.Tensor) -> AdapterWeightsError:
+    bad = int((~finite).sum())
+    kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+    return weights_error(
+        path,
+        f"tensor `{_strip(key)}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in training or "
+        "the file is damaged, and it would only produce NaN / infinite outputs",
+        "Use an earlier checkpoint, or train again (e.g. with a lower learning rate).",
+    )
+
+
 def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, tuple[int, ...]]:
     """dtype and finiteness of every tensor; returns the shapes, keys stripped of `base_model.model.`."""
+    return checked_weights(tensors, path).shapes
+
+
+def checked_weights(
+    tensors: Mapping[str, torch.Tensor], path: str, key_mapping: Optional[Mapping[str, str]] = None
+) -> CheckedWeights:
+    """Check the dtype and finiteness of every tensor and record what `compare` checks against the live model.
+
+    Finiteness is checked in the dtype the values are loaded in: the prompt-tuning parameters are float32, so a
+    float64 `1e300` (finite in the file) is refused here; `modules_to_save` weights take the dtype of the model's
+    module, known only once the adapter is built (`compare.check_weights_match`)."""
     if not tensors:
         raise weights_error(path, "holds no tensors")
-    shapes = {}
+    checked = CheckedWeights(path, {}, key_mapping)
     for key, tensor in tensors.items():
         if not torch.is_tensor(tensor):
             raise weights_error(path, f"`{_strip(key)}` is a {type(tensor).__name__}, not a tensor")
@@ -76,23 +108,31 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, t
                 f"tensor `{_strip(key)}` has dtype {tensor.dtype}; adapter weights are floating point (the file is "
                 "damaged or not an adapter)",
             )
-        if tensor.device.type != "meta":
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                bad = int((~finite).sum())
-                kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+        name = _strip(key)
+        checked.shapes[name] = tuple(tensor.shape)
+        checked.dtypes[name] = tensor.dtype
+        if tensor.device.type == "meta" or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            raise _non_finite_error(path, key, tensor, finite)
+        if tensor.numel():
+            checked.peaks[name] = tensor.detach().reshape(-1)[tensor.detach().abs().argmax()].clone()
+        if not is_saved_module_key(key) and tensor.dtype != torch.float32:
+            as_loaded = torch.isfinite(tensor.to(torch.float32))
+            if not bool(as_loaded.all()):
                 raise weights_error(
                     path,
-                    f"tensor `{_strip(key)}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in "
-                    "training or the file is damaged, and it would only produce NaN / infinite outputs",
+                    f"tensor `{name}` holds {int((~as_loaded).sum())} value(s) of {tensor.numel()} beyond the range of "
+                    f"torch.float32, the adapter's dtype (largest magnitude {float(checked.peaks[name].abs()):.3g} in "
+                    f"the file's {tensor.dtype}): they would load as infinite and produce NaN / infinite outputs",
                     "Use an earlier checkpoint, or train again (e.g. with a lower learning rate).",
                 )
-        shapes[_strip(key)] = tuple(tensor.shape)
-    return shapes
+    return checked
 
 
-def check_weights_file(path: str) -> dict[str, tuple[int, ...]]:
-    """Open `adapter_model.safetensors` (never anything else) and check it fully; returns the tensor shapes."""
+def check_weights_file(path: str, key_mapping: Optional[Mapping[str, str]] = None) -> CheckedWeights:
+    """Open `adapter_model.safetensors` (never anything else) and check it fully."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -121,7 +161,7 @@ def check_weights_file(path: str) -> dict[str, tuple[int, ...]]:
             f"not a valid safetensors file ({detail}): it is corrupted or was cut short ({size} bytes)",
             "Download or copy the adapter again, or save it again with `model.save_pretrained`.",
         ) from None
-    return check_tensors(tensors, path)
+    return checked_weights(tensors, path, key_mapping)
 
 
 def check_adapter_files(
@@ -133,20 +173,34 @@ def check_adapter_files(
     """Check both files of the adapter at `model_id` before anything is built.
 
     `config`: a config the caller already has (then `adapter_config.json` is not read). Returns (config, weights),
-    or None when the adapter is not one of ours or lives on an unreachable Hub repo (PEFT then reports it)."""
+    or None when the adapter is not one of ours (PEFT's own code then loads it). A Hub repo that neither the Hub nor
+    the local cache can give is refused: what cannot be checked is not loaded."""
     if config is None:
         config = load_adapter_config(model_id, hub_kwargs)
         if config is None:
             return None
     try:
         path = locate(model_id, WEIGHTS_NAME, hub_kwargs)
-        if path is None:
-            for name in PICKLE_WEIGHTS_NAMES:
+    except Unresolvable as error:
+        unresolved: Optional[Unresolvable] = error
+        path = None
+    else:
+        unresolved = None
+    if path is None:
+        for name in PICKLE_WEIGHTS_NAMES:
+            try:
                 pickle_path = locate(model_id, name, hub_kwargs, download=False)
-                if pickle_path is not None:
-                    raise pickle_refusal(pickle_path)
-    except Unresolvable:
-        return None
+            except Unresolvable:  # whether there is one only changes the message: the load is refused either way
+                continue
+            if pickle_path is not None:
+                raise pickle_refusal(pickle_path)
+    if unresolved is not None:
+        raise weights_error(
+            str(unresolved),
+            "the adapter's weights cannot be checked, so it is not loaded",
+            "Download the adapter once with the Hub reachable (it is then cached), or check the repo id, `revision` "
+            "and `token`, or pass the folder that `save_pretrained` wrote.",
+        )
     if path is None:
         folder = os.path.join(os.fspath(model_id), (hub_kwargs or {}).get("subfolder") or "")
         raise weights_error(
@@ -154,4 +208,4 @@ def check_adapter_files(
             f"no such file: the adapter's weights are missing (only {CONFIG_NAME} is there)",
             "Copy the weights file from the original save, or save the adapter again with `model.save_pretrained`.",
         )
-    return config, CheckedWeights(path, check_weights_file(path), key_mapping)
+    return config, check_weights_file(path, key_mapping)
