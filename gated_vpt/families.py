@@ -24,7 +24,7 @@ from .family import (
     _one_cls,
     _without_mean_pooling,
 )
-from .tokens import pad_for_prompts
+from .tokens import pad_bias_for_prompts
 
 # ----------------------------------------------------------------------------------------------------------------
 # Family-specific encoder hooks
@@ -74,7 +74,7 @@ def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) ->
             return None
         window, dim_size = bound.arguments["window_size"], bound.arguments["dim_size"]
         free_len = int(window[0]) * int(window[1]) + 1
-        return pad_for_prompts(output, free_len, num_prefix_tokens, dim_size - free_len)
+        return pad_bias_for_prompts(output, free_len, num_prefix_tokens, dim_size - free_len)
 
     handles = []
     for module in encoder.modules():

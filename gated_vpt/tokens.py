@@ -24,22 +24,49 @@ def replace_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, start: i
     return torch.cat([hidden_states[:, :start], prompts, hidden_states[:, start + prompts.shape[1] :]], dim=1)
 
 
-def _pad_dim(tensor: torch.Tensor, dim: int, start: int, num_prompts: int) -> torch.Tensor:
-    # Prompt rows/columns of a mask or bias mean "attend, no bias": True for boolean masks, 0 for additive ones.
-    shape = list(tensor.shape)
-    shape[dim] = num_prompts
-    filler = tensor.new_full(shape, True if tensor.dtype == torch.bool else 0)
+def _insert(tensor: torch.Tensor, dim: int, start: int, filler: torch.Tensor) -> torch.Tensor:
     return torch.cat([tensor.narrow(dim, 0, start), filler, tensor.narrow(dim, start, tensor.shape[dim] - start)], dim)
 
 
+def pad_bias_for_prompts(bias: torch.Tensor, free_len: int, start: int, num_prompts: int) -> torch.Tensor:
+    """Pad a position bias built for the prompt-free sequence (`[..., T, T]`) with zeros: prompts get no bias, in
+    their rows and in their columns."""
+    for dim in (bias.dim() - 2, bias.dim() - 1):
+        if bias.shape[dim] == free_len:
+            shape = list(bias.shape)
+            shape[dim] = num_prompts
+            bias = _insert(bias, dim, start, bias.new_zeros(shape))
+    return bias
+
+
+def pad_mask_for_prompts(mask: torch.Tensor, free_len: int, start: int, num_prompts: int) -> torch.Tensor:
+    """Pad an attention mask built for the prompt-free sequence (`[..., T, T]` or `[..., 1, T]`).
+
+    Prompt *columns* mean "attend" (True for boolean masks, 0 for additive ones): every token may attend the prompts.
+    Prompt *rows* copy the row of the first patch token: a mask built from padding (NaFlex images, variable patch
+    counts) masks the same keys for every real query, so the prompts then attend exactly what a real token attends,
+    and never a padded patch."""
+    columns, rows = mask.dim() - 1, mask.dim() - 2
+    if mask.shape[columns] == free_len:
+        shape = list(mask.shape)
+        shape[columns] = num_prompts
+        mask = _insert(mask, columns, start, mask.new_full(shape, True if mask.dtype == torch.bool else 0))
+    if mask.shape[rows] == free_len:
+        shape = list(mask.shape)
+        shape[rows] = num_prompts
+        mask = _insert(mask, rows, start, mask.narrow(rows, min(start, free_len - 1), 1).expand(shape))
+    return mask
+
+
 def pad_for_prompts(value: Any, free_len: int, start: int, num_prompts: int) -> Any:
-    """Pad an attention mask or bias built for the prompt-free sequence (`[..., T, T]` or `[..., 1, T]`)."""
+    """A block argument built for the prompt-free sequence (`[..., T, T]` or `[..., 1, T]`), padded for the prompt
+    slots: a boolean mask as `pad_mask_for_prompts`, an additive tensor (a bias, or an additive mask, which cannot be
+    told apart: BEiT folds its position bias into `attention_mask`) with zeros. Other values are returned as is."""
     if not torch.is_tensor(value) or value.dim() < 3:
         return value
-    for dim in (value.dim() - 2, value.dim() - 1):
-        if value.shape[dim] == free_len:
-            value = _pad_dim(value, dim, start, num_prompts)
-    return value
+    if value.dtype == torch.bool:
+        return pad_mask_for_prompts(value, free_len, start, num_prompts)
+    return pad_bias_for_prompts(value, free_len, start, num_prompts)
 
 
 def strip_prompt_states(states: Any, free_len: int, start: int, num_prompts: int) -> Any:
