@@ -159,6 +159,14 @@ def _set_prompts(make) -> Callable[[Path], None]:
     return _edit_tensors(lambda t: _with(t, _prompts(t), make(t[_prompts(t)])))
 
 
+def _set_temperature(value: float) -> Callable[[Path], None]:
+    def edit(tensors: dict) -> dict:
+        key = next(k for k in tensors if k.endswith("gpt_temperatures"))
+        return _with(tensors, key, tensors[key].clone().fill_(value))
+
+    return _edit_tensors(edit)
+
+
 def _drop_prompts(tensors: dict) -> dict:
     return {k: v for k, v in tensors.items() if not k.endswith("gpt_prompts")}
 
@@ -376,6 +384,18 @@ CASES: list[Case] = [
         "weights-inf",
         "one prompt (a row of 32 values) is +inf",
         _set_prompts(lambda t: t.index_fill(0, __import__("torch").tensor([0]), float("inf"))),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "temperature-out-of-range",
+        "a block's attention temperature is `11.8`, above `temperature_range` (0.01, 10)",
+        _set_temperature(11.8),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "temperature-not-positive",
+        "a block's attention temperature is `0`",
+        _set_temperature(0.0),
         "AdapterWeightsError",
     ),
     Case(

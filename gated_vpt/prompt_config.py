@@ -8,6 +8,7 @@ value is reported before any model is touched.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -193,6 +194,11 @@ class PromptConfigBase(PeftConfig):
             self.base_model_num_labels,
             f"None or an integer in [1, {MAX_NUM_LABELS}]",
         )
+
+    def saved_values_problem(self, bounds: Mapping[str, tuple[float, float]]) -> Optional[str]:
+        """What is wrong with the values of a saved adapter of this config, given each tensor's (smallest, largest)
+        value by saved name; None when nothing is. Methods with range-bound parameters override this."""
+        return None
 
     def mixed_batch_layout(self, depth: int) -> tuple:
         """What must match for two adapters' samples to share one forward in a mixed-adapter batch: the prompt

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
 
 from ..prompt_config import PromptConfigBase, check_bool, check_finite, check_temperature_range
 from ..registration import peft_type
@@ -43,6 +47,19 @@ class GatedPromptConfig(PromptConfigBase):
         self.temperature_range = check_temperature_range(self.temperature_range)
         self.use_gates = check_bool(self.use_gates, "use_gates")
         self.learn_temperature = check_bool(self.learn_temperature, "learn_temperature")
+
+    def saved_values_problem(self, bounds: Mapping[str, tuple[float, float]]) -> Optional[str]:
+        # Saves project the temperatures into their range first, so a value outside it (or <= 0) means the file was
+        # not written by save_pretrained; in float32, where the stored range ends are rounded.
+        low, high = (float(torch.tensor(v, dtype=torch.float32)) for v in self.temperature_range)
+        for name, (smallest, largest) in bounds.items():
+            if name.rsplit(".", 1)[-1] == "gpt_temperatures" and not (low <= smallest and largest <= high):
+                value = smallest if smallest < low else largest
+                return (
+                    f"`{name}` is {value:g}, outside `temperature_range` {tuple(self.temperature_range)} of "
+                    "adapter_config.json (an attention temperature must lie in it, and be positive)"
+                )
+        return None
 
     def mixed_batch_layout(self, depth: int) -> tuple:
         return (*super().mixed_batch_layout(depth), self.use_gates, self.learn_temperature)

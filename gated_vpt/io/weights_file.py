@@ -47,6 +47,9 @@ class CheckedWeights:
     # The element of largest magnitude of each floating-point tensor, in the file's dtype: a cast is monotonic, so
     # if it fits the dtype the model holds the tensor in, every element does.
     peaks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    # (smallest, largest) value of each floating-point tensor, for the methods' own range checks
+    # (`PromptConfigBase.saved_values_problem`, e.g. GPT's temperatures).
+    bounds: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def folder(self) -> str:
@@ -118,6 +121,7 @@ def checked_weights(
             raise _non_finite_error(path, key, tensor, finite)
         if tensor.numel():
             checked.peaks[name] = tensor.detach().reshape(-1)[tensor.detach().abs().argmax()].clone()
+            checked.bounds[name] = (float(tensor.min()), float(tensor.max()))
         if not is_saved_module_key(key) and tensor.dtype != torch.float32:
             as_loaded = torch.isfinite(tensor.to(torch.float32))
             if not bool(as_loaded.all()):
@@ -208,4 +212,13 @@ def check_adapter_files(
             f"no such file: the adapter's weights are missing (only {CONFIG_NAME} is there)",
             "Copy the weights file from the original save, or save the adapter again with `model.save_pretrained`.",
         )
-    return config, check_weights_file(path, key_mapping)
+    weights = check_weights_file(path, key_mapping)
+    problem = config.saved_values_problem(weights.bounds)
+    if problem is not None:
+        raise weights_error(
+            path,
+            problem,
+            "The file was edited or written by other code: save the adapter again with `model.save_pretrained` "
+            "(which keeps every value in range), or restore the original file.",
+        )
+    return config, weights
