@@ -242,6 +242,30 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         )
     ),
     BackboneFamily(
+        name="AIMv2 vision tower",
+        model_types=("aimv2_vision_model",),
+        stack_paths=_CLIP_STACKS,
+        num_prefix_tokens=_no_prefix,
+        example_classes=("Aimv2VisionModel",),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        notes="No CLS: prompts go first; pooling is the host head's. CDC's AR is unavailable.",
+    ),
+    BackboneFamily(
+        name="Idefics3 vision transformer",
+        model_types=("idefics3_vision",),
+        stack_paths=_CLIP_STACKS,
+        num_prefix_tokens=_no_prefix,
+        example_classes=("Idefics3VisionTransformer",),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        notes=(
+            "No CLS: prompts go first. With a `patch_attention_mask` (padded images) the mask reaches the blocks as a "
+            "boolean mask under SDPA, and prompts attend exactly the real patches; under eager attention it is "
+            "additive and prompts attend every position."
+        ),
+    ),
+    BackboneFamily(
         name="SigLIP vision tower",
         model_types=("siglip_vision_model",),
         stack_paths=("encoder.layers", "vision_model.encoder.layers"),

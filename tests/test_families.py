@@ -46,6 +46,8 @@ NUM_PROMPTS = 3
 FAMILY_IDS = sorted(TINY_BACKBONES)
 # Families whose forward has no `interpolate_pos_encoding` argument: they take any image size as is.
 ANY_SIZE_NATIVELY = {"dinov2", "dinov2_registers", "dinov3"}
+# Families whose base model takes only its configured image size (learned position embeddings, no interpolation).
+FIXED_SIZE = {"aimv2"}
 DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "supported_models.md"
 
 
@@ -279,6 +281,12 @@ def test_another_image_size(family_id, method):
     size = 48
     model, reference = wrap(TINY_BACKBONES[family_id](head=False), method)
     x = pixel_values(size=size)
+    if family_id in FIXED_SIZE:  # the base model's own limit: the adapter neither lifts nor hides it
+        with torch.no_grad(), pytest.raises(RuntimeError):
+            reference(x)
+        with torch.no_grad(), pytest.raises(RuntimeError):
+            model(x)
+        return
     kwargs = {} if family_id in ANY_SIZE_NATIVELY else {"interpolate_pos_encoding": True}
     with torch.no_grad():
         base = reference(x, **kwargs).last_hidden_state
@@ -634,3 +642,23 @@ def test_unsupported_models_are_refused_and_left_untouched(factory, method):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(**inputs).last_hidden_state, before)
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_prompts_never_attend_padded_patches(method):
+    # Idefics3 pads images to a fixed grid and masks the padding (`patch_attention_mask`); under SDPA the blocks get a
+    # boolean mask, whose prompt rows copy a real token's. So what sits in the padded patches cannot reach the prompts,
+    # and through them the real tokens (before: prompt rows attended everything, padding included).
+    model, _ = wrap(TINY_BACKBONES["idefics3"](head=False), method)
+    grid = IMAGE_SIZE // 8
+    keep = torch.ones(2, grid, grid, dtype=torch.bool)
+    keep[1, :, grid // 2 :] = False  # the right half of the second image is padding
+    x = pixel_values()
+    other = x.clone()
+    other[1, :, :, IMAGE_SIZE // 2 :] = torch.randn_like(other[1, :, :, IMAGE_SIZE // 2 :]) * 5  # change the padding
+    with torch.no_grad():
+        a = model(pixel_values=x, patch_attention_mask=keep).last_hidden_state
+        b = model(pixel_values=other, patch_attention_mask=keep).last_hidden_state
+    real = keep.flatten(1)
+    torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a[~real], b[~real])  # the padded positions themselves did change

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from helpers import blocks_of, main_output
 from peft import PeftModel, get_peft_model
-from tiny_models import TINY_BACKBONES, pixel_values
+from tiny_models import TINY_BACKBONES, TINY_FAMILY_FACTS, pixel_values
 
 from gated_vpt import CDCPromptConfig, GatedPromptConfig, find_prompt_site
 from gated_vpt.routing import active_call
@@ -16,7 +16,8 @@ from gated_vpt.routing import active_call
 # the base model, interleaved. (Adapter names must not be substrings of the parameter prefixes `gpt_` / `cdc_`.)
 NAMES = ["sat", "cifar", "__base__", "flowers", "cifar", "sat"]
 A, B, C = "sat", "cifar", "flowers"
-NO_CLS = ("ijepa", "siglip")  # no CLS token: CDC runs without attentive reinforcement
+# no CLS token: CDC runs without attentive reinforcement
+NO_CLS = tuple(name for name, (_, prefix) in TINY_FAMILY_FACTS.items() if prefix == 0)
 
 
 def make_config(method: str, backbone: str, head: bool, **overrides):

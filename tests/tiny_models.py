@@ -347,6 +347,12 @@ def _vision_tower(
     return factory
 
 
+# Vision towers without a CLS token, built by the same factory (their probe reads the first token).
+NO_CLS_TOWERS = {
+    "aimv2": ("Aimv2VisionModel", "Aimv2VisionConfig", None, "AIMv2 vision tower"),
+    "idefics3": ("Idefics3VisionTransformer", "Idefics3VisionConfig", None, "Idefics3 vision transformer"),
+}
+
 # The CLIP-architecture vision towers, each its own family in the registry (same test factory).
 CLIP_STYLE_TOWERS = {
     "chinese_clip": ("ChineseCLIPVisionModel", "ChineseCLIPVisionConfig", None, "Chinese-CLIP vision tower"),
@@ -373,6 +379,7 @@ TINY_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "clip": tiny_clip,
     "siglip": tiny_siglip,
     **{key: _vision_tower(*spec[:3], **(spec[4] if len(spec) > 4 else {})) for key, spec in CLIP_STYLE_TOWERS.items()},
+    **{key: _vision_tower(*spec[:3]) for key, spec in NO_CLS_TOWERS.items()},
 }
 
 # Family id -> (registry family name, prefix tokens of the tiny model). The tiny DINOv2/DINOv3 models have 2 registers.
@@ -390,6 +397,7 @@ TINY_FAMILY_FACTS: dict[str, tuple[str, int]] = {
     "clip": ("CLIP vision tower", 1),
     "siglip": ("SigLIP vision tower", 0),
     **{key: (spec[3], 1) for key, spec in CLIP_STYLE_TOWERS.items()},
+    **{key: (spec[3], 0) for key, spec in NO_CLS_TOWERS.items()},
 }
 
 
