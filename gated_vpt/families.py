@@ -90,6 +90,8 @@ def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) ->
 
 _VIT_STACKS = ("layers", "encoder.layer", "encoder.layers")
 _CLIP_STACKS = ("encoder.layers", "vision_model.encoder.layers")
+# vision tower class -> the tested composite models that hold it (only their vision tower is prompted)
+_COMPOSITES = {"MetaClip2VisionModel": ("MetaClip2Model",)}
 
 
 def _clip_style(name: str, model_type: str, example_classes: tuple[str, ...], notes: str) -> BackboneFamily:
@@ -219,10 +221,15 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         ),
     ),
     *(
-        _clip_style(name, model_type, (vision_class,), notes)
+        _clip_style(name, model_type, (vision_class, *_COMPOSITES.get(vision_class, ())), notes)
         for name, model_type, vision_class, notes in (
             ("Chinese-CLIP vision tower", "chinese_clip_vision_model", "ChineseCLIPVisionModel", ""),
-            ("MetaCLIP 2 vision tower", "metaclip_2_vision_model", "MetaClip2VisionModel", ""),
+            (
+                "MetaCLIP 2 vision tower",
+                "metaclip_2_vision_model",
+                "MetaClip2VisionModel",
+                "In `MetaClip2Model` only the vision tower is prompted.",
+            ),
             ("AltCLIP vision tower", "altclip_vision_model", "AltCLIPVisionModel", ""),
             ("OWL-ViT vision tower", "owlvit_vision_model", "OwlViTVisionModel", ""),
             ("OWLv2 vision tower", "owlv2_vision_model", "Owlv2VisionModel", ""),
@@ -246,10 +253,13 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         model_types=("aimv2_vision_model",),
         stack_paths=_CLIP_STACKS,
         num_prefix_tokens=_no_prefix,
-        example_classes=("Aimv2VisionModel",),
+        example_classes=("Aimv2VisionModel", "Aimv2Model"),
         prefix_tokens_text="0 (no CLS)",
         cls_token_index=None,
-        notes="No CLS: prompts go first; pooling is the host head's. CDC's AR is unavailable.",
+        notes=(
+            "No CLS: prompts go first; pooling is the host head's. CDC's AR is unavailable. In `Aimv2Model` only the "
+            "vision tower is prompted."
+        ),
     ),
     BackboneFamily(
         name="Idefics3 vision transformer",

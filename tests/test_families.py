@@ -32,8 +32,10 @@ from tiny_models import (
     TINY_BACKBONES,
     TINY_FAMILY_FACTS,
     pixel_values,
+    tiny_aimv2_model,
     tiny_clip_model,
     tiny_deit_with_teacher,
+    tiny_metaclip_2_model,
     tiny_siglip_model,
     tiny_vit_mae_pretraining,
 )
@@ -177,6 +179,8 @@ EXTRA_CLASSES = {
     "ViTMAEForPreTraining": tiny_vit_mae_pretraining,
     "CLIPModel": tiny_clip_model,
     "SiglipModel": tiny_siglip_model,
+    "MetaClip2Model": tiny_metaclip_2_model,
+    "Aimv2Model": tiny_aimv2_model,
 }
 BACKBONE_CLASSES = {"Dinov2Backbone": "dinov2", "DINOv3ViTBackbone": "dinov3"}
 # the refused families' classes are built (and refused) by test_refused_families_say_why_and_are_left_untouched
@@ -381,7 +385,11 @@ def test_vit_mae_pretraining_prompts_the_encoder_only(method):
     assert grads and all(g is not None for g in grads)
 
 
-@pytest.mark.parametrize("factory", [tiny_clip_model, tiny_siglip_model], ids=["CLIPModel", "SiglipModel"])
+@pytest.mark.parametrize(
+    "factory",
+    [tiny_clip_model, tiny_siglip_model, tiny_metaclip_2_model, tiny_aimv2_model],
+    ids=["CLIPModel", "SiglipModel", "MetaClip2Model", "Aimv2Model"],
+)
 def test_two_tower_models_prompt_the_vision_tower_only(factory, method):
     model, reference = wrap(factory(), method)
     wrapped = prompt_blocks(model)

@@ -319,6 +319,20 @@ def tiny_siglip(head: bool = True, attn_implementation: Optional[str] = None) ->
     return _instantiate(SiglipVisionModel, SiglipVisionConfig(**_TOWER), attn_implementation)
 
 
+def tiny_metaclip_2_model(attn_implementation: Optional[str] = None) -> nn.Module:
+    """The full two-tower `MetaClip2Model`."""
+    from transformers import MetaClip2Config, MetaClip2Model
+
+    return _dual_tower(MetaClip2Config, MetaClip2Model, True, attn_implementation, projection_dim=16)
+
+
+def tiny_aimv2_model(attn_implementation: Optional[str] = None) -> nn.Module:
+    """The full two-tower `Aimv2Model`."""
+    from transformers import Aimv2Config, Aimv2Model
+
+    return _dual_tower(Aimv2Config, Aimv2Model, True, attn_implementation, projection_dim=16)
+
+
 def tiny_siglip_model(attn_implementation: Optional[str] = None) -> nn.Module:
     from transformers import SiglipConfig, SiglipModel
 
