@@ -249,6 +249,17 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         )
     ),
     BackboneFamily(
+        name="MLCD vision tower",
+        model_types=("mlcd_vision_model",),
+        stack_paths=_CLIP_STACKS,
+        num_prefix_tokens=_one_cls,
+        example_classes=("MLCDVisionModel",),
+        notes=(
+            "2-D RoPE over CLS and patches, passed to every block: the prompt slots get the identity rotation, the "
+            "other tokens keep theirs."
+        ),
+    ),
+    BackboneFamily(
         name="AIMv2 vision tower",
         model_types=("aimv2_vision_model",),
         stack_paths=_CLIP_STACKS,

@@ -60,13 +60,40 @@ def pad_mask_for_prompts(mask: torch.Tensor, free_len: int, start: int, num_prom
 
 def pad_for_prompts(value: Any, free_len: int, start: int, num_prompts: int) -> Any:
     """A block argument built for the prompt-free sequence (`[..., T, T]` or `[..., 1, T]`), padded for the prompt
-    slots: a boolean mask as `pad_mask_for_prompts`, an additive tensor (a bias, or an additive mask, which cannot be
+    slots: a rotary `(cos, sin)` pair over all T tokens as `pad_rotary_for_prompts`, a boolean mask as
+    `pad_mask_for_prompts`, an additive tensor (a bias, or an additive mask, which cannot be
     told apart: BEiT folds its position bias into `attention_mask`) with zeros. Other values are returned as is."""
+    if _is_rotary_pair(value, free_len):
+        return pad_rotary_for_prompts(value, start, num_prompts)
     if not torch.is_tensor(value) or value.dim() < 3:
         return value
     if value.dtype == torch.bool:
         return pad_mask_for_prompts(value, free_len, start, num_prompts)
     return pad_bias_for_prompts(value, free_len, start, num_prompts)
+
+
+def _is_rotary_pair(value: Any, free_len: int) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(torch.is_tensor(v) and v.dim() >= 2 for v in value)
+        and value[0].shape == value[1].shape
+        and value[0].shape[-2] == free_len
+    )
+
+
+def pad_rotary_for_prompts(cos_sin: Any, start: int, num_prompts: int) -> Any:
+    """A rotary embedding `(cos, sin)` that covers every token of the prompt-free sequence (MLCD's covers CLS too),
+    with the identity rotation (cos 1, sin 0) for the prompt slots: prompts get no position, the other tokens keep
+    theirs."""
+    cos, sin = cos_sin
+    shape = list(cos.shape)
+    shape[-2] = num_prompts
+    padded = (
+        _insert(cos, cos.dim() - 2, start, cos.new_ones(shape)),
+        _insert(sin, sin.dim() - 2, start, sin.new_zeros(shape)),
+    )
+    return type(cos_sin)(padded)
 
 
 def strip_prompt_states(states: Any, free_len: int, start: int, num_prompts: int) -> Any:

@@ -103,9 +103,18 @@ class _ReferenceVPTDeepBlock(nn.Module):
 
     def _pad(self, value, free_len: int):
         # Masks / biases sized to the prompt-free sequence (BEiT, Data2Vec): prompt rows and columns get zero bias.
+        # A rotary (cos, sin) over every token (MLCD): the prompts get the identity rotation.
+        n, start = self.prompts.shape[0], self.start
+        if isinstance(value, (tuple, list)) and len(value) == 2 and all(torch.is_tensor(v) for v in value):
+            cos, sin = value
+            if cos.dim() >= 2 and cos.shape[-2] == free_len:
+                shape = list(cos.shape)
+                shape[-2] = n
+                d = cos.dim() - 2
+                cat = lambda t, fill: torch.cat([t.narrow(d, 0, start), fill, t.narrow(d, start, free_len - start)], d)  # noqa: E731
+                return type(value)((cat(cos, cos.new_ones(shape)), cat(sin, sin.new_zeros(shape))))
         if not torch.is_tensor(value) or value.dim() < 3:
             return value
-        n, start = self.prompts.shape[0], self.start
         for dim in (value.dim() - 2, value.dim() - 1):
             if value.shape[dim] == free_len:
                 shape = list(value.shape)

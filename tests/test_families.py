@@ -670,3 +670,32 @@ def test_prompts_never_attend_padded_patches(method):
     real = keep.flatten(1)
     torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(a[~real], b[~real])  # the padded positions themselves did change
+
+
+def test_mlcd_prompts_get_the_identity_rotation_and_other_tokens_keep_theirs(method):
+    # MLCD passes a 2-D RoPE over CLS and patches to every block; the prompt slots are padded with cos 1, sin 0.
+    model, reference = wrap(TINY_BACKBONES["mlcd"](head=False), method)
+    ours, theirs = [], []
+
+    def recorder(store):
+        def hook(module, args, kwargs):
+            store.append(next(v for v in (*args[1:], *kwargs.values()) if isinstance(v, (tuple, list))))
+
+        return hook
+
+    block = first_block(model).base_layer
+    base_block = reference.get_submodule(find_prompt_site(reference).block_names[0])
+    handles = [block.register_forward_pre_hook(recorder(ours), with_kwargs=True)]
+    handles.append(base_block.register_forward_pre_hook(recorder(theirs), with_kwargs=True))
+    with torch.no_grad():
+        model(pixel_values())
+        reference(pixel_values())
+    for handle in handles:
+        handle.remove()
+    (cos, sin), (base_cos, base_sin) = ours[0], theirs[0]
+    prompts = slice(1, 1 + NUM_PROMPTS)
+    assert cos.shape[-2] == base_cos.shape[-2] + NUM_PROMPTS
+    assert torch.equal(cos[..., prompts, :], torch.ones_like(cos[..., prompts, :]))
+    assert torch.equal(sin[..., prompts, :], torch.zeros_like(sin[..., prompts, :]))
+    keep = [0, *range(1 + NUM_PROMPTS, cos.shape[-2])]
+    assert torch.equal(cos[..., keep, :], base_cos) and torch.equal(sin[..., keep, :], base_sin)

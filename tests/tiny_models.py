@@ -377,6 +377,7 @@ CLIP_STYLE_TOWERS = {
     "clipseg": ("CLIPSegVisionModel", "CLIPSegVisionConfig", None, "CLIPSeg vision tower"),
     # one frame per clip: the tests' batches of 2-3 images are then 2-3 clips (X-CLIP needs batch % frames == 0)
     "xclip": ("XCLIPVisionModel", "XCLIPVisionConfig", None, "X-CLIP vision tower", {"num_frames": 1}),
+    "mlcd": ("MLCDVisionModel", "MLCDVisionConfig", None, "MLCD vision tower"),
 }
 
 TINY_BACKBONES: dict[str, Callable[..., nn.Module]] = {

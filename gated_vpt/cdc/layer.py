@@ -63,22 +63,31 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def cls_attention_logits(
-    query_cls: torch.Tensor, keys: torch.Tensor, head_dim: int, scaling: float, rotary: Optional[tuple] = None
+    query_cls: torch.Tensor,
+    keys: torch.Tensor,
+    head_dim: int,
+    scaling: float,
+    rotary: Optional[tuple] = None,
+    cls_index: int = 0,
 ) -> torch.Tensor:
     """q_cls . k * scaling per head: ``[B, H*d] x [B, T, H*d] -> [B, H, T]`` in float32. With `rotary` = (cos, sin)
-    for the last ``cos.shape[-2]`` tokens, those keys are rotated first (the CLS query, a prefix token, is not).
+    for the last ``cos.shape[-2]`` tokens, those keys are rotated first; the CLS query too when the rotary covers
+    every token (MLCD's), else it is a prefix token without rotation (DINOv3's).
 
     A broadcast multiply and a sum over the head dimension: one pass over the keys, no ``T x T`` map. (A batched
     matrix product against a block-diagonal query matrix was measured slower on CPU: its output has only H columns.)"""
     batch, length, width = keys.shape
     heads = width // head_dim
     k = keys.float().reshape(batch, length, heads, head_dim).transpose(1, 2)  # [B, H, T, d], as the attention sees it
+    query = query_cls.float().reshape(batch, heads, 1, head_dim)
     if rotary is not None:
         cos, sin = (t.float() for t in rotary)
         rotated = cos.shape[-2]
         k_prefix, k_rot = k.split((length - rotated, rotated), dim=-2)
         k = torch.cat((k_prefix, k_rot * cos + _rotate_half(k_rot) * sin), dim=-2)
-    query = query_cls.float().reshape(batch, heads, 1, head_dim)
+        if rotated == length:
+            cos_cls, sin_cls = cos[..., cls_index : cls_index + 1, :], sin[..., cls_index : cls_index + 1, :]
+            query = query * cos_cls + _rotate_half(query) * sin_cls
     return (k * query).sum(-1) * scaling
 
 
@@ -269,7 +278,9 @@ class CDCPromptBlock(PromptBlock):
         scratch = self._scratch()
         query_cls = output[:, self.cls_index].detach()
         if scratch.keys is not None:
-            scratch.logits = cls_attention_logits(query_cls, scratch.keys, self.head_dim, self.scaling, scratch.rotary)
+            scratch.logits = cls_attention_logits(
+                query_cls, scratch.keys, self.head_dim, self.scaling, scratch.rotary, self.cls_index
+            )
             scratch.keys = None
         else:
             scratch.query = query_cls
@@ -281,7 +292,9 @@ class CDCPromptBlock(PromptBlock):
         scratch = self._scratch()
         keys = output.detach()
         if scratch.query is not None:
-            scratch.logits = cls_attention_logits(scratch.query, keys, self.head_dim, self.scaling, scratch.rotary)
+            scratch.logits = cls_attention_logits(
+                scratch.query, keys, self.head_dim, self.scaling, scratch.rotary, self.cls_index
+            )
             scratch.query = None
         else:
             scratch.keys = keys
