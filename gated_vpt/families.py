@@ -287,6 +287,21 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         ),
     ),
     BackboneFamily(
+        name="SigLIP2 vision tower (NaFlex)",
+        model_types=("siglip2_vision_model",),
+        stack_paths=_CLIP_STACKS,
+        num_prefix_tokens=_no_prefix,
+        example_classes=("Siglip2VisionModel",),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        notes=(
+            "NaFlex: images are patch lists padded to a fixed length with `pixel_attention_mask`. The mask reaches "
+            "the blocks as a boolean mask under SDPA (the default): every real patch attends the prompts and the "
+            "prompts attend exactly the real patches, never the padding. Under eager attention the mask is additive "
+            "and the prompts attend the padding too. No CLS: CDC's AR is unavailable."
+        ),
+    ),
+    BackboneFamily(
         name="SigLIP vision tower",
         model_types=("siglip_vision_model",),
         stack_paths=("encoder.layers", "vision_model.encoder.layers"),
