@@ -90,8 +90,6 @@ def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) ->
 
 _VIT_STACKS = ("layers", "encoder.layer", "encoder.layers")
 _CLIP_STACKS = ("encoder.layers", "vision_model.encoder.layers")
-# vision tower class -> the tested composite models that hold it (only their vision tower is prompted)
-_COMPOSITES = {"MetaClip2VisionModel": ("MetaClip2Model",)}
 
 
 def _clip_style(name: str, model_type: str, example_classes: tuple[str, ...], notes: str) -> BackboneFamily:
@@ -221,28 +219,28 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         ),
     ),
     *(
-        _clip_style(name, model_type, (vision_class, *_COMPOSITES.get(vision_class, ())), notes)
-        for name, model_type, vision_class, notes in (
-            ("Chinese-CLIP vision tower", "chinese_clip_vision_model", "ChineseCLIPVisionModel", ""),
+        _clip_style(name, model_type, classes, notes)
+        for name, model_type, classes, notes in (
+            ("Chinese-CLIP vision tower", "chinese_clip_vision_model", ("ChineseCLIPVisionModel",), ""),
             (
                 "MetaCLIP 2 vision tower",
                 "metaclip_2_vision_model",
-                "MetaClip2VisionModel",
+                ("MetaClip2VisionModel", "MetaClip2Model"),
                 "In `MetaClip2Model` only the vision tower is prompted.",
             ),
-            ("AltCLIP vision tower", "altclip_vision_model", "AltCLIPVisionModel", ""),
-            ("OWL-ViT vision tower", "owlvit_vision_model", "OwlViTVisionModel", ""),
-            ("OWLv2 vision tower", "owlv2_vision_model", "Owlv2VisionModel", ""),
+            ("AltCLIP vision tower", "altclip_vision_model", ("AltCLIPVisionModel",), ""),
+            ("OWL-ViT vision tower", "owlvit_vision_model", ("OwlViTVisionModel",), ""),
+            ("OWLv2 vision tower", "owlv2_vision_model", ("Owlv2VisionModel",), ""),
             (
                 "CLIPSeg vision tower",
                 "clipseg_vision_model",
-                "CLIPSegVisionModel",
+                ("CLIPSegVisionModel",),
                 "Hidden states (which CLIPSeg's decoder reads) are returned prompt-free.",
             ),
             (
                 "X-CLIP vision tower",
                 "xclip_vision_model",
-                "XCLIPVisionModel",
+                ("XCLIPVisionModel",),
                 "Each block appends its cross-frame message token after the sequence and drops it again; prompts sit "
                 "after CLS, and CDC's reinforcement never selects the message token.",
             ),

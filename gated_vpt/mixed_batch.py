@@ -109,7 +109,6 @@ def _install_head_hooks(tuner: BaseTuner) -> None:
     """Give every `modules_to_save` wrapper the current group's per-sample adapter names. PEFT creates the wrappers
     after the tuner injected its blocks, so they are hooked at the first mixed call, once, and unhooked by
     `unload()` with the tuner's other hooks."""
-    hooked = tuner.__dict__.setdefault("_hooked_heads", set())
 
     def give_head_names(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
         call = _call_of(tuner)
@@ -118,8 +117,8 @@ def _install_head_hooks(tuner: BaseTuner) -> None:
         return args, {**kwargs, "adapter_names": call.head_names}
 
     for head in tuner.model.modules():
-        if isinstance(head, AuxiliaryTrainingWrapper) and id(head) not in hooked:
-            hooked.add(id(head))
+        if isinstance(head, AuxiliaryTrainingWrapper) and id(head) not in tuner.hooked_heads:
+            tuner.hooked_heads.add(id(head))
             tuner.keep_hook(head.register_forward_pre_hook(give_head_names, with_kwargs=True))
 
 

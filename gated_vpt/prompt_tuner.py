@@ -120,6 +120,7 @@ class PromptTuner(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
     prompt_site: Optional[PromptSite] = None  # the resolved block stack of the model, set at injection
     _model_hooks: Optional[list] = None  # every hook the tuner put on the model's modules; unload() removes them
+    hooked_heads: set[int] = frozenset()  # `id()` of the modules_to_save wrappers given a mixed-batch hook
 
     # -- resolving the blocks --------------------------------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class PromptTuner(BaseTuner):
             if host_configs.get(adapter_name) is original:
                 host_configs[adapter_name] = copied
         super().inject_adapter(model, adapter_name, *args, **kwargs)
-        self._install_hidden_state_hooks()
+        self._install_model_hooks()
         # When this injection is part of loading a saved adapter (the loaders in `gated_vpt.hub` announce the
         # checked file), the file must hold exactly the tensors just created: checked here, before PEFT or
         # transformers copy any value. The loader puts the model back as it was if this raises.
@@ -200,10 +201,11 @@ class PromptTuner(BaseTuner):
 
     # -- prompt-free outputs -------------------------------------------------------------------------------------
 
-    def _install_hidden_state_hooks(self) -> None:
-        """transformers records hidden states with hooks on the *inner* blocks, so they contain the prompt slots.
-        Strip them at every module between the model root and the block stack, so Backbone classes, heads and
-        users all see the standard `[B, T, D]`."""
+    def _install_model_hooks(self) -> None:
+        """Every hook the tuner keeps on the model's own modules. transformers records hidden states with hooks on
+        the *inner* blocks, so they contain the prompt slots: they are stripped at every module between the model
+        root and the block stack, so Backbone classes, heads and users all see the standard `[B, T, D]`. Then the
+        family's encoder hooks and the mixed-batch hooks."""
         if self._model_hooks is not None:
             return
         self._model_hooks = [
@@ -214,16 +216,17 @@ class PromptTuner(BaseTuner):
         # position biases); removed with the hooks above.
         self._model_hooks += self.prompt_site.install_encoder_hooks(self.model)
         self._model_hooks += install_mixed_batch_hooks(self)
+        self.hooked_heads = set()
 
     def keep_hook(self, handle: Any) -> None:
         """Hold a hook put on one of the model's modules after injection, for `unload()` to remove."""
         self._model_hooks.append(handle)
 
-    def _remove_hidden_state_hooks(self) -> None:
+    def _remove_model_hooks(self) -> None:
         for handle in self._model_hooks or ():
             handle.remove()
         self._model_hooks = None
-        self.__dict__.pop("_hooked_heads", None)
+        self.hooked_heads = set()
 
     def _active_num_prompts(self) -> Optional[int]:
         call = active_call()
@@ -308,5 +311,5 @@ class PromptTuner(BaseTuner):
     def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
         if merge:
             raise MergeNotSupportedError(MERGE_MESSAGE)
-        self._remove_hidden_state_hooks()
+        self._remove_model_hooks()
         return super()._unload_and_optionally_merge(False, *args, **kwargs)
