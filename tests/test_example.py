@@ -139,14 +139,15 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
 
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     class_names = list(result.model.config.id2label.values())
+    attention = saved["attn_implementation"]  # bit-equal numbers need the run's attention kernel
     if method in PEFT_METHODS:
         assert (adapter / "adapter_config.json").is_file()
-        base = backbone.load_base_model(str(tiny_model_dir), class_names)  # fresh random head: must be overwritten
+        base = backbone.load_base_model(str(tiny_model_dir), class_names, attention)  # fresh random head
         reloaded = gated_vpt.from_pretrained(base, adapter)
     else:
-        reloaded = saving.load_trained(str(tiny_model_dir), adapter, class_names)
+        reloaded = saving.load_trained(str(tiny_model_dir), adapter, class_names, attention)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
-    from_output_dir = saving.load_trained(str(tiny_model_dir), out, class_names)  # finds adapter/ or model/
+    from_output_dir = saving.load_trained(str(tiny_model_dir), out, class_names, attention)  # adapter/ or model/
     assert torch.equal(eval_logits(from_output_dir, result.eval_dataset, result.collate), expected)
 
 
@@ -195,7 +196,8 @@ def test_other_families_at_another_image_size(family, method, tmp_path):
     assert result.results["model_type"].startswith(family)
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     class_names = list(result.model.config.id2label.values())
-    reloaded = saving.load_trained(str(model_dir), tmp_path / "out" / "adapter", class_names)
+    attention = result.results["attn_implementation"]
+    reloaded = saving.load_trained(str(model_dir), tmp_path / "out" / "adapter", class_names, attention)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
     if method == "cdc":
         config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
@@ -258,7 +260,8 @@ def test_push_to_hub_uploads_the_adapter_through_gated_vpt(tiny_model_dir, tmp_p
     assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert "import gated_vpt" in (pushed / "README.md").read_text()
     class_names = list(result.model.config.id2label.values())
-    reloaded = gated_vpt.from_pretrained(backbone.load_base_model(str(tiny_model_dir), class_names), pushed)
+    base = backbone.load_base_model(str(tiny_model_dir), class_names, saved["attn_implementation"])
+    reloaded = gated_vpt.from_pretrained(base, pushed)
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
 
@@ -286,7 +289,7 @@ def test_default_backbone_runs_on_a_few_real_images(tmp_path):
     assert saved["linear_probe"]["feature_dim"] == 2 * 384  # DINOv2's head reads [CLS ; mean patch]
     assert (out / "gates.png").is_file()
     class_names = list(result.model.config.id2label.values())
-    reloaded = saving.load_trained(saved["model"], out / "adapter", class_names)
+    reloaded = saving.load_trained(saved["model"], out / "adapter", class_names, saved["attn_implementation"])
     batch = result.collate([result.eval_dataset[i] for i in range(4)])
     batch.pop("labels")
     with torch.no_grad():
@@ -488,6 +491,30 @@ def test_auto_precision_on_cuda_follows_the_gpus_bf16_support(native, monkeypatc
     assert precision.resolve_precision("fp16", "cuda") == "fp16"
 
 
+@pytest.mark.parametrize(
+    ("device", "precision_", "expected"),
+    [("cpu", "bf16", "eager"), ("cpu", "fp32", "sdpa"), ("cuda", "bf16", "sdpa"), ("cuda", "fp16", "sdpa")],
+)
+def test_auto_attention_is_eager_only_for_bf16_on_a_cpu(device, precision_, expected):
+    assert precision.resolve_attention("auto", device, precision_) == expected
+    for asked in ("sdpa", "eager"):  # asked for: always honoured
+        assert precision.resolve_attention(asked, device, precision_) == asked
+
+
+def test_the_run_uses_and_records_its_attention_implementation(tiny_model_dir, tmp_path, monkeypatch):
+    built = []
+    load_base_model = backbone.load_base_model
+    monkeypatch.setattr(
+        backbone, "load_base_model", lambda *a, **k: built.append(load_base_model(*a, **k)) or built[-1]
+    )
+    out = tmp_path / "eager"
+    training.run(quick_args(tiny_model_dir, out, "gpt", "--no-linear-probe", "--attn-implementation", "eager"))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["attn_implementation"] == "eager" and built[0].config._attn_implementation == "eager"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--attn-implementation", "flash_attention_2"])
+
+
 def test_fp16_needs_a_gpu():
     with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU"):
         precision.resolve_precision("fp16", "cpu")
@@ -542,7 +569,7 @@ def test_a_bf16_run_autocasts_and_keeps_the_trained_parameters_fp32(tiny_model_d
     expected = eval_logits(result.model, result.eval_dataset, result.collate)
     assert {dtype for _, _, dtype in seen} == {torch.float32}
     class_names = list(result.model.config.id2label.values())
-    reloaded = saving.load_trained(str(tiny_model_dir), out / "adapter", class_names)
+    reloaded = saving.load_trained(str(tiny_model_dir), out / "adapter", class_names, saved["attn_implementation"])
     assert torch.equal(eval_logits(reloaded, result.eval_dataset, result.collate), expected)
 
 
@@ -580,10 +607,14 @@ def test_the_probes_features_are_cached_per_backbone_image_size_and_data(tiny_mo
     assert len(calls) == 4 and other_size["feature_cache"]["hit"] is False
     other_data = probe_run("other-data", "--max-train-samples", "16")
     assert len(calls) == 6 and other_data["feature_cache"]["hit"] is False
-    assert len(list(cache.glob("*.npz"))) == 3
+    auto_attention = precision.resolve_attention("auto", DEVICE, precision.resolve_precision("auto", DEVICE))
+    other = "sdpa" if auto_attention == "eager" else "eager"
+    other_attention = probe_run("other-attention", "--attn-implementation", other)
+    assert len(calls) == 8 and other_attention["feature_cache"]["hit"] is False
+    assert len(list(cache.glob("*.npz"))) == 4
 
     probe_run("no-cache", "--no-feature-cache")
-    assert len(calls) == 8 and len(list(cache.glob("*.npz"))) == 3
+    assert len(calls) == 10 and len(list(cache.glob("*.npz"))) == 4
 
 
 def test_the_feature_cache_key_follows_the_backbone_weights(tiny_model_dir, tmp_path):

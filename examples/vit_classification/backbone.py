@@ -13,7 +13,7 @@ import inspect
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -60,8 +60,11 @@ def default_backbone() -> str:
     return str(path)
 
 
-def load_base_model(model_path: str, class_names: Sequence[str]) -> nn.Module:
-    """An image classifier with a fresh head for `class_names` (the checkpoint's own head, if any, is replaced)."""
+def load_base_model(
+    model_path: str, class_names: Sequence[str], attn_implementation: Optional[str] = None
+) -> nn.Module:
+    """An image classifier with a fresh head for `class_names` (the checkpoint's own head, if any, is replaced),
+    computing attention with `attn_implementation` (transformers' default where None)."""
     from transformers import AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
@@ -75,6 +78,7 @@ def load_base_model(model_path: str, class_names: Sequence[str]) -> nn.Module:
             id2label=id2label,
             label2id={v: k for k, v in id2label.items()},
             ignore_mismatched_sizes=True,
+            **({} if attn_implementation is None else {"attn_implementation": attn_implementation}),
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -12,7 +12,7 @@ from gated_vpt import GatedPromptConfig
 
 from .data import BUNDLED, DATASET_FORMS
 from .methods import METHODS
-from .precision import PRECISIONS
+from .precision import ATTENTION_IMPLEMENTATIONS, PRECISIONS
 from .probe import FEATURE_CACHE_ENV
 
 ABLATION_FLAGS = ("--no-cross-layer", "--static-aggregation", "--no-reinforcement")  # --method cdc only
@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Compute precision of training, evaluation and feature extraction (torch.autocast; the trained weights "
         "and the optimizer state stay fp32). auto: bf16 where the device computes it natively (a CUDA GPU with bf16, "
         "a CPU with AVX512-BF16 or AMX), else fp32. fp16 needs a GPU.",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        choices=ATTENTION_IMPLEMENTATIONS,
+        default="auto",
+        help="The backbone's attention kernel (transformers' attn_implementation). auto: eager for bf16 on a CPU, "
+        "where torch's flash-attention backward is slower than the plain matmuls; sdpa elsewhere.",
     )
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and subsets.")
     p.add_argument(

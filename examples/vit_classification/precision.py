@@ -13,6 +13,7 @@ import pathlib
 import torch
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -24,6 +25,19 @@ def resolve_precision(requested: str, device: str) -> str:
         # the Trainer (accelerate) only autocasts fp16 with loss scaling on an accelerator; on CPU it would run fp32
         raise SystemExit("--precision fp16 needs a CUDA GPU; on this machine use bf16 or fp32.")
     return requested
+
+
+def resolve_attention(requested: str, device: str, precision: str) -> str:
+    """`--attn-implementation` for this run: auto is eager for bf16 on a CPU, else sdpa.
+
+    torch's CPU flash-attention kernel (what SDPA picks on a CPU) is slow in bf16 *backward*: on this project's 2-core
+    AVX512-BF16 machine it took 5x longer than in fp32 and ate the whole bf16 gain of the matmuls, whereas the eager
+    path (two bf16 matmuls and a softmax) runs at matmul speed. The attention maps it materialises are small at ViT
+    sequence lengths (tokens x tokens per head). benchmarks/cost.py measures both.
+    """
+    if requested != "auto":
+        return requested
+    return "eager" if device == "cpu" and precision == "bf16" else "sdpa"
 
 
 def cpu_has_native_bf16() -> bool:

@@ -43,6 +43,7 @@ def run_linear_probe(
     forward_kwargs: dict[str, Any],
     data_identity: dict[str, Any],
     precision: str,
+    attention: str,
     device: str,
 ) -> dict[str, Any]:
     """The linear probe on `base` (before any adapter is injected): its accuracy and L2 strength, the seconds it took
@@ -60,6 +61,7 @@ def run_linear_probe(
             "std": list(std),
             "forward_kwargs": forward_kwargs,
             "precision": precision,  # bf16 features are not fp32 features
+            "attn_implementation": attention,  # nor, in bf16, are eager features SDPA's
             "data": data_identity,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }

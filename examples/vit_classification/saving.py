@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import Optional
 
 from torch import nn
 
@@ -44,9 +45,15 @@ def dir_bytes(path: pathlib.Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def load_trained(model_path: str, trained_dir: str | os.PathLike[str], class_names: Sequence[str]) -> nn.Module:
+def load_trained(
+    model_path: str,
+    trained_dir: str | os.PathLike[str],
+    class_names: Sequence[str],
+    attn_implementation: Optional[str] = None,
+) -> nn.Module:
     """Rebuild the trained classifier, in eval mode, from what `save_trained` wrote: `--output-dir/adapter` (PEFT
-    methods, linear), `--output-dir/model` (full), or `--output-dir` itself (whichever of the two it holds)."""
+    methods, linear), `--output-dir/model` (full), or `--output-dir` itself (whichever of the two it holds).
+    `attn_implementation` (results.json's, for the run's exact numbers) is transformers' default where None."""
     trained_dir = pathlib.Path(trained_dir)
     if not any((trained_dir / name).is_file() for name in ("adapter_config.json", HEAD_FILE, "config.json")):
         found = [d for d in (trained_dir / "adapter", trained_dir / "model") if d.is_dir()]
@@ -54,16 +61,18 @@ def load_trained(model_path: str, trained_dir: str | os.PathLike[str], class_nam
             raise FileNotFoundError(f"{trained_dir} holds no trained adapter or model (nor one adapter/ or model/).")
         trained_dir = found[0]
     if (trained_dir / "adapter_config.json").is_file():
-        return gated_vpt.from_pretrained(load_base_model(model_path, class_names), trained_dir).eval()
+        base = load_base_model(model_path, class_names, attn_implementation)
+        return gated_vpt.from_pretrained(base, trained_dir).eval()
     if (trained_dir / HEAD_FILE).is_file():
         from safetensors.torch import load_file
 
-        model = load_base_model(model_path, class_names)
+        model = load_base_model(model_path, class_names, attn_implementation)
         model.classifier.load_state_dict(load_file(trained_dir / HEAD_FILE))
         return model.eval()
     from transformers import AutoModelForImageClassification
 
-    return AutoModelForImageClassification.from_pretrained(trained_dir).eval()
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return AutoModelForImageClassification.from_pretrained(trained_dir, **extra).eval()
 
 
 def push_to_hub(model: nn.Module, method: str, repo_id: str, saved: pathlib.Path, private: bool) -> str:

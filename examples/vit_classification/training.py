@@ -27,7 +27,7 @@ import gated_vpt
 from gated_vpt import gate_report, plot_gate_report, summarize_gate_report
 
 from . import backbone, cli, data, methods, probe, saving
-from .precision import cpu_has_native_bf16, resolve_precision
+from .precision import cpu_has_native_bf16, resolve_attention, resolve_precision
 
 
 class Run(NamedTuple):
@@ -53,6 +53,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     output_dir = pathlib.Path(args.output_dir or f"outputs/image_classification/{args.method}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(args.precision, device)
+    attention = resolve_attention(args.attn_implementation, device, precision)
     if precision == "bf16" and device == "cpu" and not cpu_has_native_bf16():
         print("Note: this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 is emulated, expect it slower than fp32.")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     train_ds, eval_ds, class_names, train_name, eval_name = data.load_data(args)
     timings["data_s"] = time.perf_counter() - t
     set_seed(args.seed)
-    base = backbone.load_base_model(model_path, class_names)
+    base = backbone.load_base_model(model_path, class_names, attention)
     vision = backbone.vision_config(base.config)
     patch, depth = vision.patch_size, vision.num_hidden_layers
     if args.image_size % patch:
@@ -88,7 +89,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     collate = data.make_collate(extra)
     print(
         f"Data: {len(train_ds)} training images ({train_name}), {len(eval_ds)} evaluation images ({eval_name}), "
-        f"{len(class_names)} classes, {args.image_size}px, {norm_source} mean/std; precision {precision}",
+        f"{len(class_names)} classes, {args.image_size}px, {norm_source} mean/std; precision {precision}, "
+        f"{attention} attention",
         flush=True,
     )
 
@@ -108,6 +110,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
             forward_kwargs=extra,
             data_identity=data_identity,
             precision=precision,
+            attention=attention,
             device=device,
         )
         timings["linear_probe_s"] = linear_probe["seconds"]
@@ -202,6 +205,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         "num_classes": len(class_names),
         "accuracy": accuracy,
         "precision": precision,
+        "attn_implementation": attention,
         "linear_probe": linear_probe,
         "trainable_parameters": trainable,
         "total_parameters": total,
