@@ -56,7 +56,7 @@ from typing import Optional
 import _runs  # benchmarks/_runs.py
 from vtab_accuracy.page import write_report  # benchmarks/vtab_accuracy: the code, one module per concern
 from vtab_accuracy.plan import Plan, execute
-from vtab_accuracy.protocol import CACHE, DATASETS, DOCS, MODES, SHARED_DATA, SOURCES, STAGES, TITLES, quick
+from vtab_accuracy.protocol import CACHE, DATASETS, DOCS, MODES, RESULTS, SHARED_DATA, SOURCES, STAGES, TITLES, quick
 from vtab_accuracy.sampling import data_name, image_folder, uses_shared
 
 
@@ -92,7 +92,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         model = str(default_cache_dir())
     else:
         model = args.model
-    plan = Plan(args.mode, settings, model, work, args.data_dir, args.shared_data)
+    results_dir = work / "results" if args.quick else RESULTS / f"accuracy-{args.mode}"
+    plan = Plan(args.mode, settings, model, work, args.data_dir, args.shared_data, results_dir)
     command_log = work / "commands.jsonl"
     shown = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "benchmarks/accuracy.py", *shown])
@@ -101,10 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
 
     if not args.report_only:
-        selects = list(dict.fromkeys(settings.select_on[d] for d in args.datasets))
-        folders = [
-            d for d in dict.fromkeys([*args.datasets, *selects]) if args.prepare_data or uses_shared(d, settings)
-        ]
+        folders = [d for d in args.datasets if args.prepare_data or uses_shared(d, settings)]
         missing = [
             str(plan.shared / SOURCES[d][0])
             for d in folders
@@ -130,25 +128,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             f.write(
                 json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "pid": os.getpid()}) + "\n"
             )
-        failed = []
-        if "selection" in args.stages:
-            failed += execute(plan, [spec for d in selects for spec in plan.selection(d)], args.jobs)
-        finals = []
-        for d in args.datasets:
-            lrs = plan.choose(settings.select_on[d])
-            if lrs is None:
-                print(
-                    f"[accuracy] {TITLES[d]}: the learning-rate selection on {TITLES[settings.select_on[d]]} is not "
-                    "complete (run --stages selection); skipping its other stages",
-                    flush=True,
-                )
-                continue
-            print(f"[accuracy] {TITLES[d]} learning rates: { {m: c['lr'] for m, c in lrs.items()} }", flush=True)
-            finals += [
-                spec for stage, spec in plan.final(d, {m: c["lr"] for m, c in lrs.items()}) if stage in args.stages
+        # Each round runs what the finished runs make known (the epoch check's next pair, the learning rates' and
+        # then GPT's knobs' candidates, the test runs), until a round finds nothing new to run.
+        failed: list[str] = []
+        while True:
+            todo = [
+                spec
+                for d in args.datasets
+                for _, spec in plan.runs(d, args.stages)
+                if spec.name not in failed and plan.results(spec) is None
             ]
-        if finals:
-            failed += execute(plan, finals, args.jobs)
+            if not todo:
+                break
+            failed += execute(plan, todo, args.jobs)
+            write_report(plan, out, command_log, render)
         write_report(plan, out, command_log, render)
         if failed:
             print(f"[accuracy] {len(failed)} runs FAILED: {', '.join(failed)}", flush=True)

@@ -61,15 +61,23 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         )
         + ".",
         f"- Training: {s['image_size']} px ({s['image_size'] // 14}x{s['image_size'] // 14} patches of 14), "
-        f"{s['epochs']:g} epochs, batch {s['batch_size']}, AdamW with a cosine schedule and 10% warm-up, no "
+        f"{_epochs(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`), "
+        "AdamW with a cosine schedule and 10% warm-up, no "
         f"augmentation, {s['num_prompts']} prompts (prompt methods), classifier-head lr {s['head_lr']:g} (fixed: the "
         f"example's default), GPT's gate lr = 10 x its lr; evaluation batch {s['eval_batch_size']}.",
         f"- Seeds: {', '.join(map(str, s['seeds']))} (main methods and ablations); "
         f"{', '.join(map(str, s['sweep_seeds']))} (insertion sweep). ± is the sample standard deviation over seeds.",
         "- Learning-rate grids: "
         + "; ".join(f"{LABELS[k]} {{{', '.join(f'{v:g}' for v in g)}}}" for k, g in s["lr_grids"].items())
-        + f" (selection seed {s['seeds'][0]}; ties go to the smaller learning rate). The CDC ablations reuse CDC's "
-        "learning rate, the insertion sweep reuses VPT-shallow's.",
+        + f" (selection seed {s['seeds'][0]}, on each dataset's own val; ties go to the smaller learning rate). "
+        + (
+            "GPT's own knobs are then tuned at its chosen rate, one after the other: "
+            + "; ".join(f"`{k}` {{{', '.join(f'{v:g}' for v in g)}}}" for k, g in s["gpt_knobs"].items())
+            + " (ties go to the default, listed first). "
+            if s["gpt_knobs"]
+            else ""
+        )
+        + "The CDC ablations reuse CDC's settings, the insertion sweep VPT-shallow's.",
         "- Methods: linear probe = the example's L-BFGS logistic regression on the frozen features (L2 chosen on a "
         "held-out 20% of the training features; from the GPT run of each seed); LoRA r=8, alpha 8 on q, v; VPT-shallow "
         "= `GatedPromptConfig(use_gates=False, learn_temperature=False)`; VPT-deep = "
@@ -77,14 +85,10 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         "`CDCPromptConfig()`. Adapter bytes = the `save_pretrained` directory, classifier head included (full "
         "fine-tuning: the whole model).",
     ]
-    reused = [d for d, src in s["select_on"].items() if src != d]
-    shortfalls = [
-        f"{TITLES[d]} uses the learning rates chosen on {TITLES[s['select_on'][d]]} val, not its own val"
-        for d in reused
-    ]
+    shortfalls = []
     if not gpu:
         shortfalls += [
-            f"{s['image_size']} px and {s['epochs']:g} epochs instead of the papers' 224 px and (VPT's) 100 epochs: "
+            f"{s['image_size']} px and {_epochs(record)} instead of the papers' 224 px and (VPT's) 100 epochs: "
             "absolute accuracies are far below published VTAB-1k numbers",
             "class-balanced test subsets, not the full test splits",
             f"{len(s['seeds'])} seed{'s' * (len(s['seeds']) > 1)} and at most "
@@ -154,26 +158,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
                 f"| {TITLES[dataset]} | {label} | {mean_std(r)} | {delta} | "
                 f"{' / '.join(pts(v) for v in r['values'])} | {_n(r.get('trainable_parameters'))} |"
             )
-    lines += [
-        "",
-        "## Learning-rate selection (val accuracy %, seed "
-        f"{s['seeds'][0]}; train on 800, evaluate on the 200 val images)",
-        "",
-        "| dataset | method | lr | val accuracy % | chosen |",
-        "|---|---|---|---|---|",
-    ]
-    for r in [r for r in record["runs"] if r["stage"] == "selection"]:
-        chosen = (record["chosen_lrs"].get(r["dataset"]) or {}).get(r["method"], {}).get("lr")
-        lines.append(
-            f"| {TITLES[r['dataset']]} | {LABELS[r['method']]} | {r['lr']:g} | {pts(r.get('accuracy'))} | "
-            f"{'**yes**' if chosen == r['lr'] else ''} |"
-        )
-    for r in record["runs"]:
-        if r["stage"] == "selection" and r.get("linear_probe"):
-            lines.append(f"| {TITLES[r['dataset']]} | linear probe | L-BFGS | {pts(r['linear_probe']['accuracy'])} | |")
-    single = [f"{LABELS[k]} {g[0]:g}" for k, g in s["lr_grids"].items() if len(g) == 1]
-    if single:
-        lines.append(f"\nNot selected (a single value): {', '.join(single)}.")
+    lines += _checks(record)
     lines += [
         "",
         "## Insertion block of VPT-shallow",
@@ -230,6 +215,86 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
     lines += [f"    {c['command']}" for c in record["commands"]] or ["    (none recorded)"]
     lines += ["", "Rendering this page from the runs done so far:", "", f"    {record['render_command']}", ""]
     return "\n".join(lines)
+
+
+def _epochs(record: dict[str, Any]) -> str:
+    s = record["settings"]
+    if s["epochs"] is not None:
+        return f"{s['epochs']:g} epochs"
+    chosen = [f"{TITLES[d]} {c['epochs']:g}" for d, c in record["checks"].items() if c["epochs"] is not None]
+    return "epochs chosen by the convergence check below (" + ("; ".join(chosen) or "not decided yet") + ")"
+
+
+def _checks(record: dict[str, Any]) -> list[str]:
+    """The val-split stages: the epochs' convergence check, bf16 against fp32, and the selection."""
+    s, runs = record["settings"], {r["name"]: r for r in record["runs"]}
+    lines = []
+    if s["epochs"] is None:
+        lines += [
+            "",
+            "## Epochs: the convergence check (val accuracy %, mean over seeds "
+            f"{', '.join(map(str, s['seeds']))}; train on 800, evaluate on the 200 val images)",
+            "",
+            f"For each candidate E, {' and '.join(LABELS[m] for m in s['epoch_check_methods'])}, each at the middle "
+            f"learning rate of its grid, are trained for E and 2E epochs; the study uses the first E where doubling "
+            f"moves each method's mean val accuracy by less than {s['converged_points']:g} point.",
+            "",
+            "| dataset | E | method | lr | val % at E | val % at 2E | change (points) | converged |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for dataset, check in record["checks"].items():
+            for row in check["epoch_check"]:
+                for method, r in row["methods"].items():
+                    lines.append(
+                        f"| {TITLES[dataset]} | {row['epochs']:g} | {LABELS[method]} | {r['lr']:g} | "
+                        f"{pts(r['accuracy'])} | {pts(r['accuracy_doubled'])} | {r['change_points']:+.1f} | "
+                        f"{'**yes**' if row.get('converged') else ('no' if 'converged' in row else 'pending')} |"
+                    )
+    precision = {d: c["precision"] for d, c in record["checks"].items() if c["precision"]}
+    if precision:
+        lines += [
+            "",
+            f"## Precision: {s['precision']} against fp32 (GPT, val accuracy %)",
+            "",
+            "The same GPT run (the first epoch candidate, the middle learning rate) in the mode's precision and in "
+            "`--precision fp32`, per seed.",
+            "",
+            "| dataset | seed | precision used | val % | train s | fp32 val % | fp32 train s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for dataset, pairs in precision.items():
+            for pair in pairs:
+                a, b = pair["default"] or {}, pair["fp32"] or {}
+                lines.append(
+                    f"| {TITLES[dataset]} | {pair['seed']} | {pair['default_precision'] or '—'} | "
+                    f"{pts(a.get('accuracy'))} | {_n(a.get('train_s'))} | {pts(b.get('accuracy'))} | "
+                    f"{_n(b.get('train_s'))} |"
+                )
+    lines += [
+        "",
+        f"## Selection (val accuracy %, seed {s['seeds'][0]}; train on 800, evaluate on the 200 val images)",
+        "",
+        "| dataset | method | lr | gate_init | num_prompts | val accuracy % | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, check in record["checks"].items():
+        if check["epochs"] is None:
+            lines.append(f"| {TITLES[dataset]} | (waits for the epochs' check) | | | | | |")
+            continue
+        chosen = check["chosen"] or {}
+        for name in check["selection"]:
+            r = runs[name]
+            pick = chosen.get(r["method"], {})
+            is_chosen = bool(pick) and all(pick.get(k) == r[k] for k in ("lr", "gate_init", "num_prompts"))
+            lines.append(
+                f"| {TITLES[dataset]} | {LABELS[r['method']]} | {r['lr']:g} | {_g(r['gate_init'])} | "
+                f"{_g(r['num_prompts'] or s['num_prompts'])} | {pts(r.get('accuracy'))} | "
+                f"{'**yes**' if is_chosen else ''} |"
+            )
+        probe = next((runs[n]["linear_probe"] for n in check["selection"] if runs[n].get("linear_probe")), None)
+        if probe:
+            lines.append(f"| {TITLES[dataset]} | linear probe | L-BFGS | | | {pts(probe['accuracy'])} | |")
+    return lines
 
 
 def _g(x: Optional[float]) -> str:

@@ -2,10 +2,20 @@
 """The runs: which ones each stage needs, where each lives, its command line of examples/image_classification.py,
 and running them.
 
-Stage ``selection`` trains on the 800 and measures the 200 val images for every learning rate of a method's grid;
-``Plan.choose`` picks the best (ties: the smaller rate). Stages ``main``, ``ablations`` and ``sweep`` then train on
-all 1,000 with the chosen rates and report test accuracy. A run's directory is named after a hash of its settings,
-so a run whose results.json exists is reused, never rerun (benchmarks/_runs.py also keeps two processes off one run).
+The stages of one dataset, each decided from the finished runs of the ones before it (``Plan.runs`` lists what is
+known so far; the command line runs it, then asks again, until nothing new appears):
+
+* ``epochs`` (only where the settings leave the epochs open): GPT and LoRA, at the middle learning rate of their
+  grids, trained on the 800 and measured on the 200 val images for E and 2E epochs, over every seed. E is the first
+  candidate where doubling moves every checked method's mean val accuracy by less than the threshold.
+* ``precision``: GPT at the first candidate's epochs in fp32, against the same runs in the mode's precision.
+* ``selection``: every method on val over its learning-rate grid (seed 0, ties: the smaller rate); then GPT's own
+  knobs one after the other at its chosen rate (ties: the default, listed first).
+* ``main``, ``ablations``, ``sweep``: trained on all 1,000 with what was chosen, test accuracy.
+
+A run's directory is named after a hash of its settings, so a run whose results.json exists is reused, never rerun
+(benchmarks/_runs.py also keeps two processes off one run). Each finished run's results.json is also copied to
+benchmarks/results/accuracy-<mode>/, which is committed: a fresh clone resumes the study from there.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import statistics
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -32,21 +43,39 @@ class Spec:
     method: str
     lr: float
     seed: int
+    epochs: float
     layers: int = 0  # the example's --layers: prompts from 0-based block `layers` on; insertion block k = layers + 1
     ablation: str = ""
+    precision: str = ""  # "": the settings' precision
+    gate_init: Optional[float] = None  # None: the example's default
+    num_prompts: Optional[int] = None  # None: the settings' num_prompts
 
     @property
     def name(self) -> str:
         tail = f"-{self.ablation}" if self.ablation else ""
-        return f"{self.dataset}-{self.split}-{self.method}{tail}-lr{self.lr:g}-L{self.layers}-s{self.seed}"
+        knobs = "".join(
+            f"-{tag}{value:g}" for tag, value in (("g", self.gate_init), ("p", self.num_prompts)) if value is not None
+        )
+        precision = f"-{self.precision}" if self.precision else ""
+        return (
+            f"{self.dataset}-{self.split}-{self.method}{tail}-lr{self.lr:g}{knobs}-e{self.epochs:g}"
+            f"-L{self.layers}{precision}-s{self.seed}"
+        )
+
+
+def _middle(grid: tuple[float, ...]) -> float:
+    return grid[len(grid) // 2]
 
 
 class Plan:
     """Which runs each stage needs, where they live, and what they found."""
 
-    def __init__(self, mode: str, settings: Settings, model: str, work: pathlib.Path, data_dir, shared):
+    def __init__(self, mode: str, settings: Settings, model: str, work: pathlib.Path, data_dir, shared, results_dir):
         self.mode, self.settings, self.model, self.work = mode, settings, model, work
         self.data_dir, self.shared = pathlib.Path(data_dir).expanduser(), pathlib.Path(shared).expanduser()
+        self.results_dir = pathlib.Path(results_dir)
+
+    # -- where runs live and what they found ---------------------------------------------------------------------
 
     def run_dir(self, spec: Spec) -> pathlib.Path:
         s = self.settings
@@ -54,58 +83,153 @@ class Plan:
             **dataclasses.asdict(spec),
             "model": pathlib.Path(self.model).name,
             "data": data_name(spec.dataset, s.test_images[spec.dataset]),
-            **{k: getattr(s, k) for k in ("image_size", "epochs", "batch_size", "num_prompts", "head_lr")},
+            **{k: getattr(s, k) for k in ("image_size", "batch_size", "num_prompts", "head_lr", "precision")},
             "max_samples": s.max_samples,
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return self.work / "runs" / f"{spec.name}-{digest}"
 
+    def record_file(self, spec: Spec) -> pathlib.Path:
+        return self.results_dir / f"{self.run_dir(spec).name}.json"
+
     def results(self, spec: Spec) -> Optional[dict[str, Any]]:
-        return _runs.read_results(self.run_dir(spec))
+        """The run's results (with the harness' measurements): the committed copy, else its run directory's (which
+        is then copied into the committed folder)."""
+        try:
+            return json.loads(self.record_file(spec).read_text())
+        except (OSError, ValueError):
+            pass
+        results = _runs.read_results(self.run_dir(spec))
+        if results is not None:
+            self.keep(spec, results)
+        return results
 
-    def selection(self, dataset: str) -> list[Spec]:
-        seed = self.settings.seeds[0]
-        grids = self.settings.lr_grids
-        return [
-            Spec(dataset, "val", m, lr, seed) for m in self.settings.methods if len(grids[m]) > 1 for lr in grids[m]
-        ]
+    def keep(self, spec: Spec, results: dict[str, Any]) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.record_file(spec).with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        tmp.replace(self.record_file(spec))
 
-    def choose(self, dataset: str) -> Optional[dict[str, dict[str, Any]]]:
-        """method -> {"lr", "val_accuracy"} chosen on `dataset`'s val split; None until every selection run is done."""
-        chosen = {}
-        for method in self.settings.methods:
-            grid = self.settings.lr_grids[method]
-            if len(grid) == 1:
-                chosen[method] = {"lr": grid[0], "val_accuracy": None}
-                continue
-            runs = [self.results(Spec(dataset, "val", method, lr, self.settings.seeds[0])) for lr in grid]
-            if any(r is None for r in runs):
-                return None
-            best = max(range(len(grid)), key=lambda i: (runs[i]["accuracy"], -i))
-            chosen[method] = {"lr": grid[best], "val_accuracy": runs[best]["accuracy"]}
-        return chosen
+    def _accuracies(self, specs: list[Spec]) -> Optional[list[float]]:
+        runs = [self.results(spec) for spec in specs]
+        return None if any(r is None for r in runs) else [r["accuracy"] for r in runs]
 
-    def final(self, dataset: str, lrs: dict[str, float]) -> list[tuple[str, Spec]]:
+    # -- the stages ----------------------------------------------------------------------------------------------
+
+    def epoch_check(self, dataset: str) -> tuple[list[dict[str, Any]], Optional[float], list[Spec]]:
+        """(rows of the check so far, the chosen epochs or None, the runs it needs next)."""
+        s = self.settings
+        if s.epochs is not None:
+            return [], s.epochs, []
+        rows = []
+        for epochs in s.epoch_candidates:
+            needed, row = [], {"epochs": epochs, "methods": {}}
+            for method in s.epoch_check_methods:
+                lr = _middle(s.lr_grids[method])
+                at = {e: [Spec(dataset, "val", method, lr, seed, e) for seed in s.seeds] for e in (epochs, 2 * epochs)}
+                found = {e: self._accuracies(specs) for e, specs in at.items()}
+                needed += [spec for e, specs in at.items() if found[e] is None for spec in specs]
+                if all(v is not None for v in found.values()):
+                    means = {e: statistics.fmean(v) for e, v in found.items()}
+                    row["methods"][method] = {
+                        "lr": lr,
+                        "accuracy": means[epochs],
+                        "accuracy_doubled": means[2 * epochs],
+                        "change_points": 100 * (means[2 * epochs] - means[epochs]),
+                    }
+            rows.append(row)
+            if needed:
+                return rows, None, needed
+            row["converged"] = all(abs(m["change_points"]) < s.converged_points for m in row["methods"].values())
+            if row["converged"]:
+                return rows, epochs, []
+        return rows, s.epoch_candidates[-1] * 2, []  # none converged: the longest run made, flagged on the page
+
+    def precision_runs(self, dataset: str) -> list[tuple[Spec, Spec]]:
+        """(the mode's precision, fp32) pairs of GPT runs on val; none where the dataset is not checked."""
+        s = self.settings
+        if dataset not in s.precision_check:
+            return []
+        epochs, lr = s.epoch_candidates[0] if s.epochs is None else s.epochs, _middle(s.lr_grids["gpt"])
+        pairs = []
+        for seed in s.seeds:
+            spec = Spec(dataset, "val", "gpt", lr, seed, epochs)
+            pairs.append((spec, dataclasses.replace(spec, precision="fp32")))
+        return pairs
+
+    def selection(self, dataset: str, epochs: float) -> tuple[Optional[dict[str, dict[str, Any]]], list[Spec]]:
+        """(method -> what was chosen on val, or None until all of it is known; every selection run known so far)."""
+        s, seed = self.settings, self.settings.seeds[0]
+        specs = [Spec(dataset, "val", m, lr, seed, epochs) for m in s.methods for lr in s.lr_grids[m]]
+        chosen: dict[str, dict[str, Any]] = {}
+        for method in s.methods:
+            candidates = [spec for spec in specs if spec.method == method]
+            best = self._best(candidates)
+            if best is None:
+                return None, specs
+            chosen[method] = {"spec": best[0], "val_accuracy": best[1]}
+        if "gpt" in chosen:
+            for knob, values in s.gpt_knobs.items():
+                incumbent = chosen["gpt"]["spec"]
+                # the first value is the default: the incumbent run itself, not a copy of it with the value spelt out
+                candidates = [incumbent] + [dataclasses.replace(incumbent, **{knob: v}) for v in values[1:]]
+                specs += [c for c in candidates if c not in specs]
+                best = self._best(candidates)
+                if best is None:
+                    return None, specs
+                chosen["gpt"] = {"spec": best[0], "val_accuracy": best[1]}
+        return {m: {**_knobs(c["spec"]), "val_accuracy": c["val_accuracy"]} for m, c in chosen.items()}, specs
+
+    def _best(self, candidates: list[Spec]) -> Optional[tuple[Spec, float]]:
+        """The most accurate of `candidates` (ties: the first listed), or None until all are done."""
+        accuracies = self._accuracies(candidates)
+        if accuracies is None:
+            return None
+        best = max(range(len(candidates)), key=lambda i: (accuracies[i], -i))
+        return candidates[best], accuracies[best]
+
+    def final(self, dataset: str, epochs: float, chosen: dict[str, dict[str, Any]]) -> list[tuple[str, Spec]]:
         """(stage, spec) of the test-split runs, in the order they are run. Sweep k = 1 is main's VPT-shallow."""
         s = self.settings
-        stages = [("main", Spec(dataset, "test", m, lrs[m], seed)) for seed in s.seeds for m in s.methods]
-        stages += [
-            ("ablations", Spec(dataset, "test", "cdc", lrs["cdc"], seed, ablation=a))
-            for seed in s.seeds
-            for a in s.ablations
-        ]
-        stages += [
-            ("sweep", Spec(dataset, "test", "vpt-shallow", lrs["vpt-shallow"], seed, layers=k - 1))
-            for seed in s.sweep_seeds
-            for k in s.sweep_blocks
-        ]
+
+        def spec(method: str, seed: int, **extra) -> Spec:
+            knobs = {k: v for k, v in chosen[method].items() if k in ("lr", "gate_init", "num_prompts")}
+            return Spec(dataset, "test", method, seed=seed, epochs=epochs, **knobs, **extra)
+
+        stages = [("main", spec(m, seed)) for seed in s.seeds for m in s.methods]
+        stages += [("ablations", spec("cdc", seed, ablation=a)) for seed in s.seeds for a in s.ablations]
+        stages += [("sweep", spec("vpt-shallow", seed, layers=k - 1)) for seed in s.sweep_seeds for k in s.sweep_blocks]
         return stages
+
+    def runs(self, dataset: str, stages) -> list[tuple[str, Spec]]:
+        """Every run of `stages` that is known so far for `dataset` (done or not), as (stage, spec)."""
+        out: list[tuple[str, Spec]] = []
+        rows, epochs, needed = self.epoch_check(dataset)
+        if "epochs" in stages:
+            out += [("epochs", spec) for spec in needed]
+            out += [
+                ("epochs", Spec(dataset, "val", m, r["lr"], seed, e))
+                for row in rows
+                for m, r in row["methods"].items()
+                for e in (row["epochs"], 2 * row["epochs"])
+                for seed in self.settings.seeds
+            ]
+        if "precision" in stages:
+            out += [("precision", spec) for pair in self.precision_runs(dataset) for spec in pair]
+        if epochs is None:
+            return _unique(out)
+        chosen, selection = self.selection(dataset, epochs)
+        if "selection" in stages:
+            out += [("selection", spec) for spec in selection]
+        if chosen is not None:
+            out += [(stage, spec) for stage, spec in self.final(dataset, epochs, chosen) if stage in stages]
+        return _unique(out)
 
     def probe_carriers(self, specs: list[Spec]) -> set[Spec]:
         """The runs that also fit the linear probe: the first selection run of a dataset, and each seed's GPT run."""
         first_val = {}
         for s in specs:
-            if s.split == "val":
+            if s.split == "val" and not s.precision:
                 first_val.setdefault(s.dataset, s)
         return {*first_val.values(), *(s for s in specs if s.split == "test" and s.method == "gpt" and not s.ablation)}
 
@@ -116,13 +240,17 @@ class Plan:
             data = ["--dataset", "eurosat-vtab1k", "--eval-split", spec.split]  # the example's bundled subset
         else:
             data = ["--dataset", str(image_folder(spec.dataset, n, self.data_dir, self.shared) / spec.split)]
+        num_prompts = s.num_prompts if spec.num_prompts is None else spec.num_prompts
         argv = [
             *("--model", self.model, "--method", spec.method, *data),
             *("--lr", f"{spec.lr:g}", "--head-lr", f"{s.head_lr:g}", "--seed", str(spec.seed)),
-            *("--image-size", str(s.image_size), "--epochs", f"{s.epochs:g}", "--batch-size", str(s.batch_size)),
-            *("--eval-batch-size", str(s.eval_batch_size), "--num-prompts", str(s.num_prompts)),
+            *("--image-size", str(s.image_size), "--epochs", f"{spec.epochs:g}", "--batch-size", str(s.batch_size)),
+            *("--eval-batch-size", str(s.eval_batch_size), "--num-prompts", str(num_prompts)),
             *("--layers", str(spec.layers), "--num-workers", str(s.num_workers), "--no-progress"),
+            *("--precision", spec.precision or s.precision),
         ]
+        if spec.gate_init is not None:
+            argv += ["--gate-init", f"{spec.gate_init:g}"]
         if spec.ablation:
             argv.append(ABLATIONS[spec.ablation][0])
         if s.max_samples:
@@ -132,25 +260,40 @@ class Plan:
         return argv
 
 
+def _knobs(spec: Spec) -> dict[str, Any]:
+    return {"lr": spec.lr, "gate_init": spec.gate_init, "num_prompts": spec.num_prompts}
+
+
+def _unique(runs: list[tuple[str, Spec]]) -> list[tuple[str, Spec]]:
+    """The first (stage, spec) of each spec: a run shared by two stages (the epoch check's middle learning rate is
+    also a selection run; sweep k = 1 is main's VPT-shallow) is listed, and run, once."""
+    seen: set[Spec] = set()
+    out = []
+    for stage, spec in runs:
+        if spec not in seen:
+            seen.add(spec)
+            out.append((stage, spec))
+    return out
+
+
 def execute(plan: Plan, specs: list[Spec], jobs: int) -> list[str]:
     """Run (or reuse) the specs; the names of those that failed."""
-    specs = list(dict.fromkeys(specs))  # sweep k = 1 and main's VPT-shallow are one run
+    specs = [s for s in dict.fromkeys(specs) if plan.results(s) is None]
     carriers = plan.probe_carriers(specs)
     by_name = {s.name: s for s in specs}
     todo = [_runs.Job(s.name, plan.argv(s, s in carriers), plan.run_dir(s)) for s in specs]
-    reused = {job.name for job in todo if _runs.read_results(job.out) is not None}
-    print(f"[accuracy] {len(todo)} runs, {len(reused)} already done (reused)", flush=True)
+    print(f"[accuracy] {len(todo)} runs to do", flush=True)
     failed: list[str] = []
-    count = [len(reused)]
+    count = [0]
 
     def on_done(job: _runs.Job, results: Optional[dict[str, Any]]) -> None:
         if results is None:
             failed.append(job.name)
             return
-        if job.name in reused:
-            return
+        spec = by_name[job.name]
+        plan.keep(spec, results)
         count[0] += 1
-        spec, probe, harness = by_name[job.name], results.get("linear_probe"), results["harness"]
+        probe, harness = results.get("linear_probe"), results["harness"]
         extra = f", linear probe {probe['accuracy']:.4f}" if probe else ""
         if harness.get("cpu_s"):
             took = f"run {harness['run_s']:.0f} s, CPU {harness['cpu_s']:.0f} s"

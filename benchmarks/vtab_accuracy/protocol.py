@@ -26,7 +26,10 @@ TITLES = {"eurosat": "EuroSAT", "cifar10": "CIFAR-10"}
 SOURCES = {"eurosat": ("eurosat_rgb_jpeg.npz", (0,), 2), "cifar10": ("cifar10_jpeg.npz", (0,), 1)}
 SAMPLE_SEED = 0
 TRAIN_PER_CLASS, VAL_PER_CLASS = 80, 20
-STAGES = ("selection", "main", "ablations", "sweep")
+# epochs: the convergence check that picks the epochs; precision: bf16 against fp32 on val; selection: learning rates
+# (and GPT's own knobs); main, ablations, sweep: the test-split runs with what was chosen.
+STAGES = ("epochs", "precision", "selection", "main", "ablations", "sweep")
+RESULTS = REPO / "benchmarks" / "results"  # accuracy-<mode>/<run>.json: every finished run's results.json, committed
 PROMPT_METHODS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
 METHODS = ("full", "lora", *PROMPT_METHODS)
 BASELINES = ("linear-probe", "full", "lora", "vpt-shallow", "vpt-deep")
@@ -52,7 +55,9 @@ QUICK_TITLE = ", QUICK SMOKE TEST: these numbers measure nothing"
 @dataclass
 class Settings:
     image_size: int
-    epochs: float
+    # None: chosen per dataset by stage "epochs" -- the first candidate E where training 2E epochs moves the mean val
+    # accuracy (over `seeds`) of every `epoch_check_methods` method by less than `converged_points`.
+    epochs: Optional[float]
     batch_size: int
     num_prompts: int
     head_lr: float
@@ -60,8 +65,15 @@ class Settings:
     sweep_seeds: tuple[int, ...]
     sweep_blocks: tuple[int, ...]  # insertion blocks k (1-based)
     lr_grids: dict[str, tuple[float, ...]]  # ascending; ties go to the smaller learning rate
-    select_on: dict[str, str]  # dataset -> the dataset whose val split chooses its learning rates
     test_images: dict[str, Optional[int]]  # class-balanced test subset size; None: the whole test split
+    epoch_candidates: tuple[float, ...] = (4, 8, 16)
+    epoch_check_methods: tuple[str, ...] = ("gpt", "lora")
+    converged_points: float = 1.0
+    precision: str = "auto"  # the example's --precision for every run
+    precision_check: tuple[str, ...] = ()  # datasets where GPT is also run in fp32 on val (stage "precision")
+    # GPT's own knobs, tuned after its learning rate, one after the other (the first value is the default, which
+    # keeps ties): the example's --gate-init and --num-prompts
+    gpt_knobs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     eval_batch_size: int = 64
     num_workers: int = 0
     max_samples: Optional[int] = None  # --quick: train and evaluate on this many images only
@@ -75,17 +87,18 @@ def _grids(prompt: tuple, lora: tuple, full: tuple) -> dict[str, tuple[float, ..
 
 MODES = {
     "cpu": Settings(
-        image_size=56,
-        epochs=3,
+        image_size=98,
+        epochs=None,
         batch_size=16,
         num_prompts=10,
         head_lr=1e-2,  # the example's default, chosen by benchmarks/example_defaults_sweep.py
-        seeds=(0, 1),
+        seeds=(0, 1, 2),
         sweep_seeds=(0,),
-        sweep_blocks=tuple(range(1, DEPTH + 1)),
-        lr_grids=_grids((1e-2, 3e-2), (1e-3, 3e-3), (3e-5, 1e-4)),
-        select_on={"eurosat": "eurosat", "cifar10": "eurosat"},
+        sweep_blocks=(1, 3, 5, 7, 9, 11),
+        lr_grids=_grids((3e-3, 1e-2, 3e-2), (3e-4, 1e-3, 3e-3), (1e-5, 3e-5, 1e-4)),
         test_images={"eurosat": BUNDLED_TEST, "cifar10": 1000},
+        precision_check=("eurosat",),
+        gpt_knobs={"gate_init": (5.0, 3.0, 1.0), "num_prompts": (10, 5, 20)},
     ),
     "gpu": Settings(
         image_size=224,
@@ -97,8 +110,8 @@ MODES = {
         sweep_seeds=(0, 1, 2),
         sweep_blocks=tuple(range(1, DEPTH + 1)),
         lr_grids=_grids((3e-3, 1e-2, 3e-2), (3e-4, 1e-3, 3e-3), (1e-5, 3e-5, 1e-4)),
-        select_on={d: d for d in DATASETS},
         test_images=dict.fromkeys(DATASETS),
+        gpt_knobs={"gate_init": (5.0, 3.0, 1.0), "num_prompts": (10, 5, 20)},
         eval_batch_size=256,
         num_workers=8,  # JPEG decoding and resizing must keep up with the GPU
     ),
@@ -110,7 +123,11 @@ def quick(settings: Settings) -> Settings:
     return dataclasses.replace(
         settings,
         image_size=28,
-        epochs=1,
+        epochs=None,
+        epoch_candidates=(1,),
+        epoch_check_methods=("gpt",),
+        precision_check=("eurosat",),
+        gpt_knobs={"gate_init": (5.0, 1.0)},
         batch_size=8,
         seeds=(0,),
         sweep_seeds=(0,),

@@ -16,28 +16,42 @@ from typing import Any, Optional
 import _runs  # benchmarks/_runs.py
 
 from .plan import Plan, Spec
-from .protocol import ABLATIONS, BASELINES, DATASETS, LABELS, THE, TITLES, Settings
+from .protocol import ABLATIONS, BASELINES, DATASETS, LABELS, STAGES, THE, TITLES, Settings
 
 
 def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[str, Any]:
     s = plan.settings
     runs: list[dict[str, Any]] = []
-    chosen: dict[str, Any] = {}
-    for dataset in dict.fromkeys(s.select_on.values()):
-        runs += [record_of("selection", spec, plan.results(spec)) for spec in plan.selection(dataset)]
-        chosen[dataset] = plan.choose(dataset)
+    checks: dict[str, Any] = {}
     planned_pending: dict[str, int] = {}
     for dataset in DATASETS:
-        lrs = chosen[s.select_on[dataset]]
-        if lrs is None:  # selection not finished: the final runs' learning rates are not known yet
-            placeholder = {m: s.lr_grids[m][0] for m in s.methods}
-            planned_pending[dataset] = len({spec for _, spec in plan.final(dataset, placeholder)})
-            continue
-        seen = set()
-        for stage, spec in plan.final(dataset, {m: c["lr"] for m, c in lrs.items()}):
-            if spec not in seen:  # sweep k = 1 is main's VPT-shallow run
-                seen.add(spec)
-                runs.append(record_of(stage, spec, plan.results(spec)))
+        rows, epochs, _ = plan.epoch_check(dataset)
+        chosen, selection = plan.selection(dataset, epochs) if epochs is not None else (None, [])
+        precision = []
+        for spec, fp32 in plan.precision_runs(dataset):
+            found = plan.results(spec), plan.results(fp32)
+            precision.append(
+                {
+                    "seed": spec.seed,
+                    **{
+                        key: None if r is None else {"accuracy": r["accuracy"], "train_s": r["timings_s"]["train_s"]}
+                        for key, r in zip(("default", "fp32"), found, strict=True)
+                    },
+                    "default_precision": None if found[0] is None else found[0].get("precision"),
+                }
+            )
+        checks[dataset] = {
+            "epoch_check": rows,
+            "epochs": epochs,
+            "chosen": chosen,
+            "selection": [spec.name for spec in selection],
+            "precision": precision,
+        }
+        for stage, spec in plan.runs(dataset, STAGES):
+            runs.append(record_of(stage, spec, plan.results(spec)))
+        if chosen is None:  # the final runs' settings are not known yet: count them with placeholders
+            placeholder = {m: {"lr": s.lr_grids[m][0]} for m in s.methods}
+            planned_pending[dataset] = len({spec for _, spec in plan.final(dataset, 0, placeholder)})
     commands = []
     if command_log.is_file():
         for line in command_log.read_text().splitlines():
@@ -66,7 +80,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
             "run_dates": sorted({r["date"] for r in done if r.get("date")}),
         },
         "progress": {"done": len(done), "known": len(runs), "pending_unknown_lr": planned_pending},
-        "chosen_lrs": chosen,
+        "checks": checks,
         "summary": summary,
         "findings": findings(summary),
         "runs": runs,
@@ -76,6 +90,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
 def record_of(stage: str, spec: Spec, results: Optional[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "stage": stage,
+        "name": spec.name,
         **dataclasses.asdict(spec),
         "k": spec.layers + 1,
         "done": results is not None,
@@ -95,6 +110,7 @@ def record_of(stage: str, spec: Spec, results: Optional[dict[str, Any]]) -> dict
         train_loss=results["train_loss"],
         steps=results["steps"],
         train_s=results["timings_s"]["train_s"],
+        precision_used=results.get("precision"),
         wall_s=results["wall_time_s"],
         run_s=harness.get("run_s"),
         cpu_s=harness.get("cpu_s"),
