@@ -128,6 +128,10 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         lines.append("")
     lines += ["## Where GPT and CDC lose", ""]
     lines += [f"- {f}" for f in record["findings"]] or ["- Nothing to compare yet."]
+    lines += ["", "## Prompt methods against LoRA and full fine-tuning", ""]
+    lines += [f"- {f}" for f in record["versus"]] or ["- Nothing to compare yet."]
+    lines += ["", "## What to pick, for which goal (read off the tables above)", ""]
+    lines += [f"- {f}" for f in record["guide"]] or ["- Nothing to compare yet."]
     tests = sorted({t["num_test"] for t in summary.values() if t["num_test"]})
     if tests:
         lines += [
@@ -168,6 +172,8 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         "",
         f"![accuracy vs insertion block]({sweep_png})",
         "",
+        *[f"- {f}" for f in record["sweep_reading"]],
+        *([""] if record["sweep_reading"] else []),
     ]
     if summary:
         lines += [

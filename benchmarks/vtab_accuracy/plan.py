@@ -198,7 +198,9 @@ class Plan:
 
         stages = [("main", spec(m, seed)) for seed in s.seeds for m in s.methods]
         stages += [("ablations", spec("cdc", seed, ablation=a)) for seed in s.seeds for a in s.ablations]
-        stages += [("sweep", spec("vpt-shallow", seed, layers=k - 1)) for seed in s.sweep_seeds for k in s.sweep_blocks]
+        if "vpt-shallow" in chosen:  # the sweep moves VPT-shallow's prompts
+            sweep = [spec("vpt-shallow", seed, layers=k - 1) for seed in s.sweep_seeds for k in s.sweep_blocks]
+            stages += [("sweep", run) for run in sweep]
         return stages
 
     def runs(self, dataset: str, stages) -> list[tuple[str, Spec]]:

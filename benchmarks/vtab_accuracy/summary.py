@@ -83,6 +83,9 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
         "checks": checks,
         "summary": summary,
         "findings": findings(summary),
+        "versus": versus(summary),
+        "guide": guide(summary),
+        "sweep_reading": sweep_reading(summary),
         "runs": runs,
     }
 
@@ -216,6 +219,88 @@ def findings(summary: dict[str, Any]) -> list[str]:
                     f"{ABLATIONS[name][1]} scores above full CDC on {title} by {100 * (s['mean'] - cdc):.1f} points "
                     f"({_versus(s, main['cdc'])})."
                 )
+    return lines
+
+
+PROMPTS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
+REFERENCES = ("lora", "full")
+
+
+def versus(summary: dict[str, Any]) -> list[str]:
+    """Each prompt method against LoRA and full fine-tuning, per dataset: the gap in points, with both spreads, and
+    whether it exceeds the larger seed-to-seed std."""
+    lines = []
+    for dataset, tables in summary.items():
+        main = tables["main"]
+        for ours in PROMPTS:
+            for ref in REFERENCES:
+                a, b = main.get(ours), main.get(ref)
+                if not a or not b or a["mean"] is None or b["mean"] is None:
+                    continue
+                gap = 100 * (a["mean"] - b["mean"])
+                stds = [x for x in (a["std"], b["std"]) if x is not None]
+                within = bool(stds) and abs(gap) <= 100 * max(stds)
+                word = "above" if gap > 0 else "below" if gap < 0 else "level with"
+                lines.append(
+                    f"{TITLES[dataset]}: {LABELS[ours]} is {word} {LABELS[ref]} by {abs(gap):.1f} points "
+                    f"({_versus(a, b)})"
+                    + (" — within one seed-to-seed std, so not a clear difference." if within else ".")
+                )
+    return lines
+
+
+def guide(summary: dict[str, Any]) -> list[str]:
+    """Which method to pick for which goal, read off the tables: per dataset the most accurate method, the fewest
+    trainable parameters, the smallest adapter, the fastest training; and for serving many tasks on one backbone,
+    the smallest adapter among the methods within one std of the most accurate."""
+    lines = []
+    for dataset, tables in summary.items():
+        main = {m: r for m, r in tables["main"].items() if r["mean"] is not None and m != "linear-probe"}
+        if not main:
+            continue
+        title = TITLES[dataset]
+        best = max(main, key=lambda m: main[m]["mean"])
+        lines.append(f"{title}, accuracy: {LABELS[best]} ({mean_std(main[best], False)}).")
+        for key, what, unit in (
+            ("trainable_parameters", "fewest trainable parameters", "parameters"),
+            ("adapter_bytes", "smallest adapter on disk", "bytes"),
+            ("train_s", "fastest training", "s per run"),
+        ):
+            have = {m: r[key] for m, r in main.items() if r.get(key)}
+            if have:
+                pick = min(have, key=have.get)
+                lines.append(
+                    f"{title}, {what}: {LABELS[pick]} ({have[pick]:,.0f} {unit}; {LABELS[best]}: "
+                    f"{main[best].get(key) or 0:,.0f}); accuracy {mean_std(main[pick], False)}."
+                )
+        spread = 100 * (main[best]["std"] or 0.0)
+        close = [
+            m for m in main if 100 * (main[best]["mean"] - main[m]["mean"]) <= spread and main[m].get("adapter_bytes")
+        ]
+        if close:
+            pick = min(close, key=lambda m: main[m]["adapter_bytes"])
+            lines.append(
+                f"{title}, many tasks on one frozen backbone: {LABELS[pick]}, the smallest adapter "
+                f"({main[pick]['adapter_bytes']:,} bytes) within one std of the most accurate "
+                f"({mean_std(main[pick], False)})."
+            )
+    return lines
+
+
+def sweep_reading(summary: dict[str, Any]) -> list[str]:
+    """What the insertion sweep shows, per dataset: the best block, and the first against the last block."""
+    lines = []
+    for dataset, tables in summary.items():
+        sweep = {int(k): r for k, r in tables["sweep"].items() if r["mean"] is not None}
+        if len(sweep) < 2:
+            continue
+        best = max(sweep, key=lambda k: sweep[k]["mean"])
+        first, last = min(sweep), max(sweep)
+        lines.append(
+            f"{TITLES[dataset]}: VPT-shallow is most accurate with the prompts inserted before block {best} "
+            f"({mean_std(sweep[best], False)}); block {first}: {mean_std(sweep[first], False)}, block {last}: "
+            f"{mean_std(sweep[last], False)} ({len(sweep)} of {len(tables['sweep'])} blocks run)."
+        )
     return lines
 
 

