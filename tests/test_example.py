@@ -316,7 +316,7 @@ def test_help_shows_every_options_default_and_what_none_means():
 
     proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
     help_text = " ".join(proc.stdout.split())
-    assert "--epochs EPOCHS Training epochs (may be fractional). (default: 4)" in help_text
+    assert "--epochs EPOCHS Training epochs (may be fractional). (default: 8)" in help_text
     assert "(default: None)" not in help_text
     assert "--precision {auto,bf16,fp16,fp32}" in help_text
 
