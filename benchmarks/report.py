@@ -18,7 +18,8 @@ import json
 import pathlib
 from typing import Any, Optional
 
-from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES  # benchmarks/vtab_accuracy: accuracy.py's code
+from vtab_accuracy.page import epochs_text  # benchmarks/vtab_accuracy: accuracy.py's code
+from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES
 from vtab_accuracy.summary import mean_std
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
@@ -41,7 +42,7 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
     s, progress, summary = record["settings"], record["progress"], record["summary"]
     planned = progress["known"] + sum(progress["pending_unknown_lr"].values())
     lines += [
-        f"Real DINOv2 ViT-S/14, {record['mode']} mode: {s['image_size']} px, {s['epochs']:g} epochs, batch "
+        f"Real DINOv2 ViT-S/14, {record['mode']} mode: {s['image_size']} px, {epochs_text(record)}, batch "
         f"{s['batch_size']}, seeds {', '.join(map(str, s['seeds']))}; learning rates chosen on the 200 val images, "
         f"then trained on all 1,000 training images and tested. {progress['done']} of {planned} runs done "
         f"({record['generated']}). Test accuracy %, mean ± std over seeds; details, the settings' shortfalls and "
@@ -69,6 +70,12 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if params is None else f'{params:,}'} |")
     lines += ["", "Where GPT and CDC lose (from the numbers above):", ""]
     lines += [f"- {f}" for f in record["findings"]] or ["- nothing to compare yet"]
+    lines += ["", "Each prompt method against LoRA and full fine-tuning:", ""]
+    lines += [f"- {f}" for f in record.get("versus", [])] or ["- nothing to compare yet"]
+    lines += ["", "What the insertion sweep shows:", ""]
+    lines += [f"- {f}" for f in record.get("sweep_reading", [])] or ["- not run yet"]
+    lines += ["", "What to pick, for which goal (read off the numbers above):", ""]
+    lines += [f"- {f}" for f in record.get("guide", [])] or ["- nothing to compare yet"]
     lines += [
         "",
         "![accuracy vs trainable parameters](benchmarks_accuracy.png)",
@@ -84,60 +91,141 @@ def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
     if record is None:
         return [*lines, "Not run yet: `python benchmarks/cost.py` writes docs/benchmarks_cost.json.", ""]
     try:
-        s = record["settings"]
-        lines += [
-            f"{s['machine']}, {s.get('date', 'date not recorded')}, {s['mode']} mode: {s['image_size']} px, "
-            f"batch {s['batch_size']}, 10 prompts, median of "
-            f"{s['rounds']} interleaved rounds. The floor is the frozen backbone's forward + input-gradient backward "
-            "on a sequence that already carries the prompt tokens. Targets: GPT training step ≤ "
-            f"{TRAIN_TARGETS['gpt']:.2f}x, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}x, inference ≤ {INFER_TARGET:.2f}x "
-            "(prompt methods). Details in [benchmarks_cost.md](benchmarks_cost.md).",
-            "",
-            "| backbone | method | training step / floor | target | inference / floor | target |",
-            "|---|---|---|---|---|---|",
-        ]
-        missed = []
-        for size, results in record["num_prompts_10"].items():
-            for method in COST_METHODS:
-                if method not in results:
-                    continue
-                r = results[method]
-                train, infer = r["train_ratio_to_floor"], r["infer_ratio_to_floor"]
-                cells = []
-                for value, target, what in (
-                    (train, TRAIN_TARGETS.get(method), "training"),
-                    (infer, INFER_TARGET if method in TRAIN_TARGETS else None, "inference"),
-                ):
-                    if target is None:
-                        cells += [f"{value:.3f}x", ""]
-                    elif value <= target:
-                        cells += [f"{value:.3f}x", f"≤ {target:.2f}x met"]
-                    else:
-                        cells += [f"**{value:.3f}x**", f"≤ {target:.2f}x **missed**"]
-                        missed.append(f"{LABELS.get(method, method)} {what} on {size} ({value:.3f}x > {target:.2f}x)")
-                label = "CDC without attentive reinforcement" if method == "cdc-no-ar" else LABELS.get(method, method)
-                lines.append(f"| {size} | {label} | " + " | ".join(cells) + " |")
-        lines += ["", f"Missed targets: {'; '.join(missed)}." if missed else "Every target is met at 10 prompts.", ""]
-        sweep_missed = [
-            f"{LABELS[method]} {what} {r[method][key]:.3f}x at {n} prompts"
-            for n, r in record.get("num_prompts_sweep", {}).items()
-            for method in ("gpt", "cdc")
-            for key, what, target in (
-                ("train_ratio_to_floor", "training", TRAIN_TARGETS[method]),
-                ("infer_ratio_to_floor", "inference", INFER_TARGET),
-            )
-            if method in r and r[method][key] > target
-        ]
-        if sweep_missed:
-            lines += [
-                "In the number-of-prompts sweep of ViT-S (fewer rounds, so noisier: compare its 10-prompt row with the "
-                f"table above) these ratios are above their targets: {'; '.join(sweep_missed)}.",
-                "",
-            ]
+        if "precisions" in record:  # one block per precision (fp32, bf16) and the epoch of the main job
+            lines += _cost_per_precision(record)
+        else:  # the first format: one precision, no epoch job
+            lines += _cost_first_format(record)
         lines += ["![cost](benchmarks_cost.png)", ""]
-    except (KeyError, TypeError, AttributeError) as error:
+    except (KeyError, TypeError, AttributeError, ValueError, StopIteration, ZeroDivisionError) as error:
         lines += [f"docs/benchmarks_cost.json has an unexpected structure ({error!r}); see benchmarks_cost.md.", ""]
     return lines
+
+
+FLOOR_TEXT = (
+    "The floor is the frozen backbone's forward + input-gradient backward on a sequence that already carries the "
+    f"prompt tokens. Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}x, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}x, "
+    f"inference ≤ {INFER_TARGET:.2f}x (prompt methods). Details in [benchmarks_cost.md](benchmarks_cost.md)."
+)
+
+
+def _ratio_cells(r: dict[str, Any], method: str) -> tuple[list[str], list[tuple[str, float, float]]]:
+    """The table cells of a method's training and inference ratios with their targets, and the (what, value, target)
+    of each missed target."""
+    cells, missed = [], []
+    for value, target, what in (
+        (r["train_ratio_to_floor"], TRAIN_TARGETS.get(method), "training"),
+        (r["infer_ratio_to_floor"], INFER_TARGET if method in TRAIN_TARGETS else None, "inference"),
+    ):
+        if target is None:
+            cells += [f"{value:.3f}x", ""]
+        elif value <= target:
+            cells += [f"{value:.3f}x", f"≤ {target:.2f}x met"]
+        else:
+            cells += [f"**{value:.3f}x**", f"≤ {target:.2f}x **missed**"]
+            missed.append((what, value, target))
+    return cells, missed
+
+
+def _method_label(method: str) -> str:
+    return "CDC without attentive reinforcement" if method == "cdc-no-ar" else LABELS.get(method, method)
+
+
+def _sweep_missed(sweep: dict[str, Any], suffix: str = "") -> list[str]:
+    return [
+        f"{LABELS[method]} {what} {r[method][key]:.3f}x at {n} prompts{suffix}"
+        for n, r in sweep.items()
+        for method in ("gpt", "cdc")
+        for key, what, target in (
+            ("train_ratio_to_floor", "training", TRAIN_TARGETS[method]),
+            ("infer_ratio_to_floor", "inference", INFER_TARGET),
+        )
+        if method in r and r[method][key] > target
+    ]
+
+
+def _sweep_note(sweep_missed: list[str], size: str = "ViT-S") -> list[str]:
+    if not sweep_missed:
+        return []
+    return [
+        f"In the number-of-prompts sweep of {size} (fewer rounds, so noisier: compare its 10-prompt row with the "
+        f"table above) these ratios are above their targets: {'; '.join(sweep_missed)}.",
+        "",
+    ]
+
+
+def _cost_first_format(record: dict[str, Any]) -> list[str]:
+    s = record["settings"]
+    lines = [
+        f"{s['machine']}, {s.get('date', 'date not recorded')}, {s['mode']} mode: {s['image_size']} px, "
+        f"batch {s['batch_size']}, 10 prompts, median of "
+        f"{s['rounds']} interleaved rounds. {FLOOR_TEXT}",
+        "",
+        "| backbone | method | training step / floor | target | inference / floor | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    missed = []
+    for size, results in record["num_prompts_10"].items():
+        for method in COST_METHODS:
+            if method not in results:
+                continue
+            cells, misses = _ratio_cells(results[method], method)
+            missed += [f"{LABELS.get(method, method)} {w} on {size} ({v:.3f}x > {t:.2f}x)" for w, v, t in misses]
+            lines.append(f"| {size} | {_method_label(method)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Missed targets: {'; '.join(missed)}." if missed else "Every target is met at 10 prompts.", ""]
+    return lines + _sweep_note(_sweep_missed(record.get("num_prompts_sweep", {})))
+
+
+def _cost_per_precision(record: dict[str, Any]) -> list[str]:
+    s, blocks = record["settings"], record["precisions"]
+    kernels = ", ".join(f"{p} {b['attn_implementation']}" for p, b in blocks.items())
+    lines = [
+        f"{s['machine']}, {s['date']}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, 10 prompts, "
+        f"median of {s['rounds']} interleaved rounds, in {' and '.join(blocks)} (bf16: autocast over fp32 weights; "
+        f"attention kernel {kernels}). {FLOOR_TEXT}",
+        "",
+    ]
+    if s.get("smoke"):
+        lines += ["**This record is a smoke test (tiny models, 1 round): its numbers measure nothing.**", ""]
+    lines += [
+        "| backbone | method | precision | training step / floor | target | inference / floor | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    missed = []
+    for size in next(iter(blocks.values()))["num_prompts_10"]:
+        for method in COST_METHODS:
+            for precision, block in blocks.items():
+                results = block["num_prompts_10"][size]
+                if method not in results:
+                    continue
+                cells, misses = _ratio_cells(results[method], method)
+                missed += [
+                    f"{LABELS.get(method, method)} {w} on {size} in {precision} ({v:.3f}x > {t:.2f}x)"
+                    for w, v, t in misses
+                ]
+                lines.append(f"| {size} | {_method_label(method)} | {precision} | " + " | ".join(cells) + " |")
+    lines += ["", f"Missed targets: {'; '.join(missed)}." if missed else "Every target is met at 10 prompts.", ""]
+    lines += _sweep_note(
+        [m for p, b in blocks.items() for m in _sweep_missed(b.get("num_prompts_sweep", {}), f" in {p}")],
+        next(iter(s["sizes"])),
+    )
+    job = s["epoch_job"]
+    both = "fp32" in blocks and "bf16" in blocks
+    lines += [
+        f"One epoch of the example's main job ({job['image_size']} px, batch {job['batch_size']}, "
+        f"{job['train_images']:,} training images = {job['steps_per_epoch']} steps, on DINOv2 ViT-S/14's shape): the "
+        f"median training step × {job['steps_per_epoch']} (forward + backward; no optimizer step, data loading or "
+        "evaluation).",
+        "",
+        "| method | " + " | ".join(blocks) + (" | bf16 speed-up |" if both else " |"),
+        "|---|" + "---|" * (len(blocks) + both),
+    ]
+    for method in next(iter(blocks.values()))["epoch"]:
+        times = [f"{b['epoch'][method]['epoch_s']:.1f} s" for b in blocks.values()]
+        if both:
+            fp32, bf16 = (blocks[p]["epoch"][method]["epoch_s"] for p in ("fp32", "bf16"))
+            times.append(f"{fp32 / bf16:.2f}x")
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(times) + " |")
+    return [*lines, ""]
 
 
 def render(accuracy: Optional[dict[str, Any]], cost: Optional[dict[str, Any]]) -> str:

@@ -41,6 +41,40 @@ def test_cost_page_is_rendered_from_its_record():
     assert (DOCS / "benchmarks_cost.md").read_text() == cost.render(record("benchmarks_cost.json"))
 
 
+def test_cost_smoke_run_measures_both_precisions_end_to_end(tmp_path):
+    """`cost.py --smoke` (tiny models, 1 round) writes a record with an fp32 and a bf16 block, each with every table,
+    computed with the example's attention rule (sdpa in fp32, eager in bf16 on a CPU); the page and the summary
+    section are rendered from it."""
+    out = cost.main(["--smoke", "--out", str(tmp_path / "cost")])
+    report_ = json.loads(out.with_suffix(".json").read_text())
+    assert report_["format"] == cost.FORMAT and report_["settings"]["smoke"]
+    assert report_["settings"]["precisions"] == ["fp32", "bf16"] == list(report_["precisions"])
+    job = report_["settings"]["epoch_job"]
+    assert job["steps_per_epoch"] == -(-job["train_images"] // job["batch_size"])
+    for precision, attention in (("fp32", "sdpa"), ("bf16", "eager")):
+        block = report_["precisions"][precision]
+        assert block["attn_implementation"] == attention
+        assert set(block) >= {"num_prompts_10", "num_prompts_sweep", "batch_size_sweep", "epoch"}
+        assert [list(t) for t in block["num_prompts_10"].values()] == [list(cost.MAIN_METHODS)]
+        assert list(block["epoch"]) == list(cost.EPOCH_METHODS)
+        for table in cost.block_tables(block):
+            for r in table.values():
+                assert r["attn_implementation"] == attention and r["train_step_s"] > 0 and r["activation_bytes"] > 0
+                assert (r["weight_copy_bytes"] > 0) == (precision == "bf16")  # autocast's bf16 copies of weights
+        for r in block["epoch"].values():
+            assert r["epoch_s"] == pytest.approx(r["train_step_s"] * job["steps_per_epoch"])
+    page = out.with_suffix(".md").read_text()
+    assert page == cost.render(report_) and "smoke test" in page and "## Time of one epoch of the main job" in page
+    assert out.with_suffix(".png").stat().st_size > 0
+    section = "\n".join(report.cost_section(report_))
+    assert "unexpected structure" not in section and "| bf16 |" in section and "bf16 speed-up" in section
+
+
+def test_cost_summary_falls_back_on_an_unexpected_record():
+    assert "unexpected structure" in "\n".join(report.cost_section({"settings": {}, "precisions": {}}))
+    assert "Not run yet" in "\n".join(report.cost_section(None))
+
+
 def test_mixed_batch_page_is_rendered_from_its_record():
     assert (DOCS / "mixed_batch.md").read_text() == mixed_batch.render(record("mixed_batch.json"))
 

@@ -61,7 +61,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         )
         + ".",
         f"- Training: {s['image_size']} px ({s['image_size'] // 14}x{s['image_size'] // 14} patches of 14), "
-        f"{_epochs(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`), "
+        f"{epochs_text(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`), "
         "AdamW with a cosine schedule and 10% warm-up, no "
         f"augmentation, {s['num_prompts']} prompts (prompt methods), classifier-head lr {s['head_lr']:g} (fixed: the "
         f"example's default), GPT's gate lr = 10 x its lr; evaluation batch {s['eval_batch_size']}.",
@@ -88,7 +88,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
     shortfalls = []
     if not gpu:
         shortfalls += [
-            f"{s['image_size']} px and {_epochs(record)} instead of the papers' 224 px and (VPT's) 100 epochs: "
+            f"{s['image_size']} px and {epochs_text(record)} instead of the papers' 224 px and (VPT's) 100 epochs: "
             "absolute accuracies are far below published VTAB-1k numbers",
             "class-balanced test subsets, not the full test splits",
             f"{len(s['seeds'])} seed{'s' * (len(s['seeds']) > 1)} and at most "
@@ -223,7 +223,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
     return "\n".join(lines)
 
 
-def _epochs(record: dict[str, Any]) -> str:
+def epochs_text(record: dict[str, Any]) -> str:
     s = record["settings"]
     if s["epochs"] is not None:
         return f"{s['epochs']:g} epochs"
