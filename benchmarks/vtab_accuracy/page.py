@@ -228,7 +228,7 @@ def epochs_text(record: dict[str, Any]) -> str:
     if s["epochs"] is not None:
         return f"{s['epochs']:g} epochs"
     chosen = [f"{TITLES[d]} {c['epochs']:g}" for d, c in record["checks"].items() if c["epochs"] is not None]
-    return "epochs chosen by the convergence check below (" + ("; ".join(chosen) or "not decided yet") + ")"
+    return "epochs chosen by the convergence check on val, benchmarks_accuracy.md (" + ("; ".join(chosen) or "not decided yet") + ")"
 
 
 def _checks(record: dict[str, Any]) -> list[str]:
