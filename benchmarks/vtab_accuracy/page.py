@@ -228,7 +228,8 @@ def epochs_text(record: dict[str, Any]) -> str:
     if s["epochs"] is not None:
         return f"{s['epochs']:g} epochs"
     chosen = [f"{TITLES[d]} {c['epochs']:g}" for d, c in record["checks"].items() if c["epochs"] is not None]
-    return "epochs chosen by the convergence check on val, benchmarks_accuracy.md (" + ("; ".join(chosen) or "not decided yet") + ")"
+    decided = "; ".join(chosen) or "not decided yet"
+    return f"epochs chosen by the convergence check on val, benchmarks_accuracy.md ({decided})"
 
 
 def _checks(record: dict[str, Any]) -> list[str]:
