@@ -51,9 +51,10 @@ sequence. With `output_attentions=True` (eager attention) the attention maps of 
 `[B, H, T + N_p, T + N_p]`: they include the prompt rows and columns, at positions
 `[prefix, prefix + N_p)`.
 
-Every family is tested on a tiny config (`tests/test_families.py`) with Gated Prompt Tuning and CDC: outputs change
-with the adapter and equal the base model's when it is disabled, hidden states and head outputs keep the base shapes,
-attention maps, save / load round trip, another image size, and the position of the prompts in the sequence.
+Every family is tested on a tiny config (`tests/test_families.py`; video and pose models in
+`tests/test_families_video_pose.py`) with Gated Prompt Tuning and CDC: outputs change with the adapter and equal the
+base model's when it is disabled, hidden states and head outputs keep the base shapes, attention maps, save / load
+round trip, another image size (images), and the position of the prompts in the sequence.
 
 Other ViTs (a transformers model type not listed here, or a plain `nn.Module`) can be described at run time with
 `gated_vpt.register_family`: see [custom_models.md](custom_models.md).

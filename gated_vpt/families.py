@@ -84,6 +84,28 @@ def _pad_relative_position_biases(encoder: nn.Module, num_prefix_tokens: int) ->
     return handles
 
 
+def _vjepa2_prompt_positions(
+    args: tuple, kwargs: dict, hidden_states: torch.Tensor, start: int, num_prompts: int
+) -> tuple[tuple, dict]:
+    """V-JEPA 2's rotary embedding reads each token's (frame, row, column) from its index in `position_mask`; the
+    encoder passes None, and the attention then numbers the tokens `0 .. T - 1` as they come. With prompts in the
+    sequence that would move every patch after them. So the block gets the index of the prompt-free sequence for
+    the patches and index 0, i.e. angle 0 in all three axes, the identity rotation, for the prompts: the patches
+    keep their positions and the prompts get none (as in DINOv3)."""
+    free_len = hidden_states.shape[1] - num_prompts
+    positional = len(args) > 0
+    positions = args[0] if positional else kwargs.get("position_mask")
+    if positions is None:
+        positions = torch.arange(free_len, device=hidden_states.device).expand(hidden_states.shape[0], free_len)
+    if not torch.is_tensor(positions) or positions.shape[-1] != free_len:
+        return args, kwargs
+    prompt_positions = positions.new_zeros((*positions.shape[:-1], num_prompts))
+    positions = torch.cat((positions[..., :start], prompt_positions, positions[..., start:]), dim=-1)
+    if positional:
+        return (positions, *args[1:]), kwargs
+    return args, {**kwargs, "position_mask": positions}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,11 +293,11 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         ),
     ),
     BackboneFamily(
-        name="Idefics3 vision transformer",
-        model_types=("idefics3_vision",),
+        name="Idefics2 / Idefics3 vision transformer",
+        model_types=("idefics2_vision", "idefics3_vision"),
         stack_paths=_CLIP_STACKS,
         num_prefix_tokens=_no_prefix,
-        example_classes=("Idefics3VisionTransformer",),
+        example_classes=("Idefics2VisionTransformer", "Idefics3VisionTransformer"),
         prefix_tokens_text="0 (no CLS)",
         cls_token_index=None,
         notes=(
@@ -289,14 +311,15 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         model_types=("siglip2_vision_model",),
         stack_paths=_CLIP_STACKS,
         num_prefix_tokens=_no_prefix,
-        example_classes=("Siglip2VisionModel",),
+        example_classes=("Siglip2VisionModel", "Siglip2Model"),
         prefix_tokens_text="0 (no CLS)",
         cls_token_index=None,
         notes=(
             "NaFlex: images are patch lists padded to a fixed length with `pixel_attention_mask`. The mask reaches "
             "the blocks as a boolean mask under SDPA (the default): every real patch attends the prompts and the "
             "prompts attend exactly the real patches, never the padding. Under eager attention the mask is additive "
-            "and the prompts attend the padding too. No CLS: CDC's AR is unavailable."
+            "and the prompts attend the padding too. No CLS: CDC's AR is unavailable. In `Siglip2Model` only the "
+            "vision tower is prompted."
         ),
     ),
     BackboneFamily(
@@ -310,6 +333,49 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         notes=(
             "No CLS: prompts go first; pooling is the host head's (attention-pooling head / mean). CDC's AR is "
             "unavailable. In `SiglipModel` only the vision tower is prompted."
+        ),
+    ),
+    BackboneFamily(
+        name="ViTPose backbone",
+        model_types=("vitpose_backbone",),
+        stack_paths=("encoder.layer",),
+        num_prefix_tokens=_no_prefix,
+        example_classes=("VitPoseBackbone", "VitPoseForPoseEstimation"),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        notes=(
+            "No CLS (the first position embedding is added to every patch): prompts go first. Feature maps and pose "
+            "heatmaps are computed from prompt-free hidden states; `dataset_index` reaches the mixture-of-experts "
+            "MLPs as is (prompts pass through each sample's expert). CDC's AR is unavailable."
+        ),
+    ),
+    BackboneFamily(
+        name="ViViT",
+        model_types=("vivit",),
+        stack_paths=_VIT_STACKS,
+        num_prefix_tokens=_one_cls,
+        patch_size=lambda config: config.tubelet_size[1],
+        example_classes=("VivitModel", "VivitForVideoClassification"),
+        prefix_only_heads=(("VivitForVideoClassification", _always),),
+        notes=(
+            "Video: tubelet tokens of all frames in one sequence after CLS; prompts go after CLS and are shared by "
+            "all frames. VPT's prompt init uses the tubelet's spatial size as the patch size."
+        ),
+    ),
+    BackboneFamily(
+        name="V-JEPA 2",
+        model_types=("vjepa2",),
+        stack_paths=("encoder.layer",),
+        num_prefix_tokens=_no_prefix,
+        example_classes=("VJEPA2Model", "VJEPA2ForVideoClassification"),
+        prefix_tokens_text="0 (no CLS)",
+        cls_token_index=None,
+        block_arguments=_vjepa2_prompt_positions,
+        notes=(
+            "Video, 3-D RoPE from each token's index: the prompted blocks get the patches' prompt-free indices and "
+            "index 0 (the identity rotation) for the prompts. Only the encoder is prompted: the predictor of "
+            "`VJEPA2Model` and the attentive pooler of the classifier get prompt-free tokens. No CLS: CDC's AR is "
+            "unavailable."
         ),
     ),
     *(

@@ -43,6 +43,11 @@ class BackboneFamily:
             the patch tokens of the final block could never learn (see `head_reads_only_prefix_tokens`).
         attention: Attribute and argument names of the family's attention (`gated_vpt.attention`): where GPT's
             temperature and CDC's attentive reinforcement hook in.
+        block_arguments: For block arguments that the block would otherwise derive from the length of its input
+            (V-JEPA 2 numbers its tokens for the rotary embedding when `position_mask` is None). Called by every
+            prompted block as `block_arguments(args, kwargs, hidden_states, start, num_prompts)` with the arguments
+            after the generic padding and `hidden_states` holding the prompt slots `[start, start + num_prompts)`;
+            returns `(args, kwargs)`. Must be stateless, like `encoder_hooks`.
         refusal: Set for families gated-vpt recognises but refuses: why prompts cannot be inserted faithfully (the
             error `find_prompt_site` raises, and the supported-models table's row, say so).
         notes: Remarks for the supported-models table.
@@ -61,6 +66,7 @@ class BackboneFamily:
     encoder_hooks: tuple[Callable[[nn.Module, int], list[RemovableHandle]], ...] = ()
     prefix_only_heads: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
     attention: AttentionLayout = DEFAULT_ATTENTION
+    block_arguments: Optional[Callable[[tuple, dict, Any, int, int], tuple[tuple, dict]]] = None
     refusal: str = ""
     notes: str = ""
 

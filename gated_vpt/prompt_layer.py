@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -88,6 +89,8 @@ class PromptBlock(nn.Module, BaseTunerLayer):
     """
 
     other_param_names = ("prompt_roles",)
+    # the family's `BackboneFamily.block_arguments`, set by the tuner when it wraps the block
+    block_arguments: Optional[Callable[[tuple, dict, torch.Tensor, int, int], tuple[tuple, dict]]] = None
 
     def __init__(self, base_layer: nn.Module, num_prefix_tokens: int, hidden_size: int, patch_size: int) -> None:
         nn.Module.__init__(self)
@@ -199,6 +202,8 @@ class PromptBlock(nn.Module, BaseTunerLayer):
         self._before_block(adapter, role)
         args = tuple(pad_for_prompts(a, free_len, start, num_prompts) for a in args)
         kwargs = {k: pad_for_prompts(v, free_len, start, num_prompts) for k, v in kwargs.items()}
+        if self.block_arguments is not None:
+            args, kwargs = self.block_arguments(args, kwargs, hidden_states, start, num_prompts)
         outputs = self.base_layer(hidden_states, *args, **kwargs)
 
         # transformers 5 ViT blocks return a tensor; some families (BEiT, Data2Vec) still return a tuple.

@@ -172,6 +172,7 @@ class PromptTuner(BaseTuner):
             target.update_layer(adapter_name, role)
             return
         wrapper = self._new_block(target, site)
+        wrapper.block_arguments = site.family.block_arguments
         wrapper.update_layer(adapter_name, role)
         self._replace_module(parent, target_name, wrapper, target)
 

@@ -29,6 +29,7 @@ from tiny_models import (
     HIDDEN,
     IMAGE_SIZE,
     NUM_LABELS,
+    OTHER_INPUT_BACKBONES,
     TINY_BACKBONES,
     TINY_FAMILY_FACTS,
     pixel_values,
@@ -87,8 +88,12 @@ def first_block(model: PeftModel) -> PromptBlock:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-# Families whose inputs the shared tests cannot build (NaFlex patch lists): tested by their own test instead.
-OWN_HARNESS = {"SigLIP2 vision tower (NaFlex)": "test_siglip2_naflex_prompts_attend_real_patches_only"}
+# Families whose inputs or outputs the shared tests cannot use, tested by their own tests instead: NaFlex patch lists
+# (below), and videos and pose heatmaps (the same checks in tests/test_families_video_pose.py).
+OWN_HARNESS = {
+    "SigLIP2 vision tower (NaFlex)": "test_siglip2_naflex_prompts_attend_real_patches_only",
+    **{case.family: "tests/test_families_video_pose.py" for case in OTHER_INPUT_BACKBONES.values()},
+}
 
 
 def test_every_registered_family_has_a_tiny_model():
@@ -186,6 +191,13 @@ EXTRA_CLASSES = {
     "MetaClip2Model": tiny_metaclip_2_model,
     "Aimv2Model": tiny_aimv2_model,
     "Siglip2VisionModel": lambda: _tiny_siglip2(),
+    "Siglip2Model": lambda: _tiny_siglip2_model(),
+    # built and prompted by tests/test_families_video_pose.py
+    **{
+        type(case.build(head=head)).__name__: (lambda case=case, head=head: case.build(head=head))
+        for case in OTHER_INPUT_BACKBONES.values()
+        for head in (True, False)
+    },
 }
 BACKBONE_CLASSES = {"Dinov2Backbone": "dinov2", "DINOv3ViTBackbone": "dinov3"}
 # the refused families' classes are built (and refused) by test_refused_families_say_why_and_are_left_untouched
@@ -751,3 +763,41 @@ def test_siglip2_naflex_prompts_attend_real_patches_only(method, tmp_path):
     reloaded = PeftModel.from_pretrained(_tiny_siglip2(), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).last_hidden_state, ours)
+
+
+def _tiny_siglip2_model():
+    """The full two-tower `Siglip2Model` (text tower of 2 blocks) with the NaFlex vision tower of `_tiny_siglip2`."""
+    from transformers import Siglip2Config, Siglip2Model
+
+    text = dict(vocab_size=99, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=HEADS)
+    vision = dict(
+        hidden_size=HIDDEN, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=64, patch_size=8
+    )
+    torch.manual_seed(0)
+    config = Siglip2Config(
+        text_config={**text, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+        vision_config={**vision, "num_patches": 16},
+    )
+    return Siglip2Model(config).eval()
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_siglip2_two_tower_model_prompts_the_vision_tower_only(method, tmp_path):
+    model, reference = wrap(_tiny_siglip2_model(), method)
+    assert sorted(prompt_blocks(model)) == [f"base_model.model.vision_model.encoder.layers.{i}" for i in range(DEPTH)]
+    inputs = {"input_ids": torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]]), **_naflex_batch()}
+    other = {k: v.clone() for k, v in inputs.items()}
+    other["pixel_values"][1, 12:] = torch.randn(4, 192) * 5  # what sits in the padding
+    with torch.no_grad():
+        ours, base, moved = model(**inputs), reference(**inputs), model(**other)
+        with model.disable_adapter():
+            off = model(**inputs)
+    assert ours.logits_per_image.shape == base.logits_per_image.shape == (2, 2)
+    assert torch.equal(ours.text_embeds, base.text_embeds)  # the text tower is untouched
+    assert not torch.allclose(ours.image_embeds, base.image_embeds)
+    assert torch.equal(off.logits_per_image, base.logits_per_image)
+    torch.testing.assert_close(moved.image_embeds, ours.image_embeds, rtol=1e-5, atol=1e-6)  # padding is never read
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(_tiny_siglip2_model(), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits_per_image, ours.logits_per_image)

@@ -339,6 +339,18 @@ def tiny_siglip_model(attn_implementation: Optional[str] = None) -> nn.Module:
     return _dual_tower(SiglipConfig, SiglipModel, True, attn_implementation)
 
 
+def _transformers_class(name: str) -> type:
+    """A class of transformers by its top-level name, or as `module:Class` for one not exported at the top."""
+    import importlib
+
+    import transformers
+
+    if ":" in name:
+        module, _, cls = name.partition(":")
+        return getattr(importlib.import_module(module), cls)
+    return getattr(transformers, name)
+
+
 def _vision_tower(
     vision_cls_name: str, config_cls_name: str, head_cls_name: Optional[str] = None, **overrides: Any
 ) -> Callable:
@@ -346,16 +358,14 @@ def _vision_tower(
     one, else a linear probe on the tower's CLS token (as for ViTMAE)."""
 
     def factory(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
-        import transformers
-
-        vision_cls, config_cls = getattr(transformers, vision_cls_name), getattr(transformers, config_cls_name)
+        vision_cls, config_cls = _transformers_class(vision_cls_name), _transformers_class(config_cls_name)
         config = config_cls(**{**_TOWER, **overrides}, num_labels=NUM_LABELS)
         if not head:
             return _instantiate(vision_cls, config, attn_implementation)
         if head_cls_name is not None:
-            return _instantiate(getattr(transformers, head_cls_name), config, attn_implementation)
+            return _instantiate(_transformers_class(head_cls_name), config, attn_implementation)
         pretrained = vision_cls.__mro__[1]
-        probe = _probe_class(pretrained, vision_cls, f"Tiny{vision_cls_name}ForImageClassification")
+        probe = _probe_class(pretrained, vision_cls, f"Tiny{vision_cls.__name__}ForImageClassification")
         return _instantiate(probe, config, attn_implementation)
 
     return factory
@@ -364,7 +374,13 @@ def _vision_tower(
 # Vision towers without a CLS token, built by the same factory (their probe reads the first token).
 NO_CLS_TOWERS = {
     "aimv2": ("Aimv2VisionModel", "Aimv2VisionConfig", None, "AIMv2 vision tower"),
-    "idefics3": ("Idefics3VisionTransformer", "Idefics3VisionConfig", None, "Idefics3 vision transformer"),
+    "idefics2": (
+        "transformers.models.idefics2.modeling_idefics2:Idefics2VisionTransformer",
+        "Idefics2VisionConfig",
+        None,
+        "Idefics2 / Idefics3 vision transformer",
+    ),
+    "idefics3": ("Idefics3VisionTransformer", "Idefics3VisionConfig", None, "Idefics2 / Idefics3 vision transformer"),
 }
 
 # The CLIP-architecture vision towers, each its own family in the registry (same test factory).
@@ -419,3 +435,100 @@ TINY_FAMILY_FACTS: dict[str, tuple[str, int]] = {
 def pixel_values(batch: int = 2, seed: int = 0, size: int = IMAGE_SIZE) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Families whose inputs or outputs are not the shared tests' images and hidden states
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OtherInputBackbone:
+    """A tiny model of a family the image harness above cannot drive: videos (ViViT, V-JEPA 2), or pose heatmaps
+    and feature maps with a per-sample expert index (ViTPose). `build(head, attn_implementation)` gives the task
+    model (`head=True`) or the bare encoder; `inputs(seed)` a batch of 2; `output(out, head)` the tensor a test
+    compares; `prefix` the prefix tokens before the prompts."""
+
+    def __init__(self, family: str, build: Callable, inputs: Callable, output: Callable, prefix: int = 0):
+        self.family, self.build, self.inputs, self.output, self.prefix = family, build, inputs, output, prefix
+
+
+def _vitpose(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
+    from transformers import VitPoseBackbone, VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+
+    backbone = dict(
+        image_size=[IMAGE_SIZE, IMAGE_SIZE],
+        patch_size=[PATCH_SIZE, PATCH_SIZE],
+        hidden_size=HIDDEN,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        mlp_ratio=2,
+        num_experts=2,  # the mixture-of-experts MLP: each sample goes through the expert of its `dataset_index`
+        part_features=8,
+        out_indices=[2, DEPTH],
+        initializer_range=0.2,
+    )
+    if head:
+        config = VitPoseConfig(backbone_config=VitPoseBackboneConfig(**backbone), initializer_range=0.2)
+        return _instantiate(VitPoseForPoseEstimation, config, attn_implementation)
+    return _instantiate(VitPoseBackbone, VitPoseBackboneConfig(**backbone), attn_implementation)
+
+
+def _vivit(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
+    from transformers import VivitConfig, VivitForVideoClassification, VivitModel
+
+    config = VivitConfig(
+        image_size=IMAGE_SIZE,
+        num_frames=4,
+        tubelet_size=[2, PATCH_SIZE, PATCH_SIZE],
+        hidden_size=HIDDEN,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=64,
+        num_labels=NUM_LABELS,
+    )
+    return _instantiate(VivitForVideoClassification if head else VivitModel, config, attn_implementation)
+
+
+def _vjepa2(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
+    from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Model
+
+    config = VJEPA2Config(
+        crop_size=IMAGE_SIZE,
+        frames_per_clip=4,
+        tubelet_size=2,
+        patch_size=PATCH_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        mlp_ratio=2,
+        pred_hidden_size=16,
+        pred_num_hidden_layers=1,
+        pred_num_attention_heads=2,
+        num_pooler_layers=1,
+        num_labels=NUM_LABELS,
+        initializer_range=0.2,
+    )
+    return _instantiate(VJEPA2ForVideoClassification if head else VJEPA2Model, config, attn_implementation)
+
+
+def _video(seed: int, key: str) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn(2, 4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)}
+
+
+def _encoder_output(out: Any, head: bool) -> torch.Tensor:
+    return out.logits if head else out.last_hidden_state
+
+
+OTHER_INPUT_BACKBONES: dict[str, OtherInputBackbone] = {
+    "vitpose": OtherInputBackbone(
+        "ViTPose backbone",
+        _vitpose,
+        lambda seed=0: {"pixel_values": pixel_values(seed=seed), "dataset_index": torch.tensor([0, 1])},
+        lambda out, head: out.heatmaps if head else out.feature_maps[-1],
+    ),
+    "vivit": OtherInputBackbone("ViViT", _vivit, lambda seed=0: _video(seed, "pixel_values"), _encoder_output, 1),
+    "vjepa2": OtherInputBackbone(
+        "V-JEPA 2", _vjepa2, lambda seed=0: _video(seed, "pixel_values_videos"), _encoder_output
+    ),
+}
