@@ -402,18 +402,29 @@ def test_vit_mae_pretraining_prompts_the_encoder_only(method):
     assert grads and all(g is not None for g in grads)
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [tiny_clip_model, tiny_siglip_model, tiny_metaclip_2_model, tiny_aimv2_model],
-    ids=["CLIPModel", "SiglipModel", "MetaClip2Model", "Aimv2Model"],
-)
-def test_two_tower_models_prompt_the_vision_tower_only(factory, method):
+def _images() -> dict[str, torch.Tensor]:
+    return {"pixel_values": pixel_values()}
+
+
+# model class -> (factory, image inputs); SigLIP2's are NaFlex patch lists (see _naflex_batch below)
+TWO_TOWER_MODELS = {
+    "CLIPModel": (tiny_clip_model, _images),
+    "SiglipModel": (tiny_siglip_model, _images),
+    "MetaClip2Model": (tiny_metaclip_2_model, _images),
+    "Aimv2Model": (tiny_aimv2_model, _images),
+    "Siglip2Model": (lambda: _tiny_siglip2_model(), lambda: _naflex_batch()),
+}
+
+
+@pytest.mark.parametrize("model_class", sorted(TWO_TOWER_MODELS))
+def test_two_tower_models_prompt_the_vision_tower_only(model_class, method):
+    factory, images = TWO_TOWER_MODELS[model_class]
     model, reference = wrap(factory(), method)
     wrapped = prompt_blocks(model)
     assert sorted(wrapped) == [f"base_model.model.vision_model.encoder.layers.{i}" for i in range(DEPTH)]
     text_layers = model.base_model.model.text_model.encoder.layers
     assert not any(isinstance(m, PromptBlock) for m in text_layers.modules())
-    inputs = dict(input_ids=torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]]), pixel_values=pixel_values())
+    inputs = {"input_ids": torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]]), **images()}
     with torch.no_grad():
         ours, base = model(**inputs), reference(**inputs)
         with model.disable_adapter():
@@ -782,21 +793,14 @@ def _tiny_siglip2_model():
 
 
 @pytest.mark.parametrize("method", ["gpt", "cdc"])
-def test_siglip2_two_tower_model_prompts_the_vision_tower_only(method, tmp_path):
-    model, reference = wrap(_tiny_siglip2_model(), method)
-    assert sorted(prompt_blocks(model)) == [f"base_model.model.vision_model.encoder.layers.{i}" for i in range(DEPTH)]
+def test_siglip2_two_tower_model_never_reads_the_padding_and_round_trips(method, tmp_path):
+    model, _ = wrap(_tiny_siglip2_model(), method)
     inputs = {"input_ids": torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]]), **_naflex_batch()}
     other = {k: v.clone() for k, v in inputs.items()}
     other["pixel_values"][1, 12:] = torch.randn(4, 192) * 5  # what sits in the padding
     with torch.no_grad():
-        ours, base, moved = model(**inputs), reference(**inputs), model(**other)
-        with model.disable_adapter():
-            off = model(**inputs)
-    assert ours.logits_per_image.shape == base.logits_per_image.shape == (2, 2)
-    assert torch.equal(ours.text_embeds, base.text_embeds)  # the text tower is untouched
-    assert not torch.allclose(ours.image_embeds, base.image_embeds)
-    assert torch.equal(off.logits_per_image, base.logits_per_image)
-    torch.testing.assert_close(moved.image_embeds, ours.image_embeds, rtol=1e-5, atol=1e-6)  # padding is never read
+        ours, moved = model(**inputs), model(**other)
+    torch.testing.assert_close(moved.image_embeds, ours.image_embeds, rtol=1e-5, atol=1e-6)
     model.save_pretrained(tmp_path)
     reloaded = PeftModel.from_pretrained(_tiny_siglip2_model(), tmp_path).eval()
     with torch.no_grad():
