@@ -2,25 +2,29 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """Accuracy of GPT and CDC against the usual baselines under the VTAB-1k protocol, on the real DINOv2 ViT-S/14.
 
-Protocol (issue #6, ../shared/data/README.md): per dataset, 1,000 class-balanced training images = 800 train + 200
-val. Learning rates are chosen by training on the 800 and measuring accuracy on the 200 (stage `selection`); then
-each method is trained on all 1,000 with its chosen learning rate and tested on the test images (stages `main`,
-`ablations`, `sweep`). Every run is one command line of examples/image_classification.py (the code path a user
-runs), in its own output directory.
+Protocol (issues #6, #17; ../shared/data/README.md): per dataset, 1,000 class-balanced training images = 800 train +
+200 val. Every choice is made on the dataset's own 200 val images (train on the 800, measure on the 200); then each
+method is trained on all 1,000 with what was chosen and tested on the test images. The stages
+(vtab_accuracy/plan.py):
 
+* epochs (cpu mode, where the settings leave them open): GPT and LoRA at the middle learning rate of their grids, for
+  E and 2E epochs over 3 seeds; E is the first of 4, 8, 16 where doubling moves both mean val accuracies by < 1 point
+  (if none does: 32, flagged on the page).
+* precision: GPT in fp32 against the same runs in bf16 (EuroSAT, cpu mode), on val.
+* selection: every method over 3 learning rates (seed 0); then GPT's own knobs at its chosen rate, one after the
+  other: gate_init (5, 3, 1), then the number of prompts (10, 5, 20).
 * main: linear probe (the example's L-BFGS logistic regression on frozen features, taken from the GPT run of each
-  seed), full fine-tuning, LoRA (r=8 on q, v), VPT-shallow, VPT-deep, GPT, CDC.
-* ablations of CDC: no attentive reinforcement; static aggregation; no cross-layer connections (AR kept).
-* sweep: VPT-shallow with the prompts inserted before block k = 1..12 (`--layers k-1`; k = 1 is VPT-shallow).
+  seed), full fine-tuning, LoRA (r=8 on q, v), VPT-shallow, VPT-deep, GPT, CDC; 3 seeds; test accuracy.
+* ablations of CDC (3 seeds): no attentive reinforcement; static aggregation; no cross-layer connections (AR kept).
+* sweep: VPT-shallow with the prompts inserted before block k (`--layers k-1`; k = 1 is VPT-shallow).
 
-Modes (the exact settings are MODES below, and are written into the report):
+Modes (the exact settings are MODES in vtab_accuracy/protocol.py, and are written into the report):
 
-* cpu: 56 px (4x4 patches), 3 epochs, batch 16, 10 prompts, seeds 0 and 1 (sweep: seed 0). Learning rates are
-  chosen on EuroSAT val only (seed 0) and reused for CIFAR-10. Test: the 1,000 bundled EuroSAT test images and
-  1,000 class-balanced CIFAR-10 test images. Sized for a 2-core CPU, one process per dataset side by side
-  (measured: the Run times table of docs/benchmarks_accuracy.md).
-* gpu: 224 px, 20 epochs, batch 64, seeds 0, 1, 2; learning rates chosen on each dataset's own val from 3 values;
-  the full test splits (EuroSAT 2,700, CIFAR-10 10,000). Meant for one GPU with --jobs 1.
+* cpu: 98 px, batch 16, 10 prompts, bf16 autocast where the CPU has it (the example's --precision auto), sweep
+  k = 1, 3, 5, 7, 9, 11 on seed 0. Test: the 1,000 bundled EuroSAT test images and 1,000 class-balanced CIFAR-10
+  test images. Several hours on a 2-core CPU: run it in sittings (it resumes, see below).
+* gpu: 224 px, 20 epochs, batch 64, sweep k = 1..12 on 3 seeds, the full test splits (EuroSAT 2,700, CIFAR-10
+  10,000). Meant for one GPU with --jobs 1.
 
 Data: EuroSAT in cpu mode is the subset bundled with the example (examples/data). Otherwise the subsets are sampled
 from ../shared/data/*.npz with the rule of examples/data/build_eurosat_subset.py (within each class, the lowest
@@ -34,8 +38,8 @@ exists is reused. Processes started with disjoint --datasets can run at the same
 apart (in cpu mode both need EuroSAT's selection runs: each process takes those not started yet and waits for those
 the other one is running).
 
-    python benchmarks/accuracy.py --mode cpu --datasets eurosat --jobs 1   # runs, then renders the docs
-    python benchmarks/accuracy.py --mode cpu --datasets cifar10 --jobs 1   # may run beside the one above
+    python benchmarks/accuracy.py --mode cpu --jobs 2                      # runs, then renders the docs
+    python benchmarks/accuracy.py --mode cpu --datasets cifar10 --jobs 1   # one dataset (may run beside another)
     python benchmarks/accuracy.py --mode cpu --report-only                 # renders the docs from the runs so far
     python benchmarks/accuracy.py --quick                                  # plumbing check; report in the work dir
 
