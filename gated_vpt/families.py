@@ -297,11 +297,13 @@ FAMILIES: tuple[BackboneFamily, ...] = (
         model_types=("idefics2_vision", "idefics3_vision"),
         stack_paths=_CLIP_STACKS,
         num_prefix_tokens=_no_prefix,
-        example_classes=("Idefics2VisionTransformer", "Idefics3VisionTransformer"),
+        example_classes=("Idefics2VisionTransformer", "Idefics3VisionTransformer", "Idefics3Model"),
         prefix_tokens_text="0 (no CLS)",
         cls_token_index=None,
         notes=(
-            "No CLS: prompts go first. With a `patch_attention_mask` (padded images) the mask reaches the blocks as a "
+            "No CLS: prompts go first. In the vision-language `Idefics3Model` only the vision transformer is "
+            "prompted; the connector and the text model get its prompt-free output. With a `patch_attention_mask` "
+            "(padded images) the mask reaches the blocks as a "
             "boolean mask under SDPA, and prompts attend exactly the real patches; under eager attention it is "
             "additive and prompts attend every position."
         ),

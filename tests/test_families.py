@@ -192,6 +192,7 @@ EXTRA_CLASSES = {
     "Aimv2Model": tiny_aimv2_model,
     "Siglip2VisionModel": lambda: _tiny_siglip2(),
     "Siglip2Model": lambda: _tiny_siglip2_model(),
+    "Idefics3Model": lambda: _tiny_idefics3_model(),
     # built and prompted by tests/test_families_video_pose.py
     **{
         type(case.build(head=head)).__name__: (lambda case=case, head=head: case.build(head=head))
@@ -805,3 +806,48 @@ def test_siglip2_two_tower_model_never_reads_the_padding_and_round_trips(method,
     reloaded = PeftModel.from_pretrained(_tiny_siglip2_model(), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits_per_image, ours.logits_per_image)
+
+
+def _tiny_idefics3_model():
+    """The vision-language `Idefics3Model`: its vision transformer (2 blocks), the pixel-shuffle connector, and a
+    2-block Llama text model; one 32 px image becomes 4 image tokens of the text sequence."""
+    from transformers import Idefics3Config, Idefics3Model
+
+    vision = dict(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=64)
+    text = dict(
+        model_type="llama",
+        vocab_size=128,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        pad_token_id=0,
+    )
+    config = Idefics3Config(
+        vision_config={**vision, "image_size": IMAGE_SIZE, "patch_size": 8},
+        text_config=text,
+        scale_factor=2,
+        image_token_id=100,
+    )
+    torch.manual_seed(0)
+    return Idefics3Model(config).eval()
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc"])
+def test_a_vision_language_model_gets_prompts_in_its_vision_transformer_only(method, tmp_path):
+    model, reference = wrap(_tiny_idefics3_model(), method)
+    assert sorted(prompt_blocks(model)) == [f"base_model.model.vision_model.encoder.layers.{i}" for i in range(2)]
+    image_tokens = (IMAGE_SIZE // 8) ** 2 // 4  # the connector's pixel shuffle merges 2 x 2 patches
+    inputs = {"input_ids": torch.tensor([[1, 2, *[100] * image_tokens, 3, 4]]), "pixel_values": pixel_values(1)[None]}
+    with torch.no_grad():
+        ours, base = model(**inputs).last_hidden_state, reference(**inputs).last_hidden_state
+        with model.disable_adapter():
+            assert torch.equal(model(**inputs).last_hidden_state, base)
+    assert ours.shape == base.shape == (1, 4 + image_tokens, HIDDEN)
+    assert not torch.allclose(ours, base)
+    torch.testing.assert_close(ours[:, :2], base[:, :2])  # text before the image: causal, so untouched
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(_tiny_idefics3_model(), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).last_hidden_state, ours)
