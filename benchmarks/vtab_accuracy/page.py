@@ -229,7 +229,7 @@ def epochs_text(record: dict[str, Any]) -> str:
         return f"{s['epochs']:g} epochs"
     chosen = [f"{TITLES[d]} {c['epochs']:g}" for d, c in record["checks"].items() if c["epochs"] is not None]
     decided = "; ".join(chosen) or "not decided yet"
-    return f"epochs chosen by the convergence check on val, benchmarks_accuracy.md ({decided})"
+    return f"epochs chosen per dataset by the convergence check on val ({decided}; see *Epochs* below)"
 
 
 def _checks(record: dict[str, Any]) -> list[str]:
