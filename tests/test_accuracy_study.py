@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from vtab_accuracy import summary as study_summary  # noqa: E402
 from vtab_accuracy.plan import Plan, Spec  # noqa: E402
 from vtab_accuracy.protocol import MODES, STAGES  # noqa: E402
+from vtab_accuracy.sampling import data_name  # noqa: E402
 
 
 def small_settings():
@@ -116,6 +117,24 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     default = plan.argv(Spec("eurosat", "val", "lora", 1e-3, 0, 4), probe=True)
     assert "--gate-init" not in default and default[default.index("--precision") + 1] == "auto"
     assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
+
+
+def test_the_gpu_mode_starts_with_the_selection_at_its_fixed_epochs(tmp_path):
+    # gpu mode fixes the epochs (20) and checks no precision: its first runs are the selection, every method over its
+    # 3 learning rates on seed 0, at 224 px with the GPU batch size
+    gpu = MODES["gpu"]
+    data = tmp_path / "data"
+    plan = Plan("gpu", gpu, "/m/backbone", tmp_path / "work", data, "/s", tmp_path / "results")
+    assert plan.epoch_check("eurosat") == ([], 20, []) and plan.precision_runs("eurosat") == []
+    first = todo(plan)
+    assert {(s.split, s.epochs, s.seed, s.precision) for s in first} == {("val", 20, 0, "")}
+    assert sorted((s.method, s.lr) for s in first) == sorted(
+        (method, lr) for method in gpu.methods for lr in gpu.lr_grids[method]
+    )
+    (data / data_name("eurosat", None)).mkdir(parents=True)  # the sampled image folders (built once, from ../shared)
+    argv = plan.argv(first[0], probe=False)
+    pairs = dict(zip(argv[::2], argv[1::2], strict=False))
+    assert pairs["--image-size"] == "224" and pairs["--batch-size"] == "64" and pairs["--num-workers"] == "8"
 
 
 def stats(*values):
