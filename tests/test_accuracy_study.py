@@ -66,6 +66,8 @@ def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_
     rows = plan.epoch_check("eurosat")[0]
     assert [row["converged"] for row in rows] == [False, False]
     assert rows[0]["methods"]["gpt"]["change_points"] == pytest.approx(3.0)
+    assert rows[0]["methods"]["gpt"]["per_seed_doubled"] == pytest.approx([0.83, 0.83])  # what the page shows beside the means
+    assert rows[0]["methods"]["gpt"]["change_se_points"] == pytest.approx(0.0)  # no spread between the seeds
 
     # selection at 16 epochs: every lr of each grid on seed 0, then GPT's gate_init at its chosen lr
     selection = todo(plan)
@@ -103,6 +105,12 @@ def test_the_converged_epochs_are_the_first_candidate_where_doubling_moves_every
         finish(plan, spec, 0.85 + (0.009 if spec.epochs == 8 else 0.0))
     rows, epochs, needed = plan.epoch_check("eurosat")
     assert epochs == 4 and needed == [] and rows[0]["converged"]
+    # the standard error of the change: sqrt(var(E) / n + var(2E) / n) over the seeds, in points
+    spread = make_plan(tmp_path / "spread")  # its own results: none of the runs above
+    for spec in todo(spread):
+        finish(spread, spec, 0.80 + 0.02 * spec.seed + (0.01 if spec.epochs == 8 else 0.0))
+    se = spread.epoch_check("eurosat")[0][0]["methods"]["lora"]["change_se_points"]
+    assert se == pytest.approx(100 * (2 * 0.02**2 / 2 / 2) ** 0.5)
 
 
 def test_the_argv_carries_each_knob_to_the_example(tmp_path):

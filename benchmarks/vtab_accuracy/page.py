@@ -223,6 +223,10 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
     return "\n".join(lines)
 
 
+def _with_seeds(mean: float, per_seed: Optional[list[float]]) -> str:
+    return pts(mean) if not per_seed else f"{pts(mean)} ({', '.join(pts(a) for a in per_seed)})"
+
+
 def epochs_text(record: dict[str, Any]) -> str:
     s = record["settings"]
     if s["epochs"] is not None:
@@ -244,17 +248,22 @@ def _checks(record: dict[str, Any]) -> list[str]:
             "",
             f"For each candidate E, {' and '.join(LABELS[m] for m in s['epoch_check_methods'])}, each at the middle "
             f"learning rate of its grid, are trained for E and 2E epochs; the study uses the first E where doubling "
-            f"moves each method's mean val accuracy by less than {s['converged_points']:g} point.",
+            f"moves each method's mean val accuracy by less than {s['converged_points']:g} point. Per-seed values "
+            "in brackets; s.e. is the standard error of the change from the seeds' spread (one val image is 0.5 "
+            "point), i.e. how much of a change the seeds alone would explain.",
             "",
-            "| dataset | E | method | lr | val % at E | val % at 2E | change (points) | converged |",
-            "|---|---|---|---|---|---|---|---|",
+            "| dataset | E | method | lr | val % at E | val % at 2E | change (points) | s.e. (points) | converged |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for dataset, check in record["checks"].items():
             for row in check["epoch_check"]:
                 for method, r in row["methods"].items():
+                    se = r.get("change_se_points")
                     lines.append(
                         f"| {TITLES[dataset]} | {row['epochs']:g} | {LABELS[method]} | {r['lr']:g} | "
-                        f"{pts(r['accuracy'])} | {pts(r['accuracy_doubled'])} | {r['change_points']:+.1f} | "
+                        f"{_with_seeds(r['accuracy'], r.get('per_seed'))} | "
+                        f"{_with_seeds(r['accuracy_doubled'], r.get('per_seed_doubled'))} | "
+                        f"{r['change_points']:+.1f} | {'' if se is None else f'{se:.1f}'} | "
                         f"{'**yes**' if row.get('converged') else ('no' if 'converged' in row else 'pending')} |"
                     )
     precision = {d: c["precision"] for d, c in record["checks"].items() if c["precision"]}

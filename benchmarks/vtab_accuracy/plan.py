@@ -63,6 +63,12 @@ class Spec:
         )
 
 
+def _se_of_difference(a: list[float], b: list[float]) -> Optional[float]:
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+
+
 def _middle(grid: tuple[float, ...]) -> float:
     return grid[len(grid) // 2]
 
@@ -136,6 +142,10 @@ class Plan:
                         "accuracy": means[epochs],
                         "accuracy_doubled": means[2 * epochs],
                         "change_points": 100 * (means[2 * epochs] - means[epochs]),
+                        "per_seed": found[epochs],
+                        "per_seed_doubled": found[2 * epochs],
+                        # the standard error of the change of two means over the seeds: how much of it is noise
+                        "change_se_points": 100 * _se_of_difference(found[epochs], found[2 * epochs]),
                     }
             rows.append(row)
             if needed:
