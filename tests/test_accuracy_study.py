@@ -66,7 +66,8 @@ def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_
     rows = plan.epoch_check("eurosat")[0]
     assert [row["converged"] for row in rows] == [False, False]
     assert rows[0]["methods"]["gpt"]["change_points"] == pytest.approx(3.0)
-    assert rows[0]["methods"]["gpt"]["per_seed_doubled"] == pytest.approx([0.83, 0.83])  # what the page shows beside the means
+    # what the page shows beside the means
+    assert rows[0]["methods"]["gpt"]["per_seed_doubled"] == pytest.approx([0.83, 0.83])
     assert rows[0]["methods"]["gpt"]["change_se_points"] == pytest.approx(0.0)  # no spread between the seeds
 
     # selection at 16 epochs: every lr of each grid on seed 0, then GPT's gate_init at its chosen lr

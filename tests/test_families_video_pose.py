@@ -33,6 +33,11 @@ def wrap(family_id: str, method: str, head: bool = True, attn_implementation=Non
     return get_peft_model(base, config).eval(), reference
 
 
+def tensors(value) -> tuple[torch.Tensor, ...]:
+    """The tensors of one output field: a tensor, or a tuple of them (ViTPose's feature maps)."""
+    return tuple(v for v in (value if isinstance(value, tuple) else (value,)) if torch.is_tensor(v))
+
+
 def blocks(model) -> list[PromptBlock]:
     return [m for m in model.modules() if isinstance(m, PromptBlock)]
 
@@ -57,13 +62,11 @@ def test_outputs_change_with_the_adapter_and_equal_the_base_when_disabled(family
         with model.disable_adapter():
             off = model(**inputs)
     compared = 0
-    for key, value in base.items():  # tensors, and tuples of them (ViTPose's feature maps)
-        for i, tensor in enumerate(value if isinstance(value, tuple) else (value,)):
-            if torch.is_tensor(tensor):
-                mine, disabled = (ours[key], off[key]) if torch.is_tensor(value) else (ours[key][i], off[key][i])
-                assert mine.shape == tensor.shape, key
-                assert torch.equal(disabled, tensor), key
-                compared += 1
+    for key, value in base.items():
+        for theirs, mine, disabled in zip(tensors(value), tensors(ours[key]), tensors(off[key]), strict=True):
+            assert mine.shape == theirs.shape, key
+            assert torch.equal(disabled, theirs), key
+            compared += 1
     assert compared
     assert not torch.allclose(case.output(ours, head), case.output(base, head))
     assert len(blocks(model)) == DEPTH

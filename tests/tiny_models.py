@@ -16,6 +16,7 @@ identity-order `noise` (a forward pre-hook, only when the caller passes none) so
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -442,14 +443,18 @@ def pixel_values(batch: int = 2, seed: int = 0, size: int = IMAGE_SIZE) -> torch
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
 class OtherInputBackbone:
     """A tiny model of a family the image harness above cannot drive: videos (ViViT, V-JEPA 2), or pose heatmaps
     and feature maps with a per-sample expert index (ViTPose). `build(head, attn_implementation)` gives the task
     model (`head=True`) or the bare encoder; `inputs(seed)` a batch of 2; `output(out, head)` the tensor a test
     compares; `prefix` the prefix tokens before the prompts."""
 
-    def __init__(self, family: str, build: Callable, inputs: Callable, output: Callable, prefix: int = 0):
-        self.family, self.build, self.inputs, self.output, self.prefix = family, build, inputs, output, prefix
+    family: str
+    build: Callable[..., nn.Module]
+    inputs: Callable[..., dict[str, torch.Tensor]]
+    output: Callable[[Any, bool], torch.Tensor]
+    prefix: int = 0
 
 
 def _vitpose(head: bool = True, attn_implementation: Optional[str] = None) -> nn.Module:
