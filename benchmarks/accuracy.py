@@ -38,6 +38,10 @@ exists is reused. Processes started with disjoint --datasets can run at the same
 apart (in cpu mode both need EuroSAT's selection runs: each process takes those not started yet and waits for those
 the other one is running).
 
+One precision per study: `--precision auto` resolves to bf16 on a CPU with AVX512-BF16 or AMX and to fp32 on one
+without, so a machine whose resolution differs from the precision the committed runs recorded refuses to add runs
+(the message says what to do); --report-only renders anywhere.
+
     python benchmarks/accuracy.py --mode cpu --jobs 2                      # runs, then renders the docs
     python benchmarks/accuracy.py --mode cpu --datasets cifar10 --jobs 1   # one dataset (may run beside another)
     python benchmarks/accuracy.py --mode cpu --report-only                 # renders the docs from the runs so far
@@ -84,6 +88,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data-dir", default=str(CACHE / "data"), help="Image folders of the sampled subsets.")
     parser.add_argument("--shared-data", default=str(SHARED_DATA), help="The developers' shared/data folder.")
     parser.add_argument("--out", default=None, help="Report path without suffix (default docs/benchmarks_accuracy).")
+    parser.add_argument(
+        "--results-dir",
+        default=None,
+        help="Where each finished run's results.json is kept (default benchmarks/results/accuracy-<mode>, committed).",
+    )
     args = parser.parse_args(argv)
 
     settings = quick(MODES[args.mode]) if args.quick else MODES[args.mode]
@@ -96,7 +105,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         model = str(default_cache_dir())
     else:
         model = args.model
-    results_dir = work / "results" if args.quick else RESULTS / f"accuracy-{args.mode}"
+    if args.results_dir:
+        results_dir = pathlib.Path(args.results_dir).expanduser()
+    else:
+        results_dir = work / "results" if args.quick else RESULTS / f"accuracy-{args.mode}"
     plan = Plan(args.mode, settings, model, work, args.data_dir, args.shared_data, results_dir)
     command_log = work / "commands.jsonl"
     shown = sys.argv[1:] if argv is None else argv
@@ -125,6 +137,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             image_folder(d, settings.test_images[d], plan.data_dir, plan.shared)
         if args.prepare_data:
             return 0
+        # "auto" is bf16 on one machine and fp32 on another: a study is continued only in the precision it began in
+        precision = _runs.example_module("precision")
+        conflict = plan.precision_conflict(
+            precision.resolve_precision(settings.precision, "cuda" if args.mode == "gpu" else "cpu")
+        )
+        if conflict:
+            raise SystemExit(conflict)
         if args.model is None:
             plan.model = _runs.default_backbone()
         work.mkdir(parents=True, exist_ok=True)

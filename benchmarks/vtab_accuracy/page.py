@@ -31,6 +31,18 @@ def write_report(plan: Plan, out: pathlib.Path, command_log: pathlib.Path, rende
     return record
 
 
+def precisions_text(record: dict[str, Any]) -> str:
+    """What `--precision` resolved to in the runs, e.g. '; every run so far ran in bf16'."""
+    used = record.get("precisions_used") or {}
+    if not used:
+        return ""
+    if len(used) == 1:
+        return f"; every run so far ran in {next(iter(used))}"
+    return (
+        "; **the runs so far are split between precisions: " + ", ".join(f"{n} in {p}" for p, n in used.items()) + "**"
+    )
+
+
 def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
     s, m, summary = record["settings"], record["machine"], record["summary"]
     gpu = record["mode"] == "gpu"
@@ -61,7 +73,8 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         )
         + ".",
         f"- Training: {s['image_size']} px ({s['image_size'] // 14}x{s['image_size'] // 14} patches of 14), "
-        f"{epochs_text(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`), "
+        f"{epochs_text(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`"
+        f"{precisions_text(record)}), "
         "AdamW with a cosine schedule and 10% warm-up, no "
         f"augmentation, {s['num_prompts']} prompts (prompt methods), classifier-head lr {s['head_lr']:g} (fixed: the "
         f"example's default), GPT's gate lr = 10 x its lr; evaluation batch {s['eval_batch_size']}.",

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import _runs  # benchmarks/_runs.py
 
-from .protocol import ABLATIONS, BUNDLED_TEST, Settings
+from .protocol import ABLATIONS, BUNDLED_TEST, DATASETS, STAGES, Settings
 from .sampling import data_name, image_folder
 
 
@@ -115,6 +115,34 @@ class Plan:
         tmp = self.record_file(spec).with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
         tmp.replace(self.record_file(spec))
+
+    def precisions_used(self, datasets=DATASETS) -> dict[str, list[str]]:
+        """The precision each finished run at the settings' precision resolved it to (its results.json's
+        `precision`: "auto" is bf16 on one machine and fp32 on another) -> the names of those runs."""
+        used: dict[str, list[str]] = {}
+        for dataset in datasets:
+            for _, spec in self.runs(dataset, STAGES):
+                results = None if spec.precision else self.results(spec)
+                if results is not None:
+                    used.setdefault(str(results.get("precision")), []).append(spec.name)
+        return used
+
+    def precision_conflict(self, here: str) -> Optional[str]:
+        """Why this machine must not add runs to the study, or None: its runs would resolve the settings' precision
+        to `here`, and the runs so far used another one. Methods trained in two precisions would then sit in one
+        table (and their training times would not compare)."""
+        used = {p: names for p, names in self.precisions_used().items() if p != here}
+        if not used:
+            return None
+        so_far = "; ".join(f"{len(names)} in {p} (e.g. {names[0]})" for p, names in sorted(used.items()))
+        return (
+            f"The {self.mode} study's runs so far used another precision than this machine would: {so_far}, in "
+            f"{self.results_dir}. Here `--precision {self.settings.precision}` resolves to {here} (bf16 needs a CUDA "
+            "GPU with bf16, or a CPU with AVX512-BF16 or AMX; elsewhere bf16 is emulated and many times slower). "
+            "Nothing was run. Continue the study on a machine where it resolves to the same precision "
+            "(`--report-only` works anywhere), or start a study of your own here with `--results-dir DIR --out "
+            "DIR/benchmarks_accuracy --work-dir DIR/work`."
+        )
 
     def _accuracies(self, specs: list[Spec]) -> Optional[list[float]]:
         runs = [self.results(spec) for spec in specs]
