@@ -3,7 +3,8 @@
 """Assemble docs/benchmarks.md, the one-page summary of the benchmarks, from their JSON records.
 
 * docs/benchmarks_accuracy.json, written by benchmarks/accuracy.py (accuracy under the VTAB-1k protocol);
-* docs/benchmarks_cost.json, written by benchmarks/cost.py (training-step and inference cost against the floor).
+* docs/benchmarks_cost.json, written by benchmarks/cost.py (training-step and inference cost against the floor);
+* docs/benchmarks_cost_<machine>.json, if any: the same measurement on another machine (`cost.py --out ...`).
 
 Either may be missing (its section then says "not run yet"). Nothing is measured here: every number is copied or
 divided from those records.
@@ -18,13 +19,12 @@ import json
 import pathlib
 from typing import Any, Optional
 
+from _targets import INFERENCE_TARGET, TRAIN_TARGETS, ratio_text, target, verdict  # benchmarks/_targets.py
 from vtab_accuracy.page import epochs_text  # benchmarks/vtab_accuracy: accuracy.py's code
 from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES
 from vtab_accuracy.summary import mean_std
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-TRAIN_TARGETS = {"gpt": 1.10, "cdc": 1.20}  # training step / floor
-INFER_TARGET = 1.05  # inference / floor, for the prompt methods
 COST_METHODS = ("gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full")
 
 
@@ -33,6 +33,11 @@ def load(path: pathlib.Path) -> Optional[dict[str, Any]]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def other_cost_records(cost: pathlib.Path) -> dict[str, Any]:
+    """Other machines' cost records beside the main one (benchmarks_cost_<machine>.json), by file stem."""
+    return {p.stem: load(p) for p in sorted(cost.parent.glob(f"{cost.stem}_*.json"))}
 
 
 def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
@@ -86,6 +91,17 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def other_cost_section(name: str, record: dict[str, Any]) -> list[str]:
+    """The summary of a cost record from another machine (docs/<name>.json, written by `cost.py --out docs/<name>`)."""
+    machine = record.get("settings", {}).get("machine", "?")
+    lines = [f"### The same measurement on another machine: {machine}", ""]
+    try:
+        lines += _cost_per_precision(record)
+    except (KeyError, TypeError, AttributeError, ValueError, StopIteration, ZeroDivisionError) as error:
+        lines += [f"docs/{name}.json has an unexpected structure ({error!r}).", ""]
+    return [*lines, f"Details in [{name}.md]({name}.md).", "", f"![cost on {machine}]({name}.png)", ""]
+
+
 def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
     lines = ["## Cost (training step and inference against the floor)", ""]
     if record is None:
@@ -104,26 +120,51 @@ def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
 FLOOR_TEXT = (
     "The floor is the frozen backbone's forward + input-gradient backward on a sequence that already carries the "
     f"prompt tokens. Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}x, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}x, "
-    f"inference ≤ {INFER_TARGET:.2f}x (prompt methods). Details in [benchmarks_cost.md](benchmarks_cost.md)."
+    f"inference ≤ {INFERENCE_TARGET:.2f}x (prompt methods). Details in [benchmarks_cost.md](benchmarks_cost.md)."
 )
+PAIRED_TEXT = (
+    "A ratio is the median of the per-round ratios (method and floor timed in the same round), [q1–q3] their "
+    "quartiles; a target counts as missed when three quarters of the rounds are above it."
+)
+MEDIANS_TEXT = "A ratio is the method's median time over the floor's (this record predates the per-round quartiles)."
 
 
-def _ratio_cells(r: dict[str, Any], method: str) -> tuple[list[str], list[tuple[str, float, float]]]:
-    """The table cells of a method's training and inference ratios with their targets, and the (what, value, target)
-    of each missed target."""
-    cells, missed = [], []
-    for value, target, what in (
-        (r["train_ratio_to_floor"], TRAIN_TARGETS.get(method), "training"),
-        (r["infer_ratio_to_floor"], INFER_TARGET if method in TRAIN_TARGETS else None, "inference"),
-    ):
-        if target is None:
-            cells += [f"{value:.3f}x", ""]
-        elif value <= target:
-            cells += [f"{value:.3f}x", f"≤ {target:.2f}x met"]
+def _ratio_reading(tables: list[dict[str, Any]]) -> str:
+    paired = any("train_ratio_quartiles" in r for table in tables for r in table.values())
+    return PAIRED_TEXT if paired else MEDIANS_TEXT
+
+
+def _ratio_cells(r: dict[str, Any], method: str) -> tuple[list[str], list[tuple[str, str, float, float]]]:
+    """The table cells of a method's training and inference ratios (median of the rounds [quartiles]) with their
+    targets, and (reading, what, value, target) of each target not met: "missed" (three quarters of the rounds
+    above it) or "noise" (the median above it, the lower quartile within)."""
+    cells, above = [], []
+    for key, what in (("train", "training"), ("infer", "inference")):
+        limit = target(method, key)
+        text = ratio_text(r, key, "x")
+        if limit is None:
+            cells += [text, ""]
+            continue
+        reading = verdict(r, key, limit)
+        if reading == "met":
+            cells += [text, f"≤ {limit:.2f}x met"]
+        elif reading == "noise":
+            cells += [text, f"≤ {limit:.2f}x: above, within the rounds' spread"]
         else:
-            cells += [f"**{value:.3f}x**", f"≤ {target:.2f}x **missed**"]
-            missed.append((what, value, target))
-    return cells, missed
+            cells += [f"**{text}**", f"≤ {limit:.2f}x **missed**"]
+        if reading != "met":
+            above.append((reading, what, r[f"{key}_ratio_to_floor"], limit))
+    return cells, above
+
+
+def _target_lines(above: list[tuple[str, str]]) -> list[str]:
+    """The sentences under a ratio table, from (reading, description) of every target not met."""
+    missed = [d for reading, d in above if reading == "missed"]
+    noisy = [d for reading, d in above if reading == "noise"]
+    lines = [f"Missed targets: {'; '.join(missed)}." if missed else "No target is missed at 10 prompts."]
+    if noisy:
+        lines.append(f"Above the target, but within the spread of the rounds: {'; '.join(noisy)}.")
+    return ["", *lines, ""]
 
 
 def _method_label(method: str) -> str:
@@ -132,14 +173,11 @@ def _method_label(method: str) -> str:
 
 def _sweep_missed(sweep: dict[str, Any], suffix: str = "") -> list[str]:
     return [
-        f"{LABELS[method]} {what} {r[method][key]:.3f}x at {n} prompts{suffix}"
+        f"{LABELS[method]} {what} {r[method][f'{key}_ratio_to_floor']:.3f}x at {n} prompts{suffix}"
         for n, r in sweep.items()
         for method in ("gpt", "cdc")
-        for key, what, target in (
-            ("train_ratio_to_floor", "training", TRAIN_TARGETS[method]),
-            ("infer_ratio_to_floor", "inference", INFER_TARGET),
-        )
-        if method in r and r[method][key] > target
+        for key, what in (("train", "training"), ("infer", "inference"))
+        if method in r and verdict(r[method], key, target(method, key)) == "missed"
     ]
 
 
@@ -158,20 +196,20 @@ def _cost_first_format(record: dict[str, Any]) -> list[str]:
     lines = [
         f"{s['machine']}, {s.get('date', 'date not recorded')}, {s['mode']} mode: {s['image_size']} px, "
         f"batch {s['batch_size']}, 10 prompts, median of "
-        f"{s['rounds']} interleaved rounds. {FLOOR_TEXT}",
+        f"{s['rounds']} interleaved rounds. {FLOOR_TEXT} {_ratio_reading(list(record['num_prompts_10'].values()))}",
         "",
         "| backbone | method | training step / floor | target | inference / floor | target |",
         "|---|---|---|---|---|---|",
     ]
-    missed = []
+    above = []
     for size, results in record["num_prompts_10"].items():
         for method in COST_METHODS:
             if method not in results:
                 continue
             cells, misses = _ratio_cells(results[method], method)
-            missed += [f"{LABELS.get(method, method)} {w} on {size} ({v:.3f}x > {t:.2f}x)" for w, v, t in misses]
+            above += [(r, f"{LABELS.get(method, method)} {w} on {size} ({v:.3f}x > {t:.2f}x)") for r, w, v, t in misses]
             lines.append(f"| {size} | {_method_label(method)} | " + " | ".join(cells) + " |")
-    lines += ["", f"Missed targets: {'; '.join(missed)}." if missed else "Every target is met at 10 prompts.", ""]
+    lines += _target_lines(above)
     return lines + _sweep_note(_sweep_missed(record.get("num_prompts_sweep", {})))
 
 
@@ -180,8 +218,10 @@ def _cost_per_precision(record: dict[str, Any]) -> list[str]:
     kernels = ", ".join(f"{p} {b['attn_implementation']}" for p, b in blocks.items())
     lines = [
         f"{s['machine']}, {s['date']}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, 10 prompts, "
-        f"median of {s['rounds']} interleaved rounds, in {' and '.join(blocks)} (bf16: autocast over fp32 weights; "
-        f"attention kernel {kernels}). {FLOOR_TEXT}",
+        f"median of {s['rounds']} interleaved rounds, in {' and '.join(blocks)} ("
+        + ("bf16: autocast over fp32 weights; " if "bf16" in blocks else "")
+        + f"attention kernel {kernels}). {FLOOR_TEXT} "
+        + _ratio_reading([table for b in blocks.values() for table in b["num_prompts_10"].values()]),
         "",
     ]
     if s.get("smoke"):
@@ -190,7 +230,7 @@ def _cost_per_precision(record: dict[str, Any]) -> list[str]:
         "| backbone | method | precision | training step / floor | target | inference / floor | target |",
         "|---|---|---|---|---|---|---|",
     ]
-    missed = []
+    above = []
     for size in next(iter(blocks.values()))["num_prompts_10"]:
         for method in COST_METHODS:
             for precision, block in blocks.items():
@@ -198,12 +238,12 @@ def _cost_per_precision(record: dict[str, Any]) -> list[str]:
                 if method not in results:
                     continue
                 cells, misses = _ratio_cells(results[method], method)
-                missed += [
-                    f"{LABELS.get(method, method)} {w} on {size} in {precision} ({v:.3f}x > {t:.2f}x)"
-                    for w, v, t in misses
+                above += [
+                    (r, f"{LABELS.get(method, method)} {w} on {size} in {precision} ({v:.3f}x > {t:.2f}x)")
+                    for r, w, v, t in misses
                 ]
                 lines.append(f"| {size} | {_method_label(method)} | {precision} | " + " | ".join(cells) + " |")
-    lines += ["", f"Missed targets: {'; '.join(missed)}." if missed else "Every target is met at 10 prompts.", ""]
+    lines += _target_lines(above)
     lines += _sweep_note(
         [m for p, b in blocks.items() for m in _sweep_missed(b.get("num_prompts_sweep", {}), f" in {p}")],
         next(iter(s["sizes"])),
@@ -228,7 +268,11 @@ def _cost_per_precision(record: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def render(accuracy: Optional[dict[str, Any]], cost: Optional[dict[str, Any]]) -> str:
+def render(
+    accuracy: Optional[dict[str, Any]], cost: Optional[dict[str, Any]], other_costs: Optional[dict[str, Any]] = None
+) -> str:
+    """The page; `other_costs`: name -> cost record of another machine (docs/benchmarks_cost_<machine>.json)."""
+    other_costs = other_costs or {}
     lines = [
         "# Benchmarks",
         "",
@@ -261,11 +305,19 @@ def render(accuracy: Optional[dict[str, Any]], cost: Optional[dict[str, Any]]) -
     if cost is not None:
         s = cost.get("settings", {})
         lines.append(f"- Cost: `{s.get('command', 'python benchmarks/cost.py')}`. Machine: {s.get('machine', '?')}.")
+        for name, other in other_costs.items():
+            o = other.get("settings", {})
+            lines.append(
+                f"- Cost on another machine: `{o.get('command', 'python benchmarks/cost.py')} --out docs/{name}`. "
+                f"Machine: {o.get('machine', '?')}."
+            )
     else:
         lines.append("- Cost: not run yet (`python benchmarks/cost.py`).")
     lines += ["- This page: `python benchmarks/report.py`.", ""]
     lines += accuracy_section(accuracy)
     lines += cost_section(cost)
+    for name, other in other_costs.items():
+        lines += other_cost_section(name, other)
     lines += [
         "## Detailed pages",
         "",
@@ -284,7 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cost", default=str(DOCS / "benchmarks_cost.json"))
     parser.add_argument("--out", default=str(DOCS / "benchmarks.md"))
     args = parser.parse_args(argv)
-    page = render(load(pathlib.Path(args.accuracy)), load(pathlib.Path(args.cost)))
+    cost_path = pathlib.Path(args.cost)
+    page = render(load(pathlib.Path(args.accuracy)), load(cost_path), other_cost_records(cost_path))
     pathlib.Path(args.out).write_text(page)
     print(f"wrote {args.out}")
     return 0

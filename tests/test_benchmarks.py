@@ -68,6 +68,41 @@ def test_cost_smoke_run_measures_both_precisions_end_to_end(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
     section = "\n".join(report.cost_section(report_))
     assert "unexpected structure" not in section and "| bf16 |" in section and "bf16 speed-up" in section
+    # the same record as another machine's, beside the main one on the summary page
+    page = report.render(None, None, {"benchmarks_cost_other": report_})
+    assert f"### The same measurement on another machine: {report_['settings']['machine']}" in page
+    assert "(benchmarks_cost_other.md)" in page and "unexpected structure" not in page
+
+
+def test_cost_ratios_are_paired_per_round_and_a_target_is_missed_only_beyond_the_spread_of_the_rounds():
+    # round 3 is a slow spell of the machine for both: the per-round ratio divides it out
+    floor, method = [1.0, 1.0, 3.0, 1.0, 1.0], [1.04, 1.08, 3.09, 1.02, 1.06]
+    paired = cost.paired_ratios(method, floor, "infer")
+    assert paired["infer_ratio_to_floor"] == pytest.approx(1.04)
+    assert paired["infer_ratio_quartiles"] == pytest.approx([1.03, 1.06])
+    spread = {**paired, "infer_ratio_to_floor": 1.06}  # median above 1.05, lower quartile within: noise
+    beyond = {**paired, "infer_ratio_to_floor": 1.08, "infer_ratio_quartiles": [1.07, 1.09]}
+    old = {"infer_ratio_to_floor": 1.06}  # a record from before the quartiles: met or missed only
+    assert [cost.verdict(r, "infer", 1.05) for r in (paired, spread, beyond, old)] == [
+        "met",
+        "noise",
+        "missed",
+        "missed",
+    ]
+    assert cost.target_mark("gpt", spread, inference=True) == " ≈" and cost.target_mark("lora", beyond, True) == ""
+    # the summary page: the median, its quartiles, and only the miss beyond the spread is listed as missed
+    rows = {"train_ratio_to_floor": 1.0, "train_ratio_quartiles": [0.99, 1.01]}
+    cells, above = report._ratio_cells({**rows, **spread}, "gpt")
+    assert cells[2] == "1.060x [1.03–1.06]" and "within the rounds' spread" in cells[3]
+    assert above == [("noise", "inference", 1.06, 1.05)]
+    cells, above = report._ratio_cells({**rows, **beyond}, "cdc")
+    assert cells[2] == "**1.080x [1.07–1.09]**" and above == [("missed", "inference", 1.08, 1.05)]
+    assert report._target_lines([("noise", "GPT inference")]) == [
+        "",
+        "No target is missed at 10 prompts.",
+        "Above the target, but within the spread of the rounds: GPT inference.",
+        "",
+    ]
 
 
 def test_cost_summary_falls_back_on_an_unexpected_record():
@@ -80,8 +115,13 @@ def test_mixed_batch_page_is_rendered_from_its_record():
 
 
 def test_summary_page_is_assembled_from_the_records():
-    page = report.render(report.load(DOCS / "benchmarks_accuracy.json"), report.load(DOCS / "benchmarks_cost.json"))
+    cost_record = DOCS / "benchmarks_cost.json"
+    others = report.other_cost_records(cost_record)
+    page = report.render(report.load(DOCS / "benchmarks_accuracy.json"), report.load(cost_record), others)
     assert (DOCS / "benchmarks.md").read_text() == page, "run: python benchmarks/report.py"
+    for name, other in others.items():  # each other machine's page is its script's rendering too
+        assert (DOCS / f"{name}.md").read_text() == cost.render(other)
+        assert f"### The same measurement on another machine: {other['settings']['machine']}" in page
 
 
 def test_summary_page_without_records_says_not_run_yet():
