@@ -38,9 +38,10 @@ exists is reused. Processes started with disjoint --datasets can run at the same
 apart (in cpu mode both need EuroSAT's selection runs: each process takes those not started yet and waits for those
 the other one is running).
 
-One precision per study: `--precision auto` resolves to bf16 on a CPU with AVX512-BF16 or AMX and to fp32 on one
-without, so a machine whose resolution differs from the precision the committed runs recorded refuses to add runs
-(the message says what to do); --report-only renders anywhere.
+One precision and one kind of device per study: `--precision auto` resolves to bf16 on a CPU with AVX512-BF16 or AMX
+and to fp32 on one without, and the example trains on a GPU wherever there is one, so a machine that would run
+otherwise than the committed runs recorded refuses to add runs (the message says what to do); --report-only renders
+anywhere.
 
     python benchmarks/accuracy.py --mode cpu --jobs 2                      # runs, then renders the docs
     python benchmarks/accuracy.py --mode cpu --datasets cifar10 --jobs 1   # one dataset (may run beside another)
@@ -66,6 +67,14 @@ from vtab_accuracy.page import write_report  # benchmarks/vtab_accuracy: the cod
 from vtab_accuracy.plan import Plan, execute
 from vtab_accuracy.protocol import CACHE, DATASETS, DOCS, MODES, RESULTS, SHARED_DATA, SOURCES, STAGES, TITLES, quick
 from vtab_accuracy.sampling import data_name, image_folder, uses_shared
+
+
+def this_machine(precision: str) -> str:
+    """How the example's runs would train here (as `vtab_accuracy.plan.run_conditions` reads a finished run)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{_runs.example_module('precision').resolve_precision(precision, device)} on {device}"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -137,11 +146,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             image_folder(d, settings.test_images[d], plan.data_dir, plan.shared)
         if args.prepare_data:
             return 0
-        # "auto" is bf16 on one machine and fp32 on another: a study is continued only in the precision it began in
-        precision = _runs.example_module("precision")
-        conflict = plan.precision_conflict(
-            precision.resolve_precision(settings.precision, "cuda" if args.mode == "gpu" else "cpu")
-        )
+        # "auto" is bf16 on one machine and fp32 on another, and the example takes a GPU wherever there is one: a
+        # study is continued only in the precision, and on the kind of device, it began with
+        conflict = plan.conditions_conflict(this_machine(settings.precision))
         if conflict:
             raise SystemExit(conflict)
         if args.model is None:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from vtab_accuracy import summary as study_summary  # noqa: E402
-from vtab_accuracy.plan import Plan, Spec  # noqa: E402
+from vtab_accuracy.plan import Plan, Spec, run_conditions  # noqa: E402
 from vtab_accuracy.protocol import MODES, STAGES  # noqa: E402
 from vtab_accuracy.sampling import data_name  # noqa: E402
 
@@ -128,30 +128,33 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
 
 
-def test_a_machine_that_resolves_another_precision_adds_no_runs_to_the_study(tmp_path, capsys):
-    # --precision auto is bf16 on a CPU with AVX512-BF16 and fp32 on one without: the runs so far fix the precision
+def test_a_machine_that_would_train_otherwise_adds_no_runs_to_the_study(tmp_path):
+    # --precision auto is bf16 on a CPU with AVX512-BF16 and fp32 on one without, and the example takes a GPU where
+    # there is one: the runs so far fix both
     plan = make_plan(tmp_path)
-    assert plan.precision_conflict("fp32") is None  # nothing run yet: any machine may start the study
+    assert plan.conditions_conflict("fp32 on cpu") is None  # nothing run yet: any machine may start the study
     first = todo(plan)
     for spec in first:
-        finish(plan, spec, 0.85)  # the fp32 twins of the precision check record "bf16" too; they are not counted
-    used = plan.precisions_used()
-    assert list(used) == ["bf16"] and sorted(used["bf16"]) == sorted(s.name for s in first if not s.precision)
-    assert plan.precision_conflict("bf16") is None
-    message = plan.precision_conflict("fp32")
-    assert "8 in bf16" in message and "resolves to fp32" in message and "--results-dir" in message
+        finish(plan, spec, 0.85)  # the fp32 twins of the precision check record "bf16" here; they are not counted
+    used = plan.conditions_used()
+    assert list(used) == ["bf16 on cpu"] and sorted(used["bf16 on cpu"]) == sorted(
+        s.name for s in first if not s.precision
+    )
+    assert plan.conditions_conflict("bf16 on cpu") is None
+    message = plan.conditions_conflict("fp32 on cpu")
+    assert "8 in bf16 on cpu" in message and "would run in fp32 on cpu" in message and "--results-dir" in message
+    assert "bf16 on cuda" in plan.conditions_conflict("bf16 on cuda")  # a GPU machine does not continue a CPU study
+    gpu_run = {"accuracy": 0.9, "precision": "bf16", "environment": {"device": "NVIDIA H200"}}
+    assert run_conditions(gpu_run) == "bf16 on cuda"
     # the command line refuses before it runs anything, and leaves the runs as they were
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import accuracy
 
     results_dir = tmp_path / "results"
     before = sorted(p.name for p in results_dir.iterdir())
-    runs_module = accuracy._runs
-    precision = runs_module.example_module("precision")
-    original = precision.resolve_precision
-    precision.resolve_precision = lambda requested, device: "fp32"
+    original = accuracy.this_machine
+    accuracy.this_machine = lambda precision: "fp32 on cpu"
     try:
-        with pytest.raises(SystemExit, match="resolves to fp32"):
+        with pytest.raises(SystemExit, match="would run in fp32 on cpu"):
             accuracy.main(
                 [
                     "--mode",
@@ -169,8 +172,11 @@ def test_a_machine_that_resolves_another_precision_adds_no_runs_to_the_study(tmp
                 ]
             )
     finally:
-        precision.resolve_precision = original
+        accuracy.this_machine = original
     assert sorted(p.name for p in results_dir.iterdir()) == before and not (tmp_path / "page.md").exists()
+    import torch
+
+    assert accuracy.this_machine("fp32") == f"fp32 on {'cuda' if torch.cuda.is_available() else 'cpu'}"
 
 
 def test_the_gpu_mode_starts_with_the_selection_at_its_fixed_epochs(tmp_path):

@@ -32,15 +32,13 @@ def write_report(plan: Plan, out: pathlib.Path, command_log: pathlib.Path, rende
 
 
 def precisions_text(record: dict[str, Any]) -> str:
-    """What `--precision` resolved to in the runs, e.g. '; every run so far ran in bf16'."""
-    used = record.get("precisions_used") or {}
+    """How `--precision` resolved in the runs, e.g. '; every run so far ran in bf16 on cpu'."""
+    used = record.get("conditions_used") or {}
     if not used:
         return ""
     if len(used) == 1:
         return f"; every run so far ran in {next(iter(used))}"
-    return (
-        "; **the runs so far are split between precisions: " + ", ".join(f"{n} in {p}" for p, n in used.items()) + "**"
-    )
+    return "; **the runs so far are split: " + ", ".join(f"{n} in {c}" for c, n in used.items()) + "**"
 
 
 def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:

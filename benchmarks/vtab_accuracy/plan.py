@@ -116,32 +116,33 @@ class Plan:
         tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
         tmp.replace(self.record_file(spec))
 
-    def precisions_used(self, datasets=DATASETS) -> dict[str, list[str]]:
-        """The precision each finished run at the settings' precision resolved it to (its results.json's
-        `precision`: "auto" is bf16 on one machine and fp32 on another) -> the names of those runs."""
+    def conditions_used(self, datasets=DATASETS) -> dict[str, list[str]]:
+        """Where and how each finished run at the settings' precision ran, as `run_conditions` says it ("bf16 on
+        cpu": `--precision auto` is bf16 on one machine and fp32 on another, and the example trains on a GPU
+        wherever there is one) -> the names of those runs."""
         used: dict[str, list[str]] = {}
         for dataset in datasets:
             for _, spec in self.runs(dataset, STAGES):
                 results = None if spec.precision else self.results(spec)
                 if results is not None:
-                    used.setdefault(str(results.get("precision")), []).append(spec.name)
+                    used.setdefault(run_conditions(results), []).append(spec.name)
         return used
 
-    def precision_conflict(self, here: str) -> Optional[str]:
-        """Why this machine must not add runs to the study, or None: its runs would resolve the settings' precision
-        to `here`, and the runs so far used another one. Methods trained in two precisions would then sit in one
-        table (and their training times would not compare)."""
-        used = {p: names for p, names in self.precisions_used().items() if p != here}
+    def conditions_conflict(self, here: str) -> Optional[str]:
+        """Why this machine must not add runs to the study, or None: its runs would train under `here` (e.g. "fp32
+        on cpu"), and the runs so far trained otherwise. Methods trained in two precisions, or on two kinds of
+        device, would then sit in one table (and their training times would not compare)."""
+        used = {c: names for c, names in self.conditions_used().items() if c != here}
         if not used:
             return None
-        so_far = "; ".join(f"{len(names)} in {p} (e.g. {names[0]})" for p, names in sorted(used.items()))
+        so_far = "; ".join(f"{len(names)} in {c} (e.g. {names[0]})" for c, names in sorted(used.items()))
         return (
-            f"The {self.mode} study's runs so far used another precision than this machine would: {so_far}, in "
-            f"{self.results_dir}. Here `--precision {self.settings.precision}` resolves to {here} (bf16 needs a CUDA "
-            "GPU with bf16, or a CPU with AVX512-BF16 or AMX; elsewhere bf16 is emulated and many times slower). "
-            "Nothing was run. Continue the study on a machine where it resolves to the same precision "
-            "(`--report-only` works anywhere), or start a study of your own here with `--results-dir DIR --out "
-            "DIR/benchmarks_accuracy --work-dir DIR/work`."
+            f"The {self.mode} study's runs so far ran otherwise than this machine would: {so_far}, in "
+            f"{self.results_dir}. Here they would run in {here} (`--precision {self.settings.precision}` is bf16 on a "
+            "CUDA GPU with bf16 or a CPU with AVX512-BF16 or AMX, fp32 elsewhere, where bf16 is emulated and many "
+            "times slower; the example trains on a GPU wherever there is one). Nothing was run. Continue the study on "
+            "a machine like the one its runs used (`--report-only` works anywhere), or start a study of your own here "
+            "with `--results-dir DIR --out DIR/benchmarks_accuracy --work-dir DIR/work`."
         )
 
     def _accuracies(self, specs: list[Spec]) -> Optional[list[float]]:
@@ -298,6 +299,12 @@ class Plan:
         if not probe:
             argv.append("--no-linear-probe")
         return argv
+
+
+def run_conditions(results: dict[str, Any]) -> str:
+    """How a finished run trained, from its results.json: "<precision> on cpu" or "<precision> on cuda"."""
+    device = results.get("environment", {}).get("device", "cpu")
+    return f"{results.get('precision')} on {'cpu' if device == 'cpu' else 'cuda'}"
 
 
 def _knobs(spec: Spec) -> dict[str, Any]:

@@ -80,8 +80,8 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
             "run_dates": sorted({r["date"] for r in done if r.get("date")}),
         },
         "progress": {"done": len(done), "known": len(runs), "pending_unknown_lr": planned_pending},
-        # what `--precision` resolved to in the finished runs at the settings' precision: one value, or a shortfall
-        "precisions_used": {p: len(names) for p, names in sorted(plan.precisions_used().items())},
+        # how the finished runs at the settings' precision trained ("bf16 on cpu"): one value, or a shortfall
+        "conditions_used": {c: len(names) for c, names in sorted(plan.conditions_used().items())},
         "checks": checks,
         "summary": summary,
         "findings": findings(summary),
