@@ -246,3 +246,22 @@ def test_the_committed_per_run_results_are_plain_json_with_an_accuracy():
     for path in sorted((REPO / "benchmarks" / "results").glob("*/*.json")):
         results = json.loads(path.read_text())
         assert 0.0 <= results["accuracy"] <= 1.0, path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "cifar10_jpeg.npz").exists(), reason="needs ../shared/data")
+def test_the_quick_study_goes_through_every_stage_end_to_end(tmp_path):
+    """`accuracy.py --quick`: every stage's runs of the real example on the real backbone (tiny data, one seed), the
+    record and the page written from them. Numbers measure nothing; what is checked is that each stage unfolds."""
+    import accuracy
+
+    work, out = tmp_path / "work", tmp_path / "page" / "benchmarks_accuracy"
+    argv = ["--quick", "--jobs", "2", "--work-dir", str(work), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert accuracy.main(argv) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["quick"] and record["progress"]["done"] == record["progress"]["known"] > 0
+    assert {r["stage"] for r in record["runs"]} == set(STAGES) and all(r["done"] for r in record["runs"])
+    assert set(record["summary"]) == {"eurosat", "cifar10"} and record["guide"] and record["sweep_reading"]
+    assert len(record["conditions_used"]) == 1  # one precision, one kind of device
+    page = out.with_suffix(".md").read_text()
+    assert "QUICK SMOKE TEST" in page and "## CDC ablations" in page and out.with_suffix(".png").is_file()
