@@ -117,6 +117,7 @@ def test_example_runs_end_to_end_and_its_adapter_reloads(method, tiny_model_dir,
     assert saved["adapter_bytes"] == sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file()) > 0
     assert saved["wall_time_s"] > 0
     assert 0 < saved["train_s"] == saved["timings_s"]["train_s"] < saved["wall_time_s"]
+    assert 0 < saved["timings_s"]["train_cpu_s"]  # CPU seconds of the process while it trained
     assert saved["precision"] == precision.resolve_precision("auto", DEVICE)
     assert not (out / "trainer").exists()  # the Trainer's output_dir, empty with save_strategy="no"
     if method == "gpt":

@@ -127,14 +127,17 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         lines += [
             f"### {TITLES[dataset]} (test, {_n(tables['num_test'])} images)",
             "",
-            "| method | lr | accuracy % (mean ± std) | per seed | trainable params | adapter bytes | train s / run |",
+            "| method | lr | accuracy % (mean ± std) | per seed | trainable params | adapter bytes | "
+            "training s / run (CPU s) |",
             "|---|---|---|---|---|---|---|",
         ]
         for method, r in tables["main"].items():
             lines.append(
                 f"| {LABELS[method]} | {'L-BFGS' if method == 'linear-probe' else _g(r['lr'])} | {mean_std(r)} | "
                 f"{' / '.join(pts(v) for v in r['values'])} | {_n(r.get('trainable_parameters'))} | "
-                f"{_n(r.get('adapter_bytes'))} | {_n(r.get('train_s'))} |"
+                f"{_n(r.get('adapter_bytes'))} | {_n(r.get('train_s'))}"
+                + (f" ({_n(r['train_cpu_s'])})" if r.get("train_cpu_s") else "")
+                + " |"
             )
         lines.append("")
     lines += ["## Where GPT and CDC lose", ""]

@@ -158,9 +158,12 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         data_collator=collate,
         optimizers=(optimizer, None),  # Trainer adds the cosine schedule; each group keeps its own peak lr
     )
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     train_output = trainer.train()
     timings["train_s"] = time.perf_counter() - t
+    # CPU seconds of this process (all its threads, not DataLoader workers): unlike the wall time, not inflated by
+    # other processes sharing the CPU or by a pause, so runs of one thread compare across a busy machine
+    timings["train_cpu_s"] = time.process_time() - cpu
     t = time.perf_counter()
     prediction = trainer.predict(eval_ds)
     timings["eval_s"] = time.perf_counter() - t
