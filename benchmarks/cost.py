@@ -491,9 +491,9 @@ def prompts_sweep_lines(heading: str, sweep: dict, rounds: int) -> list[str]:
              "| prompts | floor step (s) | GPT ratio | CDC ratio | GPT inference ratio | CDC inference ratio |",
              "|---|---|---|---|---|---|"]
     for n, r in sweep.items():
-        lines.append(f"| {n} | {r['floor']['train_step_s']:.4f} | {r['gpt']['train_ratio_to_floor']:.3f} | "
-                     f"{r['cdc']['train_ratio_to_floor']:.3f} | {r['gpt']['infer_ratio_to_floor']:.3f} | "
-                     f"{r['cdc']['infer_ratio_to_floor']:.3f} |")
+        lines.append(f"| {n} | {r['floor']['train_step_s']:.4f} | {ratio_text(r['gpt'], 'train')} | "
+                     f"{ratio_text(r['cdc'], 'train')} | {ratio_text(r['gpt'], 'infer')} | "
+                     f"{ratio_text(r['cdc'], 'infer')} |")
     return lines
 
 
@@ -501,7 +501,7 @@ def batch_sweep_lines(heading: str, sweep: dict) -> list[str]:
     lines = [heading, "", "| batch | floor images/s | GPT images/s | GPT ratio |", "|---|---|---|---|"]
     for bs, r in sweep.items():
         lines.append(f"| {bs} | {r['floor']['train_images_per_s']:.1f} | {r['gpt']['train_images_per_s']:.1f} | "
-                     f"{r['gpt']['train_ratio_to_floor']:.3f} |")
+                     f"{ratio_text(r['gpt'], 'train')} |")
     return lines
 
 
