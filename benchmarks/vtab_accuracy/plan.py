@@ -302,10 +302,14 @@ class Plan:
         return argv
 
 
+def conditions(precision: Optional[str], device: str) -> str:
+    """How a run trains, as the study compares it: "<precision> on cpu" or "<precision> on cuda"."""
+    return f"{precision} on {'cpu' if device == 'cpu' else 'cuda'}"
+
+
 def run_conditions(results: dict[str, Any]) -> str:
-    """How a finished run trained, from its results.json: "<precision> on cpu" or "<precision> on cuda"."""
-    device = results.get("environment", {}).get("device", "cpu")
-    return f"{results.get('precision')} on {'cpu' if device == 'cpu' else 'cuda'}"
+    """`conditions` of a finished run, from its results.json (its device is "cpu" or the GPU's name)."""
+    return conditions(results.get("precision"), results.get("environment", {}).get("device", "cpu"))
 
 
 def _knobs(spec: Spec) -> dict[str, Any]:
