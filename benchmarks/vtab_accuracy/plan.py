@@ -107,6 +107,9 @@ class Plan:
             "max_samples": s.max_samples,
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        # The settings' "precision" replaces the spec's in `identity`, so a run and its twin in the other precision
+        # share a digest; the name tells them apart (it carries `spec.precision`). Hashing the spec's too would rename
+        # every committed twin, and the study would run them again.
         return self.work / "runs" / f"{spec.name}-{digest}"
 
     def record_file(self, spec: Spec) -> pathlib.Path:
