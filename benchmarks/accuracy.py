@@ -151,6 +151,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # dataset's runs are continued only in the precision, and on the kind of device, they began with
         allowed: set[tuple[str, str]] = set()  # (dataset, --precision asked)
         refused: dict[tuple[str, str], str] = {}
+        failed: list[str] = []
 
         def runnable() -> list:
             todo = []
@@ -170,7 +171,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                         todo.append(spec)
             return todo
 
-        failed: list[str] = []
         todo = runnable()
         if not todo and refused:
             raise SystemExit("Nothing was run. " + " ".join(refused.values()))

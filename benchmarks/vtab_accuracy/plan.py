@@ -85,9 +85,13 @@ class Plan:
 
     # -- where runs live and what they found ---------------------------------------------------------------------
 
+    def precision_of(self, dataset: str) -> str:
+        """The `--precision` the dataset's runs ask for."""
+        return self.settings.dataset_precision.get(dataset, self.settings.precision)
+
     def precision_tag(self, dataset: str) -> str:
         """`Spec.precision` of the dataset's runs: "" where it trains in the settings' precision."""
-        precision = self.settings.dataset_precision.get(dataset, self.settings.precision)
+        precision = self.precision_of(dataset)
         return "" if precision == self.settings.precision else precision
 
     def spec(self, dataset: str, split: str, method: str, lr: float, seed: int, epochs: float, **knobs) -> Spec:
@@ -152,8 +156,7 @@ class Plan:
         used = self.conditions_used()
         out: dict[str, dict[str, int]] = {}
         for dataset in DATASETS:
-            asked = self.precision_tag(dataset) or self.settings.precision
-            group = used.get((dataset, asked), {})
+            group = used.get((dataset, self.precision_of(dataset)), {})
             if group:
                 out[dataset] = {c: len(names) for c, names in sorted(group.items())}
         return out
@@ -226,7 +229,7 @@ class Plan:
         """(the dataset's precision, the other) pairs of runs on val that `settings.precision_check` lists, the other
         being fp32, or the settings' precision where the dataset trains in fp32."""
         s = self.settings
-        own = self.precision_tag(dataset) or s.precision
+        own = self.precision_of(dataset)
         other = "fp32" if own != "fp32" else ("" if s.precision != "fp32" else "bf16")  # "": the settings' precision
         pairs = []
         for method, epochs in s.precision_check.get(dataset, ()):

@@ -70,15 +70,14 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
             "renderer_cpu": _runs.cpu_name(),
             "renderer_cpu_count": os.cpu_count(),
             "python": platform.python_version(),
-            "run_cpus": sorted({f"{r['cpu']} ({r['cpu_count']} cores)" for r in done if r.get("cpu")}),
+            "run_cpus": _cpus(done),
             # dataset -> the precision its runs used -> the CPUs they ran on
             "run_cpus_by_dataset": {
                 d: {
-                    used: sorted({f"{r['cpu']} ({r['cpu_count']} cores)" for r in rows if r.get("cpu")})
-                    for used, rows in _by(done, "precision_used", dataset=d).items()
+                    used: _cpus([r for r in done if r["dataset"] == d and r["precision_used"] == used])
+                    for used in sorted({str(r["precision_used"]) for r in done if r["dataset"] == d})
                 }
                 for d in DATASETS
-                if any(r["dataset"] == d for r in done)
             },
             "run_devices": sorted({r["device"] for r in done if r.get("device")}),
             "torch": sorted({r["torch"] for r in done if r.get("torch")}),
@@ -107,12 +106,8 @@ def _precision_run(plan: Plan, spec: Spec) -> dict[str, Any]:
     return row
 
 
-def _by(rows: list[dict[str, Any]], key: str, **match) -> dict[Any, list[dict[str, Any]]]:
-    out: dict[Any, list[dict[str, Any]]] = {}
-    for r in rows:
-        if all(r.get(k) == v for k, v in match.items()):
-            out.setdefault(r.get(key), []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))
+def _cpus(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({f"{r['cpu']} ({r['cpu_count']} cores)" for r in rows if r.get("cpu")})
 
 
 def precision_means(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
