@@ -348,5 +348,17 @@ def test_the_precision_check_averages_the_paired_differences_over_the_seeds():
     (gpt,) = study_summary.precision_means(pairs)
     assert (gpt["method"], gpt["seeds"], gpt["used"], gpt["used_other"]) == ("gpt", 3, ["bf16"], ["fp32"])
     assert gpt["accuracy"] == pytest.approx(0.88) and gpt["accuracy_other"] == pytest.approx(0.87)
-    assert gpt["difference_points"] == pytest.approx(-1.0)  # -1, 0, -2 points
-    assert gpt["difference_se_points"] == pytest.approx(1.0 / 3**0.5)
+    assert gpt["bf16_minus_fp32_points"] == pytest.approx(1.0)  # 1, 0, 2 points
+    assert gpt["se_points"] == pytest.approx(1.0 / 3**0.5) and gpt["compared"] == 3
+    # the sign is bf16 - fp32 whichever side is the dataset's own; a twin that resolved to the same precision (auto
+    # on a CPU without native bf16) compares nothing
+    flipped = [{**p, "study": p["other"], "other": p["study"]} for p in pairs[:3]]
+    (back,) = study_summary.precision_means(flipped)
+    assert back["bf16_minus_fp32_points"] == pytest.approx(1.0)
+    same = [{**p, "study": {**p["study"], "used": "fp32"}} for p in pairs[:3]]
+    (nothing,) = study_summary.precision_means(same)
+    assert nothing["compared"] == 0 and nothing["bf16_minus_fp32_points"] is None
+    checks = {"eurosat": {"precision_means": [gpt]}, "cifar10": {"precision_means": [{**gpt, "method": "lora"}]}}
+    (reading,) = study_summary.precision_reading(checks)
+    assert reading.startswith("Over 2 comparisons, bf16's mean val accuracy minus fp32's ranges from +1.0 to +1.0")
+    assert "none exceeds twice its standard error" in reading  # 1.0 against 2 x 0.58

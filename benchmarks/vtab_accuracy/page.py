@@ -312,23 +312,24 @@ def _checks(record: dict[str, Any]) -> list[str]:
             "## Precision: bf16 against fp32 (val accuracy %)",
             "",
             "The same runs (the method's middle learning rate, the same seed) in the dataset's own precision and in "
-            "the other one. *Asked* is the example's `--precision`, *used* what it resolved to; the difference is "
-            "the other's minus the dataset's own, averaged over the seeds, with the standard error of that mean "
-            "(one val image is 0.5 point).",
+            "the other one. *Asked* is the example's `--precision`, *used* what it resolved to; bf16 - fp32 is the "
+            "per-seed difference averaged over the seeds, with the standard error of that mean (one val image is 0.5 "
+            "point).",
             "",
-            "| dataset | method | epochs | seeds | own: used | val % | other: used | val % | difference (points) "
+            "| dataset | method | epochs | seeds | own: used | val % | other: used | val % | bf16 - fp32 (points) "
             "| s.e. |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for dataset, check in precision.items():
             for m in check.get("precision_means", []):
-                se = m["difference_se_points"]
+                se, diff = m["se_points"], m["bf16_minus_fp32_points"]
                 used, used_other = ", ".join(map(str, m["used"])), ", ".join(map(str, m["used_other"]))
                 lines.append(
                     f"| {TITLES[dataset]} | {LABELS[m['method']]} | {m['epochs']:g} | {m['seeds']} | {used} | "
                     f"{pts(m['accuracy'])} | {used_other} | {pts(m['accuracy_other'])} | "
-                    f"{m['difference_points']:+.1f} | {'' if se is None else f'{se:.1f}'} |"
+                    f"{'—' if diff is None else f'{diff:+.1f}'} | {'' if se is None else f'{se:.1f}'} |"
                 )
+        lines += ["", *[f"- {line}" for line in record.get("precision_reading", [])]]
         lines += [
             "",
             "Per run:",

@@ -93,6 +93,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
         "versus": versus(summary),
         "guide": guide(summary),
         "sweep_reading": sweep_reading(summary),
+        "precision_reading": precision_reading(checks),
         "runs": runs,
     }
 
@@ -112,7 +113,8 @@ def _cpus(rows: list[dict[str, Any]]) -> list[str]:
 
 def precision_means(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (method, epochs) whose pairs are all done: the mean val accuracy in the dataset's precision and in the
-    other, the mean of the per-seed differences (other - own, in points) and its standard error over the seeds."""
+    other, and the mean of the per-seed differences bf16 - fp32 (in points; over the pairs where one run used each)
+    with its standard error over the seeds."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for pair in pairs:
         groups.setdefault((pair["method"], pair["epochs"]), []).append(pair)
@@ -120,7 +122,11 @@ def precision_means(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (method, epochs), group in groups.items():
         if not all("accuracy" in p["study"] and "accuracy" in p["other"] for p in group):
             continue
-        diffs = [100 * (p["other"]["accuracy"] - p["study"]["accuracy"]) for p in group]
+        by_used = [
+            {p["study"]["used"]: p["study"]["accuracy"], p["other"]["used"]: p["other"]["accuracy"]} for p in group
+        ]
+        # `auto` on a CPU without native bf16 is fp32: such a pair compares nothing
+        diffs = [100 * (a["bf16"] - a["fp32"]) for a in by_used if set(a) == {"bf16", "fp32"}]
         out.append(
             {
                 "method": method,
@@ -128,9 +134,10 @@ def precision_means(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seeds": len(group),
                 "accuracy": statistics.fmean(p["study"]["accuracy"] for p in group),
                 "accuracy_other": statistics.fmean(p["other"]["accuracy"] for p in group),
-                "difference_points": statistics.fmean(diffs),
+                "compared": len(diffs),
+                "bf16_minus_fp32_points": statistics.fmean(diffs) if diffs else None,
                 # a seed fixes the data order and the initialisation of both runs: the spread of the paired differences
-                "difference_se_points": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+                "se_points": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
                 "used": sorted({p["study"]["used"] for p in group}),
                 "used_other": sorted({p["other"]["used"] for p in group}),
             }
@@ -360,6 +367,30 @@ def sweep_reading(summary: dict[str, Any]) -> list[str]:
             f"{mean_std(sweep[last], False)} ({len(sweep)} of {len(tables['sweep'])} blocks run)."
         )
     return lines
+
+
+def precision_reading(checks: dict[str, Any]) -> list[str]:
+    """What the precision check shows: the range of the mean differences bf16 - fp32, and which exceed twice their
+    standard error (with 5% false alarms each, one in many comparisons is expected by chance)."""
+    rows = [(d, m) for d, c in checks.items() for m in c.get("precision_means", []) if m["compared"]]
+    if not rows:
+        return []
+    diffs = [m["bf16_minus_fp32_points"] for _, m in rows]
+    outside = [
+        f"{LABELS[m['method']]} at {m['epochs']:g} epochs on {TITLES[d]} ({m['bf16_minus_fp32_points']:+.1f} ± "
+        f"{m['se_points']:.1f})"
+        for d, m in rows
+        if m["se_points"] and abs(m["bf16_minus_fp32_points"]) > 2 * m["se_points"]
+    ]
+    line = (
+        f"Over {len(rows)} comparison{'s' if len(rows) > 1 else ''}, bf16's mean val accuracy minus fp32's ranges from "
+        f"{min(diffs):+.1f} to {max(diffs):+.1f} points (mean {statistics.fmean(diffs):+.1f})"
+    )
+    if outside:
+        line += f"; it exceeds twice its standard error in {len(outside)}: " + ", ".join(outside)
+    else:
+        line += "; none exceeds twice its standard error"
+    return [line + "."]
 
 
 def _versus(a: dict[str, Any], b: dict[str, Any]) -> str:
