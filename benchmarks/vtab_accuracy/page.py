@@ -13,7 +13,7 @@ import pathlib
 from typing import Any, Optional
 
 from .plan import Plan
-from .protocol import ABLATIONS, BUNDLED_TEST, LABELS, QUICK_TITLE, SAMPLE_SEED, TITLES
+from .protocol import ABLATIONS, BUNDLED_TEST, LABELS, PROMPT_METHODS, QUICK_TITLE, SAMPLE_SEED, TITLES
 from .summary import collect, mean_std, pts, times
 
 
@@ -104,7 +104,13 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         f"{', '.join(map(str, s['sweep_seeds']))} (insertion sweep). ± is the sample standard deviation over seeds.",
         "- Learning-rate grids: "
         + "; ".join(f"{LABELS[k]} {{{', '.join(f'{v:g}' for v in g)}}}" for k, g in s["lr_grids"].items())
-        + f" (selection seed {s['seeds'][0]}, on each dataset's own val; ties go to the smaller learning rate). "
+        + f" (selection seed {s['seeds'][0]}, on each dataset's own val; ties go to the smaller learning rate)"
+        + (
+            "; where the best rate is an end of the grid, the next rate past that end on the 1-3-10 ladder is tried "
+            f"too, and so on, up to {s['lr_grid_extensions']} more per method. "
+            if s.get("lr_grid_extensions")
+            else ". "
+        )
         + (
             "GPT's own knobs are then tuned at its chosen rate, one after the other: "
             + "; ".join(f"`{k}` {{{', '.join(f'{v:g}' for v in g)}}}" for k, g in s["gpt_knobs"].items())
@@ -127,7 +133,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
             "absolute accuracies are far below published VTAB-1k numbers",
             "class-balanced test subsets, not the full test splits",
             f"{len(s['seeds'])} seed{'s' * (len(s['seeds']) > 1)} and at most "
-            f"{max(map(len, s['lr_grids'].values()))} learning rates per method",
+            f"{max(map(len, s['lr_grids'].values())) + s.get('lr_grid_extensions', 0)} learning rates per method",
         ]
     if shortfalls:
         lines.append("- **Shortfalls of this mode:** " + "; ".join(shortfalls) + ".")
@@ -233,8 +239,9 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         "Per run: the wall time of the example's whole command line (start-up, data, linear probe where it is "
         "fitted, training, test) and its CPU time (one torch thread, so about the wall time on an idle core; the wall "
         "time also counts pauses and sharing the CPU). The runs left are estimated at their group's mean CPU time, "
-        "or, for a group with no run done yet, at the mean of all runs so far (an underestimate for test-split runs "
-        "while only selection runs are done: they train on 1,000 images instead of 800 and test 1,000).",
+        "or, for a group with no run done yet, at the mean of its dataset's selection runs (same epochs and "
+        "precision), times 1,000 / 800 for test-split runs, which train on train + val (their larger test pass is "
+        "not counted).",
         "",
         "| group | runs done / planned | mean wall s / run | mean CPU s / run | estimated s left |",
         "|---|---|---|---|---|",
@@ -367,7 +374,8 @@ def _checks(record: dict[str, Any]) -> list[str]:
             is_chosen = bool(pick) and all(pick.get(k) == r[k] for k in ("lr", "gate_init", "num_prompts"))
             lines.append(
                 f"| {TITLES[dataset]} | {LABELS[r['method']]} | {r['lr']:g} | {_g(r['gate_init'])} | "
-                f"{_g(r['num_prompts'] or s['num_prompts'])} | {pts(r.get('accuracy'))} | "
+                f"{_g(r['num_prompts'] or s['num_prompts']) if r['method'] in PROMPT_METHODS else '—'} | "
+                f"{pts(r.get('accuracy'))} | "
                 f"{'**yes**' if is_chosen else ''} |"
             )
         probe = next((runs[n]["linear_probe"] for n in check["selection"] if runs[n].get("linear_probe")), None)

@@ -10,8 +10,9 @@ known so far; the command line runs it, then asks again, until nothing new appea
   candidate where doubling moves every checked method's mean val accuracy by less than the threshold.
 * ``precision``: the runs the settings list (GPT at the first candidate's epochs, say) in the other precision (fp32,
   or bf16 where the dataset trains in fp32), against the dataset's own runs.
-* ``selection``: every method on val over its learning-rate grid (seed 0, ties: the smaller rate); then GPT's own
-  knobs one after the other at its chosen rate (ties: the default, listed first).
+* ``selection``: every method on val over its learning-rate grid (seed 0, ties: the smaller rate), grown past an end
+  of it while the best rate is that end (``Settings.lr_grid_extensions``); then GPT's own knobs one after the other
+  at its chosen rate (ties: the default, listed first).
 * ``main``, ``ablations``, ``sweep``: trained on all 1,000 with what was chosen, test accuracy.
 
 A run's directory is named after a hash of its settings, so a run whose results.json exists is reused, never rerun
@@ -241,15 +242,16 @@ class Plan:
     def selection(self, dataset: str, epochs: float) -> tuple[Optional[dict[str, dict[str, Any]]], list[Spec]]:
         """(method -> what was chosen on val, or None until all of it is known; every selection run known so far)."""
         s, seed = self.settings, self.settings.seeds[0]
-        specs = [self.spec(dataset, "val", m, lr, seed, epochs) for m in s.methods for lr in s.lr_grids[m]]
+        specs: list[Spec] = []
         chosen: dict[str, dict[str, Any]] = {}
         for method in s.methods:
-            candidates = [spec for spec in specs if spec.method == method]
+            grid = self.lr_grid(dataset, method, epochs)
+            candidates = [self.spec(dataset, "val", method, lr, seed, epochs) for lr in grid]
+            specs += candidates
             best = self._best(candidates)
-            if best is None:
-                return None, specs
-            chosen[method] = {"spec": best[0], "val_accuracy": best[1]}
-        if "gpt" in chosen:
+            if best is not None:
+                chosen[method] = {"spec": best[0], "val_accuracy": best[1]}
+        if "gpt" in chosen:  # GPT's knobs go on beside the other methods' rates
             for knob, values in s.gpt_knobs.items():
                 incumbent = chosen["gpt"]["spec"]
                 # the first value is the default: the incumbent run itself, not a copy of it with the value spelt out
@@ -259,7 +261,21 @@ class Plan:
                 if best is None:
                     return None, specs
                 chosen["gpt"] = {"spec": best[0], "val_accuracy": best[1]}
+        if len(chosen) < len(s.methods):
+            return None, specs
         return {m: {**_knobs(c["spec"]), "val_accuracy": c["val_accuracy"]} for m, c in chosen.items()}, specs
+
+    def lr_grid(self, dataset: str, method: str, epochs: float) -> tuple[float, ...]:
+        """The method's learning rates on val, ascending: the settings' grid, and past whichever end of it the best
+        rate so far is (once that grid's runs are done), up to `lr_grid_extensions` more rates."""
+        s = self.settings
+        grid = tuple(s.lr_grids[method])
+        for _ in range(s.lr_grid_extensions):
+            best = self._best([self.spec(dataset, "val", method, lr, s.seeds[0], epochs) for lr in grid])
+            if best is None or len(grid) < 2 or best[0].lr not in (grid[0], grid[-1]):
+                break
+            grid = (*grid, next_rate(grid[-1], up=True)) if best[0].lr == grid[-1] else (next_rate(grid[0]), *grid)
+        return grid
 
     def _best(self, candidates: list[Spec]) -> Optional[tuple[Spec, float]]:
         """The most accurate of `candidates` (ties: the first listed), or None until all are done."""
@@ -351,6 +367,18 @@ def conditions(precision: Optional[str], device: str) -> str:
 def run_conditions(results: dict[str, Any]) -> str:
     """`conditions` of a finished run, from its results.json (its device is "cpu" or the GPU's name)."""
     return conditions(results.get("precision"), results.get("environment", {}).get("device", "cpu"))
+
+
+def next_rate(lr: float, up: bool = False) -> float:
+    """The learning rate next to `lr` on the 1-3-10 ladder (1e-3, 3e-3, 1e-2, ...), above it or below it; off the
+    ladder, a factor of sqrt(10) away."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    m, e = float(mantissa), int(exponent)
+    if m == 1.0:
+        return float(f"3e{e}") if up else float(f"3e{e - 1}")
+    if m == 3.0:
+        return float(f"1e{e + 1}") if up else float(f"1e{e}")
+    return lr * 10**0.5 if up else lr / 10**0.5
 
 
 def _knobs(spec: Spec) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class Settings:
     sweep_blocks: tuple[int, ...]  # insertion blocks k (1-based)
     lr_grids: dict[str, tuple[float, ...]]  # ascending; ties go to the smaller learning rate
     test_images: dict[str, Optional[int]]  # class-balanced test subset size; None: the whole test split
+    # Where a method's best learning rate is an end of its grid, the best may lie beyond it: the next rate past that
+    # end (on the 1-3-10 ladder) is tried too, and so on, up to this many rates added per method.
+    lr_grid_extensions: int = 2
     epoch_candidates: tuple[float, ...] = (4, 8, 16)
     epoch_check_methods: tuple[str, ...] = ("gpt", "lora")
     converged_points: float = 1.0
@@ -144,6 +147,7 @@ def quick(settings: Settings) -> Settings:
         sweep_seeds=(0,),
         sweep_blocks=(1, DEPTH),
         lr_grids={m: g[:2] if m == "vpt-shallow" else g[:1] for m, g in settings.lr_grids.items()},
+        lr_grid_extensions=0,
         max_samples=24,
         methods=("vpt-shallow", "gpt", "cdc"),
         ablations=("no-cross-layer",),

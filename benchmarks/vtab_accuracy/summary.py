@@ -16,7 +16,18 @@ from typing import Any, Optional
 import _runs  # benchmarks/_runs.py
 
 from .plan import Plan, Spec
-from .protocol import ABLATIONS, BASELINES, DATASETS, LABELS, STAGES, THE, TITLES, Settings
+from .protocol import (
+    ABLATIONS,
+    BASELINES,
+    DATASETS,
+    LABELS,
+    STAGES,
+    THE,
+    TITLES,
+    TRAIN_PER_CLASS,
+    VAL_PER_CLASS,
+    Settings,
+)
 
 
 def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[str, Any]:
@@ -416,18 +427,22 @@ def times(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Per (dataset, stage): runs done and planned, mean wall and CPU time per run, estimated time of the runs left.
 
     The estimate uses the CPU time where it was recorded: a run has one torch thread, so its CPU time is what its
-    wall time would be on an otherwise idle core (wall times also count pauses and a shared CPU)."""
+    wall time would be on an otherwise idle core (wall times also count pauses and a shared CPU). A group with no run
+    done yet is estimated from its dataset's selection runs (same epochs, same precision), scaled by the training
+    images for test-split runs."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in record["runs"]:
         groups.setdefault((r["dataset"], r["stage"]), []).append(r)
     for dataset, n in record["progress"]["pending_unknown_lr"].items():
-        groups.setdefault((dataset, "main + ablations + sweep"), []).extend([{"done": False}] * n)
-    fallback = _mean(record["runs"], "cpu_s") or _mean(record["runs"], "run_s")
+        groups.setdefault((dataset, "main + ablations + sweep"), []).extend([{"done": False, "split": "test"}] * n)
     out = []
     for (dataset, stage), rows in groups.items():
         wall, cpu = _mean(rows, "run_s"), _mean(rows, "cpu_s")
         left = sum(not r["done"] for r in rows)
-        per_run = cpu or wall or fallback
+        per_run = cpu or wall
+        if per_run is None:
+            split = rows[0].get("split", "val")
+            per_run = _estimate(record["runs"], dataset, split)
         out.append(
             {
                 "group": f"{TITLES[dataset]} {stage}",
@@ -439,6 +454,20 @@ def times(record: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _estimate(runs: list[dict[str, Any]], dataset: str, split: str) -> Optional[float]:
+    """Seconds per run of a group none of whose runs is done: the mean of the dataset's selection runs (else of all
+    its runs, else of every run), times 1,000 / 800 for a test-split run, which trains on train + val."""
+    for rows in (
+        [r for r in runs if r["dataset"] == dataset and r["stage"] == "selection"],
+        [r for r in runs if r["dataset"] == dataset],
+        runs,
+    ):
+        per_run = _mean(rows, "cpu_s") or _mean(rows, "run_s")
+        if per_run is not None:
+            return per_run * ((TRAIN_PER_CLASS + VAL_PER_CLASS) / TRAIN_PER_CLASS if split == "test" else 1.0)
+    return None
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> Optional[float]:
