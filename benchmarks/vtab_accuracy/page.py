@@ -158,13 +158,13 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         lines += [
             f"### {TITLES[dataset]} (test, {_n(tables['num_test'])} images)",
             "",
-            "| method | lr | accuracy % (mean ± std) | per seed | trainable params | adapter bytes | "
+            "| method | chosen lr | accuracy % (mean ± std) | per seed | trainable params | adapter bytes | "
             "training s / run (CPU s) |",
             "|---|---|---|---|---|---|---|",
         ]
         for method, r in tables["main"].items():
             lines.append(
-                f"| {LABELS[method]} | {'L-BFGS' if method == 'linear-probe' else _g(r['lr'])} | {mean_std(r)} | "
+                f"| {LABELS[method]} | {'L-BFGS' if method == 'linear-probe' else _chosen(r)} | {mean_std(r)} | "
                 f"{' / '.join(pts(v) for v in r['values'])} | {_n(r.get('trainable_parameters'))} | "
                 f"{_n(r.get('adapter_bytes'))} | {_n(r.get('train_s'))}"
                 + (f" ({_n(r['train_cpu_s'])})" if r.get("train_cpu_s") else "")
@@ -182,7 +182,9 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
         lines += [
             "",
             f"Resolution: one test image is {' / '.join(f'{100 / n:.2g}' for n in tests)} points "
-            f"({' / '.join(f'{n:,}' for n in tests)} test images); a gap within the seed-to-seed std is noise.",
+            f"({' / '.join(f'{n:,}' for n in tests)} test images). A gap's ± is its standard error over the seeds, "
+            "sqrt(std_a² / n_a + std_b² / n_b); a gap within twice it is not called a difference (a rough rule with "
+            "3 seeds, not a significance test).",
         ]
     lines += [
         "",
@@ -382,6 +384,16 @@ def _checks(record: dict[str, Any]) -> list[str]:
         if probe:
             lines.append(f"| {TITLES[dataset]} | linear probe | L-BFGS | | | {pts(probe['accuracy'])} | |")
     return lines
+
+
+def _chosen(row: dict[str, Any]) -> str:
+    """A table row's learning rate, and GPT's knobs where the selection moved them off their defaults."""
+    knobs = [
+        f"{name} {row[key]:g}"
+        for key, name in (("gate_init", "gate_init"), ("num_prompts", "prompts"))
+        if row.get(key) is not None
+    ]
+    return _g(row.get("lr")) + (f" ({', '.join(knobs)})" if knobs else "")
 
 
 def _g(x: Optional[float]) -> str:

@@ -233,7 +233,8 @@ def table_row(runs: list[dict[str, Any]], stage: str, seeds, **match) -> dict[st
     found = {r["seed"]: r for r in runs if r["stage"] == stage and all(r[k] == v for k, v in match.items())}
     done = [found[s] for s in seeds if s in found and found[s]["done"]]
     out = stats([found[s]["accuracy"] if s in found and found[s]["done"] else None for s in seeds])
-    out.update(seeds=list(seeds), lr=next((r["lr"] for r in found.values()), None))
+    first = next(iter(found.values()), {})
+    out.update(seeds=list(seeds), **{k: first.get(k) for k in ("lr", "gate_init", "num_prompts")})
     if done:
         out.update(
             trainable_parameters=done[0]["trainable_parameters"],
@@ -271,13 +272,11 @@ def findings(summary: dict[str, Any]) -> list[str]:
                 if base not in main or main[base]["mean"] is None:
                     continue
                 compared.append(LABELS[base])
-                gap = 100 * (main[base]["mean"] - main[ours]["mean"])
+                gap, se = gap_points(main[base], main[ours])
                 if gap > 0:
-                    stds = [s for s in (main[ours]["std"], main[base]["std"]) if s is not None]
-                    noise = " — no more than one seed-to-seed std" if stds and gap <= 100 * max(stds) else ""
                     losses.append(
-                        f"{LABELS[ours]} is below {THE.get(base, LABELS[base])} on {title} by {gap:.1f} points "
-                        f"({_versus(main[ours], main[base])}){noise}."
+                        f"{LABELS[ours]} is below {THE.get(base, LABELS[base])} on {title} by {_points(gap, se)} "
+                        f"({_versus(main[ours], main[base])}){_noise(gap, se)}."
                     )
             if losses:
                 lines += losses
@@ -308,22 +307,40 @@ def versus(summary: dict[str, Any]) -> list[str]:
                 a, b = main.get(ours), main.get(ref)
                 if not a or not b or a["mean"] is None or b["mean"] is None:
                     continue
-                gap = 100 * (a["mean"] - b["mean"])
-                stds = [x for x in (a["std"], b["std"]) if x is not None]
-                within = bool(stds) and abs(gap) <= 100 * max(stds)
+                gap, se = gap_points(a, b)
                 word = "above" if gap > 0 else "below" if gap < 0 else "level with"
                 lines.append(
-                    f"{TITLES[dataset]}: {LABELS[ours]} is {word} {LABELS[ref]} by {abs(gap):.1f} points "
-                    f"({_versus(a, b)})"
-                    + (" — within one seed-to-seed std, so not a clear difference." if within else ".")
+                    f"{TITLES[dataset]}: {LABELS[ours]} is {word} {LABELS[ref]} by {_points(abs(gap), se)} "
+                    f"({_versus(a, b)}){_noise(gap, se)}."
                 )
     return lines
 
 
+def gap_points(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, Optional[float]]:
+    """a's mean minus b's, in points, and the standard error of that difference (None with fewer than 2 seeds on
+    either side): sqrt(std_a^2 / n_a + std_b^2 / n_b)."""
+    gap = 100 * (a["mean"] - b["mean"])
+    if a["std"] is None or b["std"] is None:
+        return gap, None
+    return gap, 100 * (a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) ** 0.5
+
+
+def _points(gap: float, se: Optional[float]) -> str:
+    return f"{gap:.1f} points" if se is None else f"{gap:.1f} ± {se:.1f} points (s.e.)"
+
+
+def _noise(gap: float, se: Optional[float]) -> str:
+    """The clause saying a gap is not clear: within twice its standard error, or measured on one seed."""
+    if se is None:
+        return " — one seed, so its noise is unknown"
+    return " — less than twice its standard error, so not a clear difference" if abs(gap) <= 2 * se else ""
+
+
 def guide(summary: dict[str, Any]) -> list[str]:
-    """Which method to pick for which goal, read off the tables: per dataset the most accurate method, the fewest
-    trainable parameters, the smallest adapter, the fastest training; and for serving many tasks on one backbone,
-    the smallest adapter among the methods within one std of the most accurate."""
+    """Which method to pick for which goal, read off the tables: per dataset the most accurate method (and those not
+    clearly below it), the fewest trainable parameters, the smallest adapter, the fastest training; and for serving
+    many tasks on one frozen backbone (every method but full fine-tuning, which copies the whole model per task), the
+    smallest adapter among the frozen-backbone methods not clearly below the most accurate of them."""
     lines = []
     for dataset, tables in summary.items():
         main = {m: r for m, r in tables["main"].items() if r["mean"] is not None and m != "linear-probe"}
@@ -331,7 +348,15 @@ def guide(summary: dict[str, Any]) -> list[str]:
             continue
         title = TITLES[dataset]
         best = max(main, key=lambda m: main[m]["mean"])
-        lines.append(f"{title}, accuracy: {LABELS[best]} ({mean_std(main[best], False)}).")
+        tied = _not_clearly_below(main, best)
+        lines.append(
+            f"{title}, accuracy: {LABELS[best]} ({mean_std(main[best], False)})"
+            + (
+                f"; not clearly below it: {', '.join(f'{LABELS[m]} ({mean_std(main[m], False)})' for m in tied)}."
+                if tied
+                else "."
+            )
+        )
         # training time: CPU seconds where every method has them (a run's wall time also counts a shared CPU)
         timed = [r for r in main.values() if r.get("train_s")]
         cpu = bool(timed) and all(r.get("train_cpu_s") for r in timed)
@@ -349,18 +374,29 @@ def guide(summary: dict[str, Any]) -> list[str]:
                     f"{title}, {what}: {LABELS[pick]} ({have[pick]:,.0f} {unit}; {LABELS[best]}: "
                     f"{main[best].get(key) or 0:,.0f}); accuracy {mean_std(main[pick], False)}."
                 )
-        spread = 100 * (main[best]["std"] or 0.0)
-        close = [
-            m for m in main if 100 * (main[best]["mean"] - main[m]["mean"]) <= spread and main[m].get("adapter_bytes")
-        ]
-        if close:
-            pick = min(close, key=lambda m: main[m]["adapter_bytes"])
-            lines.append(
-                f"{title}, many tasks on one frozen backbone: {LABELS[pick]}, the smallest adapter "
-                f"({main[pick]['adapter_bytes']:,} bytes) within one std of the most accurate "
-                f"({mean_std(main[pick], False)})."
-            )
+        frozen = {m: r for m, r in main.items() if m != "full"}
+        if frozen:
+            top = max(frozen, key=lambda m: frozen[m]["mean"])
+            close = [m for m in (top, *_not_clearly_below(frozen, top)) if frozen[m].get("adapter_bytes")]
+            if close:
+                pick = min(close, key=lambda m: frozen[m]["adapter_bytes"])
+                lines.append(
+                    f"{title}, many tasks on one frozen backbone: {LABELS[pick]} ({mean_std(frozen[pick], False)}, "
+                    f"{frozen[pick]['adapter_bytes']:,} bytes per task), the smallest adapter not clearly below the "
+                    f"most accurate frozen-backbone method ({LABELS[top]}, {mean_std(frozen[top], False)})."
+                )
     return lines
+
+
+def _not_clearly_below(rows: dict[str, dict[str, Any]], best: str) -> list[str]:
+    """The methods other than `best` whose gap to it is within twice its standard error (or unknown: one seed)."""
+    out = []
+    for m, r in rows.items():
+        if m != best:
+            gap, se = gap_points(rows[best], r)
+            if se is None or gap <= 2 * se:
+                out.append(m)
+    return out
 
 
 def sweep_reading(summary: dict[str, Any]) -> list[str]:
