@@ -374,8 +374,11 @@ def _checks(record: dict[str, Any]) -> list[str]:
             r = runs[name]
             pick = chosen.get(r["method"], {})
             is_chosen = bool(pick) and all(pick.get(k) == r[k] for k in ("lr", "gate_init", "num_prompts"))
+            gate_init = r["gate_init"]
+            if gate_init is None and r["method"] == "gpt" and s["gpt_knobs"].get("gate_init"):
+                gate_init = s["gpt_knobs"]["gate_init"][0]  # the example's default, listed first
             lines.append(
-                f"| {TITLES[dataset]} | {LABELS[r['method']]} | {r['lr']:g} | {_g(r['gate_init'])} | "
+                f"| {TITLES[dataset]} | {LABELS[r['method']]} | {r['lr']:g} | {_g(gate_init)} | "
                 f"{_g(r['num_prompts'] or s['num_prompts']) if r['method'] in PROMPT_METHODS else '—'} | "
                 f"{pts(r.get('accuracy'))} | "
                 f"{'**yes**' if is_chosen else ''} |"
