@@ -343,6 +343,8 @@ def test_the_pages_readings_follow_the_numbers():
     assert any(line.startswith("EuroSAT: GPT is below full fine-tuning by 3.0 ± 1.1 points (s.e.)") for line in versus)
     assert not any("full fine-tuning" in line and "not a clear" in line for line in versus)
     one_seed = {"eurosat": {"main": {"gpt": stats(0.90, None), "lora": stats(0.92, None)}}}
+    # a gap of unknown noise is no tie: the guide names nothing as not clearly below the best
+    assert study_summary.guide(one_seed)[0] == "EuroSAT, accuracy: LoRA (92.0)."
     assert study_summary.versus(one_seed) == [
         "EuroSAT: GPT is below LoRA by 2.0 points (90.0 vs 92.0; 1 of 2 seeds so far) — one seed, so its noise is "
         "unknown."

@@ -380,21 +380,30 @@ def guide(summary: dict[str, Any]) -> list[str]:
             close = [m for m in (top, *_not_clearly_below(frozen, top)) if frozen[m].get("adapter_bytes")]
             if close:
                 pick = min(close, key=lambda m: frozen[m]["adapter_bytes"])
-                lines.append(
+                head = (
                     f"{title}, many tasks on one frozen backbone: {LABELS[pick]} ({mean_std(frozen[pick], False)}, "
-                    f"{frozen[pick]['adapter_bytes']:,} bytes per task), the smallest adapter not clearly below the "
-                    f"most accurate frozen-backbone method ({LABELS[top]}, {mean_std(frozen[top], False)})."
+                    f"{frozen[pick]['adapter_bytes']:,} bytes per task), "
                 )
+                if pick == top:
+                    lines.append(
+                        head + "the most accurate frozen-backbone method; no smaller adapter is shown to be as good."
+                    )
+                else:
+                    lines.append(
+                        head + "the smallest adapter not clearly below the most accurate frozen-backbone method "
+                        f"({LABELS[top]}, {mean_std(frozen[top], False)})."
+                    )
     return lines
 
 
 def _not_clearly_below(rows: dict[str, dict[str, Any]], best: str) -> list[str]:
-    """The methods other than `best` whose gap to it is within twice its standard error (or unknown: one seed)."""
+    """The methods other than `best` whose gap to it is within twice its standard error; a gap whose noise is unknown
+    (one seed on either side) is not counted as a tie, so one-seed rows do not read as equals."""
     out = []
     for m, r in rows.items():
         if m != best:
             gap, se = gap_points(rows[best], r)
-            if se is None or gap <= 2 * se:
+            if se is not None and gap <= 2 * se:
                 out.append(m)
     return out
 
