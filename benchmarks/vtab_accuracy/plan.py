@@ -241,14 +241,12 @@ class Plan:
 
     def selection(self, dataset: str, epochs: float) -> tuple[Optional[dict[str, dict[str, Any]]], list[Spec]]:
         """(method -> what was chosen on val, or None until all of it is known; every selection run known so far)."""
-        s, seed = self.settings, self.settings.seeds[0]
+        s = self.settings
         specs: list[Spec] = []
         chosen: dict[str, dict[str, Any]] = {}
         for method in s.methods:
-            grid = self.lr_grid(dataset, method, epochs)
-            candidates = [self.spec(dataset, "val", method, lr, seed, epochs) for lr in grid]
+            candidates, best = self._lr_choice(dataset, method, epochs)
             specs += candidates
-            best = self._best(candidates)
             if best is not None:
                 chosen[method] = {"spec": best[0], "val_accuracy": best[1]}
         if "gpt" in chosen:  # GPT's knobs go on beside the other methods' rates
@@ -268,14 +266,19 @@ class Plan:
     def lr_grid(self, dataset: str, method: str, epochs: float) -> tuple[float, ...]:
         """The method's learning rates on val, ascending: the settings' grid, and past whichever end of it the best
         rate so far is (once that grid's runs are done), up to `lr_grid_extensions` more rates."""
+        return tuple(spec.lr for spec in self._lr_choice(dataset, method, epochs)[0])
+
+    def _lr_choice(self, dataset: str, method: str, epochs: float) -> tuple[list[Spec], Optional[tuple[Spec, float]]]:
+        """(the method's selection runs over `lr_grid`, the best of them or None until all are done)."""
         s = self.settings
         grid = tuple(s.lr_grids[method])
-        for _ in range(s.lr_grid_extensions):
-            best = self._best([self.spec(dataset, "val", method, lr, s.seeds[0], epochs) for lr in grid])
-            if best is None or len(grid) < 2 or best[0].lr not in (grid[0], grid[-1]):
-                break
+        while True:
+            candidates = [self.spec(dataset, "val", method, lr, s.seeds[0], epochs) for lr in grid]
+            best = self._best(candidates)
+            grown = len(grid) - len(s.lr_grids[method])
+            if best is None or grown >= s.lr_grid_extensions or len(grid) < 2 or best[0].lr not in (grid[0], grid[-1]):
+                return candidates, best
             grid = (*grid, next_rate(grid[-1], up=True)) if best[0].lr == grid[-1] else (next_rate(grid[0]), *grid)
-        return grid
 
     def _best(self, candidates: list[Spec]) -> Optional[tuple[Spec, float]]:
         """The most accurate of `candidates` (ties: the first listed), or None until all are done."""
