@@ -36,9 +36,10 @@ machine without ../shared or network: write the folders here with `--mode gpu --
 DIR and the converted backbone (e.g. saved in fp16) there, and pass `--data-dir DIR --model BACKBONE_DIR`.
 
 Resumable: each run has a stable id (its settings' hash) and directory under --work-dir; a run whose results.json
-exists is reused. Processes started with disjoint --datasets can run at the same time: a lock per run keeps them
-apart (in cpu mode both need EuroSAT's selection runs: each process takes those not started yet and waits for those
-the other one is running).
+exists is reused, and each finished run's results are also copied into --results-dir (committed), together with
+commands.jsonl, the command of every sitting that the page lists. Processes started with disjoint --datasets can run
+at the same time: a lock per run keeps them apart (in cpu mode both need EuroSAT's selection runs: each process
+takes those not started yet and waits for those the other one is running).
 
 One precision and one kind of device per dataset: `--precision auto` resolves to bf16 on a CPU with AVX512-BF16 or
 AMX and to fp32 on one without, and the example trains on a GPU wherever there is one, so a machine that would train
@@ -121,7 +122,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         results_dir = work / "results" if args.quick else RESULTS / f"accuracy-{args.mode}"
     plan = Plan(args.mode, settings, model, work, args.data_dir, args.shared_data, results_dir)
-    command_log = work / "commands.jsonl"
+    # beside the per-run results, so that the page names every sitting's command wherever it is rendered
+    command_log = results_dir / "commands.jsonl"
     shown = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "benchmarks/accuracy.py", *shown])
     render = shlex.join(
@@ -178,6 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.model is None:
             plan.model = _runs.default_backbone()
         work.mkdir(parents=True, exist_ok=True)
+        command_log.parent.mkdir(parents=True, exist_ok=True)
         with command_log.open("a") as f:
             f.write(
                 json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "pid": os.getpid()}) + "\n"

@@ -73,7 +73,7 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
         cells = [mean_std(summary[d][table][key]) for d in datasets]
         params = next((summary[d][table][key].get("trainable_parameters") for d in datasets), None)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if params is None else f'{params:,}'} |")
-    lines += ["", "Where GPT and CDC lose (from the numbers above):", ""]
+    lines += ["", "GPT and CDC against the linear probe and VPT (from the numbers above):", ""]
     lines += [f"- {f}" for f in record["findings"]] or ["- nothing to compare yet"]
     lines += ["", "Each prompt method against LoRA and full fine-tuning:", ""]
     lines += [f"- {f}" for f in record.get("versus", [])] or ["- nothing to compare yet"]

@@ -285,6 +285,9 @@ def test_a_machine_that_would_train_a_dataset_otherwise_adds_no_runs_to_it(tmp_p
     monkeypatch.setattr(accuracy, "uses_shared", lambda *args: False)
     assert accuracy.main([*base, "--datasets", "eurosat", "cifar10", "--stages", "epochs"]) == 0
     assert ran and {s.dataset for s in ran} == {"cifar10"} and {s.precision for s in ran} == {"fp32"}
+    # the sitting's command is kept beside the per-run results (committed with them), not in the work folder
+    (logged,) = [json.loads(line) for line in (results_dir / "commands.jsonl").read_text().splitlines()]
+    assert logged["command"].endswith("--datasets eurosat cifar10 --stages epochs")
     monkeypatch.undo()
     import torch
 
@@ -329,6 +332,7 @@ def test_the_pages_readings_follow_the_numbers():
                 "lora": row(0.925, 0.905, params=150_000, size=600_000, train=150),
                 "gpt": row(0.915, 0.905, params=11_000, size=50_000, train=160),
             },
+            "ablations": {},
             "sweep": {"1": stats(0.90, None), "5": stats(0.93, None), "9": stats(0.85, None)},
         }
     }
@@ -349,6 +353,18 @@ def test_the_pages_readings_follow_the_numbers():
         "EuroSAT: GPT is below LoRA by 2.0 points (90.0 vs 92.0; 1 of 2 seeds so far) — one seed, so its noise is "
         "unknown."
     ]
+    # a gap that rounds to 0.0 is level, not "below by 0.0"
+    level = {"eurosat": {"main": {"gpt": stats(0.9004, None), "lora": stats(0.9000, None)}}}
+    assert study_summary.versus(level)[0].startswith("EuroSAT: GPT is level with LoRA (90.0 vs 90.0; 1 of 2 seeds")
+    # the findings hold GPT and CDC against the linear probe and VPT, and leave LoRA and full fine-tuning to versus
+    main = summary["eurosat"]["main"]
+    main["vpt-deep"] = stats(0.92, 0.92)
+    assert study_summary.findings(summary) == [
+        "EuroSAT: GPT is above the linear probe by 11.0 ± 0.5 points (s.e.) (91.0 ± 0.7 vs 80.0 ± 0.0; 2 seeds).",
+        "EuroSAT: GPT is below VPT-deep by 1.0 ± 0.5 points (s.e.) (91.0 ± 0.7 vs 92.0 ± 0.0; 2 seeds) — less than "
+        "twice its standard error, so not a clear difference.",
+    ]
+    del main["vpt-deep"]
     guide = study_summary.guide(summary)
     # LoRA's 2.5 points below full fine-tuning are within twice their s.e. (1.4); GPT's 3.0 (s.e. 1.1) are not
     assert "EuroSAT, accuracy: full fine-tuning (94.0 ± 1.4); not clearly below it: LoRA (91.5 ± 1.4)." in guide

@@ -171,7 +171,7 @@ def render_markdown(record: dict[str, Any], png: str, sweep_png: str) -> str:
                 + " |"
             )
         lines.append("")
-    lines += ["## Where GPT and CDC lose", ""]
+    lines += ["## GPT and CDC against the linear probe and VPT", ""]
     lines += [f"- {f}" for f in record["findings"]] or ["- Nothing to compare yet."]
     lines += ["", "## Prompt methods against LoRA and full fine-tuning", ""]
     lines += [f"- {f}" for f in record["versus"]] or ["- Nothing to compare yet."]

@@ -259,58 +259,45 @@ def stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+PROMPTS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
+REFERENCES = ("lora", "full")
+# What GPT and CDC are also held against: the cheaper baselines (the references have a section of their own)
+OTHER_BASELINES = tuple(b for b in BASELINES if b not in REFERENCES)
+
+
 def findings(summary: dict[str, Any]) -> list[str]:
-    """Plain statements, from the numbers, of where GPT and CDC lose to a baseline (and where CDC's parts hurt)."""
+    """GPT and CDC against the linear probe and VPT, and where one of CDC's parts hurts, per dataset, from the
+    numbers (LoRA and full fine-tuning are `versus`'s)."""
     lines = []
     for dataset, tables in summary.items():
-        main, title = tables["main"], TITLES[dataset]
-        for ours in ("gpt", "cdc"):
-            if ours not in main or main[ours]["mean"] is None:
-                continue
-            losses, compared = [], []
-            for base in BASELINES:
-                if base not in main or main[base]["mean"] is None:
-                    continue
-                compared.append(LABELS[base])
-                gap, se = gap_points(main[base], main[ours])
-                if gap > 0:
-                    losses.append(
-                        f"{LABELS[ours]} is below {THE.get(base, LABELS[base])} on {title} by {_points(gap, se)} "
-                        f"({_versus(main[ours], main[base])}){_noise(gap, se)}."
-                    )
-            if losses:
-                lines += losses
-            elif compared:
-                lines.append(f"{LABELS[ours]} is not below any baseline run so far on {title} ({', '.join(compared)}).")
-        cdc = main["cdc"]["mean"] if "cdc" in main else None
+        lines += versus({dataset: tables}, ("gpt", "cdc"), OTHER_BASELINES)
+        main, cdc = tables["main"], tables["main"].get("cdc", {}).get("mean")
         for name, s in tables["ablations"].items():
             if cdc is not None and s["mean"] is not None and s["mean"] > cdc:
                 lines.append(
-                    f"{ABLATIONS[name][1]} scores above full CDC on {title} by {100 * (s['mean'] - cdc):.1f} points "
-                    f"({_versus(s, main['cdc'])})."
+                    f"{ABLATIONS[name][1]} scores above full CDC on {TITLES[dataset]} by "
+                    f"{100 * (s['mean'] - cdc):.1f} points ({_versus(s, main['cdc'])})."
                 )
     return lines
 
 
-PROMPTS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
-REFERENCES = ("lora", "full")
-
-
-def versus(summary: dict[str, Any]) -> list[str]:
-    """Each prompt method against LoRA and full fine-tuning, per dataset: the gap in points, with both spreads, and
-    whether it exceeds the larger seed-to-seed std."""
+def versus(summary: dict[str, Any], methods=PROMPTS, references=REFERENCES) -> list[str]:
+    """Each of methods against each of references, per dataset: the gap in points with its standard error, both
+    means with their spreads, and whether the gap is clear of the noise. A gap that rounds to 0.0 is 'level'."""
     lines = []
     for dataset, tables in summary.items():
         main = tables["main"]
-        for ours in PROMPTS:
-            for ref in REFERENCES:
+        for ours in methods:
+            for ref in references:
                 a, b = main.get(ours), main.get(ref)
                 if not a or not b or a["mean"] is None or b["mean"] is None:
                     continue
                 gap, se = gap_points(a, b)
-                word = "above" if gap > 0 else "below" if gap < 0 else "level with"
+                shown = round(gap, 1)
+                word = "above" if shown > 0 else "below" if shown < 0 else "level with"
+                by = f" by {_points(abs(gap), se)}" if shown else ""
                 lines.append(
-                    f"{TITLES[dataset]}: {LABELS[ours]} is {word} {LABELS[ref]} by {_points(abs(gap), se)} "
+                    f"{TITLES[dataset]}: {LABELS[ours]} is {word} {THE.get(ref, LABELS[ref])}{by} "
                     f"({_versus(a, b)}){_noise(gap, se)}."
                 )
     return lines
