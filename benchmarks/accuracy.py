@@ -21,10 +21,9 @@ method is trained on all 1,000 with what was chosen and tested on the test image
 
 Modes (the exact settings are MODES in vtab_accuracy/protocol.py, and are written into the report):
 
-* cpu: 98 px, batch 16, 10 prompts, EuroSAT in bf16 autocast where the CPU has it (the example's --precision auto)
-  and CIFAR-10 in fp32, sweep
-  k = 1, 3, 5, 7, 9, 11 on seed 0. Test: the 1,000 bundled EuroSAT test images and 1,000 class-balanced CIFAR-10
-  test images. Several hours on a 2-core CPU: run it in sittings (it resumes, see below).
+* cpu: 98 px, batch 16, 10 prompts, fp32 (any CPU can carry the study on; the precision check holds fp32 against
+  bf16 on val), sweep k = 1, 3, 5, 7, 9, 11 on seed 0. Test: the 1,000 bundled EuroSAT test images and 1,000
+  class-balanced CIFAR-10 test images. Several hours on a 2-core CPU: run it in sittings (it resumes, see below).
 * gpu: 224 px, 20 epochs, batch 64, sweep k = 1..12 on 3 seeds, the full test splits (EuroSAT 2,700, CIFAR-10
   10,000). Meant for one GPU with --jobs 1.
 
@@ -44,7 +43,7 @@ takes those not started yet and waits for those the other one is running).
 One precision and one kind of device per dataset: `--precision auto` resolves to bf16 on a CPU with AVX512-BF16 or
 AMX and to fp32 on one without, and the example trains on a GPU wherever there is one, so a machine that would train
 a dataset's runs otherwise than its committed runs recorded does not add to them (it says so, and runs what it may:
-in cpu mode CIFAR-10 trains in fp32, which any CPU can carry on); --report-only renders anywhere.
+in cpu mode both datasets train in fp32, which any CPU can carry on); --report-only renders anywhere.
 
     python benchmarks/accuracy.py --mode cpu --jobs 2                      # runs, then renders the docs
     python benchmarks/accuracy.py --mode cpu --datasets cifar10 --jobs 1   # one dataset (may run beside another)

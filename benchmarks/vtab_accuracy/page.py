@@ -386,6 +386,22 @@ def _checks(record: dict[str, Any]) -> list[str]:
         probe = next((runs[n]["linear_probe"] for n in check["selection"] if runs[n].get("linear_probe")), None)
         if probe:
             lines.append(f"| {TITLES[dataset]} | linear probe | L-BFGS | | | {pts(probe['accuracy'])} | |")
+    unused = record.get("unused_runs", [])
+    if unused:
+        lines += [
+            "",
+            "## Committed runs outside the protocol",
+            "",
+            f"{len(unused)} of the committed per-run results are named by no run of the protocol: they were made "
+            "before one of its settings changed (vtab_accuracy/protocol.py says which, and why). They are kept, and "
+            "nothing on this page is computed from them.",
+            "",
+            "| run | precision used | accuracy % | date |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['file']} | {r['precision'] or '—'} | {pts(r['accuracy'])} | {r['date'] or '—'} |" for r in unused
+        ]
     return lines
 
 

@@ -306,15 +306,15 @@ class Plan:
     def runs(self, dataset: str, stages) -> list[tuple[str, Spec]]:
         """Every run of `stages` that is known so far for `dataset` (done or not), as (stage, spec)."""
         out: list[tuple[str, Spec]] = []
-        rows, epochs, needed = self.epoch_check(dataset)
-        if "epochs" in stages:
-            out += [("epochs", spec) for spec in needed]
+        rows, epochs, _ = self.epoch_check(dataset)
+        if "epochs" in stages:  # every run of the candidates looked at so far, the one still open included
+            s = self.settings
             out += [
-                ("epochs", self.spec(dataset, "val", m, r["lr"], seed, e))
+                ("epochs", self.spec(dataset, "val", m, _middle(s.lr_grids[m]), seed, e))
                 for row in rows
-                for m, r in row["methods"].items()
+                for m in s.epoch_check_methods
                 for e in (row["epochs"], 2 * row["epochs"])
-                for seed in self.settings.seeds
+                for seed in s.seeds
             ]
         if "precision" in stages:
             out += [("precision", spec) for pair in self.precision_runs(dataset) for spec in pair]
@@ -326,6 +326,11 @@ class Plan:
         if chosen is not None:
             out += [(stage, spec) for stage, spec in self.final(dataset, epochs, chosen) if stage in stages]
         return _unique(out)
+
+    def unused_results(self) -> list[pathlib.Path]:
+        """The committed per-run results that no run of the protocol names: runs made before a setting changed."""
+        used = {self.record_file(spec) for d in DATASETS for _, spec in self.runs(d, STAGES)}
+        return [p for p in sorted(self.results_dir.glob("*.json")) if p not in used]
 
     def probe_carriers(self, specs: list[Spec]) -> set[Spec]:
         """The runs that also fit the linear probe: the first selection run of a dataset, and each seed's GPT run."""
