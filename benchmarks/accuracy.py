@@ -36,9 +36,10 @@ DIR and the converted backbone (e.g. saved in fp16) there, and pass `--data-dir 
 
 Resumable: each run has a stable id (its settings' hash) and directory under --work-dir; a run whose results.json
 exists is reused, and each finished run's results are also copied into --results-dir (committed), together with
-commands.jsonl, the command of every sitting that the page lists. Processes started with disjoint --datasets can run
-at the same time: a lock per run keeps them apart (in cpu mode both need EuroSAT's selection runs: each process
-takes those not started yet and waits for those the other one is running).
+commands.jsonl, the command of every sitting that the page lists. Processes can run at the same time (a lock per run
+keeps them apart); on 2 cores, one process per dataset (--datasets D --jobs 1) keeps both busy, where one process
+with --jobs 2 runs in rounds: each round waits for its last run before the next stage's runs are known, and a round
+of an odd count leaves a core idle.
 
 One precision and one kind of device per dataset: `--precision auto` resolves to bf16 on a CPU with AVX512-BF16 or
 AMX and to fp32 on one without, and the example trains on a GPU wherever there is one, so a machine that would train
