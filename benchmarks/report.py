@@ -22,7 +22,7 @@ from typing import Any, Optional
 from _targets import INFERENCE_TARGET, TRAIN_TARGETS, ratio_text, target, verdict  # benchmarks/_targets.py
 from vtab_accuracy.page import epochs_text  # benchmarks/vtab_accuracy: accuracy.py's code
 from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES
-from vtab_accuracy.summary import mean_std
+from vtab_accuracy.summary import mean_std, planned
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 COST_METHODS = ("gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full")
@@ -45,11 +45,10 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
     if record is None:
         return [*lines, "Not run yet: `python benchmarks/accuracy.py` writes docs/benchmarks_accuracy.json.", ""]
     s, progress, summary = record["settings"], record["progress"], record["summary"]
-    planned = progress["known"] + sum(progress["pending_unknown_lr"].values())
     lines += [
         f"Real DINOv2 ViT-S/14, {record['mode']} mode: {s['image_size']} px, {epochs_text(record)}, batch "
         f"{s['batch_size']}, seeds {', '.join(map(str, s['seeds']))}; learning rates chosen on the 200 val images, "
-        f"then trained on all 1,000 training images and tested. {progress['done']} of {planned} runs done "
+        f"then trained on all 1,000 training images and tested. {progress['done']} of {planned(progress)} runs done "
         f"({record['generated']}). Test accuracy %, mean ± std over seeds; details, the settings' shortfalls and "
         "per-seed values in [benchmarks_accuracy.md](benchmarks_accuracy.md).",
         "",

@@ -443,6 +443,39 @@ def test_a_run_no_setting_names_any_more_is_kept_outside_the_protocol(tmp_path):
     assert "| eurosat-val-gpt-lr0.01-e3-L0-s0-" in out.with_suffix(".md").read_text()
 
 
+def test_the_time_left_is_estimated_per_epoch_and_not_where_the_epochs_are_unknown():
+    def run(dataset, stage, split, epochs, cpu_s=None):
+        return {
+            "dataset": dataset,
+            "stage": stage,
+            "split": split,
+            "epochs": epochs,
+            "done": cpu_s is not None,
+            "cpu_s": cpu_s,
+            "run_s": None if cpu_s is None else cpu_s + 10,
+        }
+
+    runs = [
+        run("cifar10", "epochs", "val", 4, 280.0),
+        run("cifar10", "epochs", "val", 8, 560.0),
+        run("cifar10", "epochs", "val", 16),  # its group's rate: 840 s / 12 epochs = 70 s per epoch
+        run("cifar10", "main", "test", 8),  # no test run done: the val rate times 1,000 / 800 training images
+        run("eurosat", "epochs", "val", 8),  # no EuroSAT run done: every val run's rate
+    ]
+    pending = [
+        {"dataset": "eurosat", "group": "selection", "runs": 22, "epochs": None},
+        {"dataset": "cifar10", "group": "main + ablations + sweep", "runs": 2, "epochs": 8},
+    ]
+    record = {"runs": runs, "progress": {"done": 2, "known": len(runs), "pending": pending}}
+    assert study_summary.planned(record["progress"]) == 5 + 22 + 2
+    left = {g["group"]: g["left_s"] for g in study_summary.times(record)}
+    assert left["CIFAR-10 epochs"] == pytest.approx(16 * 70)
+    assert left["CIFAR-10 main"] == pytest.approx(8 * 70 * 1000 / 800)
+    assert left["EuroSAT epochs"] == pytest.approx(8 * 70)
+    assert left["EuroSAT selection"] is None  # its epochs are not chosen yet
+    assert left["CIFAR-10 main + ablations + sweep"] == pytest.approx(2 * 8 * 70 * 1000 / 800)
+
+
 def test_the_committed_per_run_results_are_plain_json_with_an_accuracy():
     for path in sorted((REPO / "benchmarks" / "results").glob("*/*.json")):
         results = json.loads(path.read_text())

@@ -34,7 +34,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
     s = plan.settings
     runs: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
-    planned_pending: dict[str, int] = {}
+    pending: list[dict[str, Any]] = []
     for dataset in DATASETS:
         rows, epochs, _ = plan.epoch_check(dataset)
         chosen, selection = plan.selection(dataset, epochs) if epochs is not None else (None, [])
@@ -57,9 +57,19 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
         }
         for stage, spec in plan.runs(dataset, STAGES):
             runs.append(record_of(stage, spec, plan.results(spec)))
-        if chosen is None:  # the final runs' settings are not known yet: count them with placeholders
+        # runs whose settings are not known yet, counted with placeholders: the selection before the epochs are
+        # chosen (its base grids and GPT's knobs; rates past a grid's end are not foreseen), the test runs before the
+        # learning rates are
+        if epochs is None:
+            knobs = sum(len(v) - 1 for v in s.gpt_knobs.values()) if "gpt" in s.methods else 0
+            selection_runs = sum(len(s.lr_grids[m]) for m in s.methods) + knobs
+            pending.append({"dataset": dataset, "group": "selection", "runs": selection_runs, "epochs": None})
+        if chosen is None:
             placeholder = {m: {"lr": s.lr_grids[m][0]} for m in s.methods}
-            planned_pending[dataset] = len({spec for _, spec in plan.final(dataset, 0, placeholder)})
+            final_runs = len({spec for _, spec in plan.final(dataset, 0, placeholder)})
+            pending.append(
+                {"dataset": dataset, "group": "main + ablations + sweep", "runs": final_runs, "epochs": epochs}
+            )
     commands = []
     if command_log.is_file():
         for line in command_log.read_text().splitlines():
@@ -99,7 +109,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
             "workers": sorted({r["workers"] for r in done if r.get("workers")}),
             "run_dates": sorted({r["date"] for r in done if r.get("date")}),
         },
-        "progress": {"done": len(done), "known": len(runs), "pending_unknown_lr": planned_pending},
+        "progress": {"done": len(done), "known": len(runs), "pending": pending},
         # dataset -> how its study's finished runs trained ("bf16 on cpu") -> how many: one entry each, or a shortfall
         "conditions_used": plan.study_conditions(),
         "checks": checks,
@@ -461,50 +471,68 @@ def mean_std(s: dict[str, Any], seeds: bool = True) -> str:
     return f"{100 * s['mean']:.1f}{std}" + (f" ({s['n']} of {len(s['values'])} seeds)" if partial else "")
 
 
+def planned(progress: dict[str, Any]) -> int:
+    """The runs planned so far: those known, and those counted with placeholders until their settings are."""
+    return progress["known"] + sum(p["runs"] for p in progress["pending"])
+
+
 def times(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Per (dataset, stage): runs done and planned, mean wall and CPU time per run, estimated time of the runs left.
 
-    The estimate uses the CPU time where it was recorded: a run has one torch thread, so its CPU time is what its
-    wall time would be on an otherwise idle core (wall times also count pauses and a shared CPU). A group with no run
-    done yet is estimated from its dataset's selection runs (same epochs, same precision), scaled by the training
-    images for test-split runs."""
+    A run left is estimated at its epochs times the CPU seconds per epoch of its group's finished runs, else of its
+    dataset's runs of the same split, else of the other split scaled by the training images (a test-split run
+    trains on train + val), else of every run of the split. The CPU time is used where it was recorded: a run has one
+    torch thread, so its CPU time is what its wall time would be on an otherwise idle core (wall times also count
+    pauses and a shared CPU). Runs whose epochs are not chosen yet are not estimated (left_s None)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in record["runs"]:
         groups.setdefault((r["dataset"], r["stage"]), []).append(r)
-    for dataset, n in record["progress"]["pending_unknown_lr"].items():
-        groups.setdefault((dataset, "main + ablations + sweep"), []).extend([{"done": False, "split": "test"}] * n)
+    for p in record["progress"]["pending"]:
+        rows = [{"done": False, "split": "val" if p["group"] == "selection" else "test", "epochs": p["epochs"]}]
+        groups.setdefault((p["dataset"], p["group"]), []).extend(rows * p["runs"])
     out = []
     for (dataset, stage), rows in groups.items():
-        wall, cpu = _mean(rows, "run_s"), _mean(rows, "cpu_s")
-        left = sum(not r["done"] for r in rows)
-        per_run = cpu or wall
-        if per_run is None:
-            split = rows[0].get("split", "val")
-            per_run = _estimate(record["runs"], dataset, split)
+        left = [r for r in rows if not r["done"]]
+        left_s: Optional[float] = 0.0
+        for r in left:
+            per_epoch = _per_epoch(rows, r["split"]) or _per_epoch_of_dataset(record["runs"], dataset, r["split"])
+            if not r["epochs"] or per_epoch is None:
+                left_s = None
+                break
+            left_s += per_epoch * r["epochs"]
         out.append(
             {
                 "group": f"{TITLES[dataset]} {stage}",
-                "done": len(rows) - left,
+                "done": len(rows) - len(left),
                 "planned": len(rows),
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "left_s": None if per_run is None else left * per_run,
+                "wall_s": _mean(rows, "run_s"),
+                "cpu_s": _mean(rows, "cpu_s"),
+                "left_s": left_s,
             }
         )
     return out
 
 
-def _estimate(runs: list[dict[str, Any]], dataset: str, split: str) -> Optional[float]:
-    """Seconds per run of a group none of whose runs is done: the mean of the dataset's selection runs (else of all
-    its runs, else of every run), times 1,000 / 800 for a test-split run, which trains on train + val."""
-    for rows in (
-        [r for r in runs if r["dataset"] == dataset and r["stage"] == "selection"],
-        [r for r in runs if r["dataset"] == dataset],
-        runs,
+def _per_epoch(rows: list[dict[str, Any]], split: str) -> Optional[float]:
+    """CPU (else wall) seconds per epoch of the finished runs of `split` among rows."""
+    done = [r for r in rows if r["done"] and r["split"] == split and r["epochs"] and (r.get("cpu_s") or r.get("run_s"))]
+    if not done:
+        return None
+    return sum(r.get("cpu_s") or r["run_s"] for r in done) / sum(r["epochs"] for r in done)
+
+
+def _per_epoch_of_dataset(runs: list[dict[str, Any]], dataset: str, split: str) -> Optional[float]:
+    mine = [r for r in runs if r["dataset"] == dataset]
+    other = "val" if split == "test" else "test"
+    scale = (TRAIN_PER_CLASS + VAL_PER_CLASS) / TRAIN_PER_CLASS  # a test-split run's training images over a val one's
+    scaled = _per_epoch(mine, other)
+    for per_epoch in (
+        _per_epoch(mine, split),
+        None if scaled is None else scaled * (scale if split == "test" else 1 / scale),
+        _per_epoch(runs, split),
     ):
-        per_run = _mean(rows, "cpu_s") or _mean(rows, "run_s")
-        if per_run is not None:
-            return per_run * ((TRAIN_PER_CLASS + VAL_PER_CLASS) / TRAIN_PER_CLASS if split == "test" else 1.0)
+        if per_epoch is not None:
+            return per_epoch
     return None
 
 
