@@ -98,7 +98,8 @@ def test_closed_gates_deliver_the_prompts_unchanged_to_the_last_block(backbone_n
     assert torch.equal(slots, prompts.expand_as(slots))
 
 
-def test_gate_mixes_block_output_and_input_prompts(backbone_name):
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_gate_mixes_block_output_and_input_prompts(backbone_name, grad):
     model, _ = wrap(backbone_name, learn_temperature=False)
     gate_logit = adapter_params(model, "gate_logits")[0]
     with torch.no_grad():
@@ -109,7 +110,7 @@ def test_gate_mixes_block_output_and_input_prompts(backbone_name):
     captured = {}
     h_out = block0.base_layer.register_forward_hook(lambda m, a, o: captured.update(inner_in=a[0], inner_out=o))
     recorder = InputRecorder(block1_inner)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         model(pixel_values())
     h_out.remove()
     recorder.remove()
@@ -121,6 +122,23 @@ def test_gate_mixes_block_output_and_input_prompts(backbone_name):
     # prefix and patch tokens are never gated
     assert torch.equal(recorder.inputs[0][:, :start], inner_out[:, :start])
     assert torch.equal(recorder.inputs[0][:, start + NUM_PROMPTS :], inner_out[:, start + NUM_PROMPTS :])
+
+
+def test_inference_and_autograd_forwards_are_bit_identical(backbone_name):
+    """Without autograd the gate and the temperature take a shorter path (no saved tensors); it computes the same bits,
+    so a loaded adapter serves exactly what it was trained to compute."""
+    model, _ = wrap(backbone_name)
+    with torch.no_grad():
+        for gate in adapter_params(model, "gate_logits").values():
+            gate.uniform_(-2.0, 2.0)
+        for tau in adapter_params(model, "temperatures").values():
+            tau.uniform_(0.5, 2.0)
+    x = pixel_values()
+    with torch.no_grad():
+        inference = main_output(model(x))
+    autograd = main_output(model(x))
+    assert autograd.requires_grad
+    assert torch.equal(inference, autograd.detach())
 
 
 def test_temperature_equals_scaling_the_query_projection(backbone_name):

@@ -119,8 +119,10 @@ class GatedPromptBlock(PromptBlock):
         adapter = self._active_prompt_adapter()
         if adapter is None or adapter not in self.gpt_temperatures:
             return None
-        temperature = self.routed_scalar(self.gpt_temperatures, adapter, output.dim())
-        return _DivideByTemperature.apply(output, temperature.to(output.dtype))
+        temperature = self.routed_scalar(self.gpt_temperatures, adapter, output.dim()).to(output.dtype)
+        if not torch.is_grad_enabled():
+            return output / temperature  # the same division; nothing is saved, so the Function is pure overhead
+        return _DivideByTemperature.apply(output, temperature)
 
     def _update_prompts(
         self, adapter: str, role: BlockRole, block_input: torch.Tensor, block_output: torch.Tensor
@@ -130,9 +132,12 @@ class GatedPromptBlock(PromptBlock):
         start, stop = self.num_prefix_tokens, self.num_prefix_tokens + role.config.num_prompts
         gate = torch.sigmoid(self.routed_scalar(self.gpt_gate_logits, adapter, block_output.dim()))
         gate = gate.to(block_output.dtype)
-        # lerp is exact at both ends: gate 0 keeps the input prompts, gate 1 takes the block's output. It saves its
-        # inputs for backward: contiguous copies of the N_p slots, not views that would keep the whole sequences.
-        before = block_input[:, start:stop].contiguous()
-        after = block_output[:, start:stop].contiguous()
+        # lerp is exact at both ends: gate 0 keeps the input prompts, gate 1 takes the block's output. The block's
+        # output is never written in place: a hook on the inner block may hold it.
+        before, after = block_input[:, start:stop], block_output[:, start:stop]
+        if torch.is_grad_enabled():
+            # lerp saves its inputs for backward: contiguous copies of the N_p slots, not views that would keep the
+            # whole sequences alive. (Without autograd the views are read directly: the same elementwise values.)
+            before, after = before.contiguous(), after.contiguous()
         mixed = torch.lerp(before, after, gate)
         return replace_prompts(block_output, mixed, start)
