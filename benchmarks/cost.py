@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from _runs import cpu_name, example_module  # benchmarks/_runs.py
+from _runs import code_version, cpu_name, example_module  # benchmarks/_runs.py
 from _targets import INFERENCE_TARGET, TRAIN_TARGETS, ratio_text, target, verdict  # benchmarks/_targets.py
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -384,7 +384,8 @@ def run(mode: str = "cpu", precisions: Optional[Sequence[str]] = None, rounds: O
                 "batch_size": plan["batch_size"], "sizes": plan["sizes"], "prompts_sweep": plan["prompts_sweep"],
                 "batch_sweep": plan["batch_sweep"], "rounds": rounds, "sweep_rounds": sweep_rounds,
                 "epoch_job": job, "machine": machine(), "gated_vpt": gated_vpt.__version__,
-                "date": datetime.date.today().isoformat(), "command": command or "python benchmarks/cost.py"}
+                "date": datetime.date.today().isoformat(), "commit": code_version(),
+                "command": command or "python benchmarks/cost.py"}
     if not gpu:
         settings["cpu_native_bf16"] = example_module("precision").cpu_has_native_bf16()
         if "bf16" in precisions and not settings["cpu_native_bf16"]:
@@ -526,7 +527,9 @@ def render(report: dict) -> str:
     if s.get("smoke"):
         lines += ["**This record is a smoke test (tiny models, 1 round): its numbers measure nothing.**", ""]
     lines += [
-        f"Produced by `{s['command']}` on **{s['machine']}**, {s['date']} ({s['mode']} mode: {s['image_size']} px, "
+        f"Produced by `{s['command']}` on **{s['machine']}**, {s['date']}"
+        + (f" at commit `{s['commit']}`" if s.get("commit") else "")
+        + f" ({s['mode']} mode: {s['image_size']} px, "
         f"patch {s['patch_size']}, batch {s['batch_size']}, median of {s['rounds']} interleaved rounds, random-init "
         f"{nets} of {s['depth']} blocks — cost does not depend on the weights), in "
         + (f"{' and '.join(precisions)}, one after the other, each with all its tables" if len(precisions) > 1

@@ -66,6 +66,9 @@ def test_cost_smoke_run_measures_both_precisions_end_to_end(tmp_path):
     page = out.with_suffix(".md").read_text()
     assert page == cost.render(report_) and "smoke test" in page and "## Time of one epoch of the main job" in page
     assert out.with_suffix(".png").stat().st_size > 0
+    # the record names the code it measured (the tests run from a git checkout)
+    commit = report_["settings"]["commit"]
+    assert commit and f"at commit `{commit}`" in page
     section = "\n".join(report.cost_section(report_))
     assert "unexpected structure" not in section and "| bf16 |" in section and "bf16 speed-up" in section
     # the same record as another machine's, beside the main one on the summary page
