@@ -90,15 +90,28 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def machine_label(settings: dict[str, Any]) -> str:
+    """The record's machine, with whether its CPU has native bf16 where recorded: two CPUs of one name can differ."""
+    native = settings.get("cpu_native_bf16")
+    flag = "" if native is None else f" ({'native' if native else 'no native'} bf16)"
+    return settings.get("machine", "?") + flag
+
+
+def when_and_what(settings: dict[str, Any]) -> str:
+    """The record's date, and the commit it measured where recorded."""
+    commit = settings.get("commit")
+    return settings.get("date", "date not recorded") + (f", commit `{commit}`" if commit else "")
+
+
 def other_cost_section(name: str, record: dict[str, Any]) -> list[str]:
     """The summary of a cost record from another machine (docs/<name>.json, written by `cost.py --out docs/<name>`)."""
-    machine = record.get("settings", {}).get("machine", "?")
+    machine = machine_label(record.get("settings", {}))
     lines = [f"### The same measurement on another machine: {machine}", ""]
     try:
-        lines += _cost_per_precision(record)
+        lines += _cost_per_precision(record, f"{name}.md")
     except (KeyError, TypeError, AttributeError, ValueError, StopIteration, ZeroDivisionError) as error:
         lines += [f"docs/{name}.json has an unexpected structure ({error!r}).", ""]
-    return [*lines, f"Details in [{name}.md]({name}.md).", "", f"![cost on {machine}]({name}.png)", ""]
+    return [*lines, f"![cost on {machine}]({name}.png)", ""]
 
 
 def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
@@ -119,12 +132,13 @@ def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
 FLOOR_TEXT = (
     "The floor is the frozen backbone's forward + input-gradient backward on a sequence that already carries the "
     f"prompt tokens. Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}x, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}x, "
-    f"inference ≤ {INFERENCE_TARGET:.2f}x (prompt methods). Details in [benchmarks_cost.md](benchmarks_cost.md)."
+    f"inference ≤ {INFERENCE_TARGET:.2f}x (prompt methods)."
 )
 PAIRED_TEXT = (
     "A ratio is the median of the per-round ratios (method and floor timed in the same round), [q1–q3] their "
     "quartiles; a target counts as missed when three quarters of the rounds are above it."
 )
+DETAILS = "Details in [{page}]({page})."
 MEDIANS_TEXT = "A ratio is the method's median time over the floor's (this record predates the per-round quartiles)."
 
 
@@ -172,7 +186,8 @@ def _method_label(method: str) -> str:
 
 def _sweep_missed(sweep: dict[str, Any], suffix: str = "") -> list[str]:
     return [
-        f"{LABELS[method]} {what} {r[method][f'{key}_ratio_to_floor']:.3f}x at {n} prompts{suffix}"
+        f"{LABELS[method]} {what} {r[method][f'{key}_ratio_to_floor']:.3f}x at {n} prompt{'' if int(n) == 1 else 's'}"
+        f"{suffix}"
         for n, r in sweep.items()
         for method in ("gpt", "cdc")
         for key, what in (("train", "training"), ("infer", "inference"))
@@ -193,9 +208,9 @@ def _sweep_note(sweep_missed: list[str], size: str = "ViT-S") -> list[str]:
 def _cost_first_format(record: dict[str, Any]) -> list[str]:
     s = record["settings"]
     lines = [
-        f"{s['machine']}, {s.get('date', 'date not recorded')}, {s['mode']} mode: {s['image_size']} px, "
-        f"batch {s['batch_size']}, 10 prompts, median of "
-        f"{s['rounds']} interleaved rounds. {FLOOR_TEXT} {_ratio_reading(list(record['num_prompts_10'].values()))}",
+        f"{machine_label(s)}, {when_and_what(s)}, {s['mode']} mode: {s['image_size']} px, "
+        f"batch {s['batch_size']}, 10 prompts, median of {s['rounds']} interleaved rounds. {FLOOR_TEXT} "
+        f"{_ratio_reading(list(record['num_prompts_10'].values()))} {DETAILS.format(page='benchmarks_cost.md')}",
         "",
         "| backbone | method | training step / floor | target | inference / floor | target |",
         "|---|---|---|---|---|---|",
@@ -212,15 +227,19 @@ def _cost_first_format(record: dict[str, Any]) -> list[str]:
     return lines + _sweep_note(_sweep_missed(record.get("num_prompts_sweep", {})))
 
 
-def _cost_per_precision(record: dict[str, Any]) -> list[str]:
+def _cost_per_precision(record: dict[str, Any], page: str = "benchmarks_cost.md") -> list[str]:
+    """The summary of a cost record with one block per precision; `page`: its detailed page."""
     s, blocks = record["settings"], record["precisions"]
     kernels = ", ".join(f"{p} {b['attn_implementation']}" for p, b in blocks.items())
     lines = [
-        f"{s['machine']}, {s['date']}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, 10 prompts, "
+        f"{machine_label(s)}, {when_and_what(s)}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, "
+        "10 prompts, "
         f"median of {s['rounds']} interleaved rounds, in {' and '.join(blocks)} ("
         + ("bf16: autocast over fp32 weights; " if "bf16" in blocks else "")
         + f"attention kernel {kernels}). {FLOOR_TEXT} "
-        + _ratio_reading([table for b in blocks.values() for table in b["num_prompts_10"].values()]),
+        + _ratio_reading([table for b in blocks.values() for table in b["num_prompts_10"].values()])
+        + " "
+        + DETAILS.format(page=page),
         "",
     ]
     if s.get("smoke"):
@@ -303,12 +322,12 @@ def render(
         lines.append("- Accuracy: not run yet (`python benchmarks/accuracy.py --mode cpu`).")
     if cost is not None:
         s = cost.get("settings", {})
-        lines.append(f"- Cost: `{s.get('command', 'python benchmarks/cost.py')}`. Machine: {s.get('machine', '?')}.")
+        lines.append(f"- Cost: `{s.get('command', 'python benchmarks/cost.py')}`. Machine: {machine_label(s)}.")
         for name, other in other_costs.items():
             o = other.get("settings", {})
             lines.append(
                 f"- Cost on another machine: `{o.get('command', 'python benchmarks/cost.py')} --out docs/{name}`. "
-                f"Machine: {o.get('machine', '?')}."
+                f"Machine: {machine_label(o)}."
             )
     else:
         lines.append("- Cost: not run yet (`python benchmarks/cost.py`).")

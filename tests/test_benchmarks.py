@@ -75,6 +75,12 @@ def test_cost_smoke_run_measures_both_precisions_end_to_end(tmp_path):
     page = report.render(None, None, {"benchmarks_cost_other": report_})
     assert f"### The same measurement on another machine: {report_['settings']['machine']}" in page
     assert "(benchmarks_cost_other.md)" in page and "unexpected structure" not in page
+    # ... which links its own page, says whether the CPU has native bf16 (two CPUs of one name can differ) and names
+    # the commit it measured
+    other = "\n".join(report.other_cost_section("benchmarks_cost_other", report_))
+    assert "Details in [benchmarks_cost_other.md](benchmarks_cost_other.md)." in other
+    assert "(benchmarks_cost.md)" not in other and f"commit `{commit}`" in other
+    assert ("(native bf16)" if report_["settings"]["cpu_native_bf16"] else "(no native bf16)") in other
 
 
 def test_cost_ratios_are_paired_per_round_and_a_target_is_missed_only_beyond_the_spread_of_the_rounds():
