@@ -97,7 +97,7 @@ def machine_label(settings: dict[str, Any]) -> str:
     return settings.get("machine", "?") + flag
 
 
-def when_and_what(settings: dict[str, Any]) -> str:
+def date_and_commit(settings: dict[str, Any]) -> str:
     """The record's date, and the commit it measured where recorded."""
     commit = settings.get("commit")
     return settings.get("date", "date not recorded") + (f", commit `{commit}`" if commit else "")
@@ -208,7 +208,7 @@ def _sweep_note(sweep_missed: list[str], size: str = "ViT-S") -> list[str]:
 def _cost_first_format(record: dict[str, Any]) -> list[str]:
     s = record["settings"]
     lines = [
-        f"{machine_label(s)}, {when_and_what(s)}, {s['mode']} mode: {s['image_size']} px, "
+        f"{machine_label(s)}, {date_and_commit(s)}, {s['mode']} mode: {s['image_size']} px, "
         f"batch {s['batch_size']}, 10 prompts, median of {s['rounds']} interleaved rounds. {FLOOR_TEXT} "
         f"{_ratio_reading(list(record['num_prompts_10'].values()))} {DETAILS.format(page='benchmarks_cost.md')}",
         "",
@@ -232,9 +232,8 @@ def _cost_per_precision(record: dict[str, Any], page: str = "benchmarks_cost.md"
     s, blocks = record["settings"], record["precisions"]
     kernels = ", ".join(f"{p} {b['attn_implementation']}" for p, b in blocks.items())
     lines = [
-        f"{machine_label(s)}, {when_and_what(s)}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, "
-        "10 prompts, "
-        f"median of {s['rounds']} interleaved rounds, in {' and '.join(blocks)} ("
+        f"{machine_label(s)}, {date_and_commit(s)}, {s['mode']} mode: {s['image_size']} px, batch {s['batch_size']}, "
+        f"10 prompts, median of {s['rounds']} interleaved rounds, in {' and '.join(blocks)} ("
         + ("bf16: autocast over fp32 weights; " if "bf16" in blocks else "")
         + f"attention kernel {kernels}). {FLOOR_TEXT} "
         + _ratio_reading([table for b in blocks.values() for table in b["num_prompts_10"].values()])
