@@ -83,7 +83,7 @@ class PromptBlock(nn.Module, BaseTunerLayer):
     Subclass hooks (all receive the active adapter's name and `BlockRole`):
         `_entry_prompts`: the `[B, N_p, D]` prompts the first block inserts.
         `_refresh_prompts`: the block input with its prompt slots updated (non-first blocks).
-        `_before_block`: run right before the wrapped block (e.g. the in-place temperature clamp).
+        `_before_block`: run right before the wrapped block (e.g. CDC's per-call scratch).
         `_update_prompts`: the block output with its prompt slots updated.
         `update_layer`: create the adapter's parameters for this block.
     """
@@ -127,23 +127,28 @@ class PromptBlock(nn.Module, BaseTunerLayer):
                 return name
         return None
 
-    def routed_adapters(self, adapter: str) -> tuple[str, ...]:
-        """The adapters whose samples this forward runs: `adapter` alone, or a mixed batch's group."""
-        route = self._batch_route()
-        return route.adapters if route is not None and route.slots is not None else (adapter,)
-
-    def routed(self, params: nn.ParameterDict, adapter: str) -> torch.Tensor:
-        """`params[adapter]`; in a mixed batch of several adapters, every sample's own adapter's value, stacked along a
-        new leading batch dimension (the gather is differentiable, like indexing)."""
+    def routed(
+        self, params: nn.ParameterDict, adapter: str, read: Optional[Callable[[str], torch.Tensor]] = None
+    ) -> torch.Tensor:
+        """`params[adapter]` (or `read(adapter)`, a value derived from it); in a mixed batch of several adapters,
+        every sample's own adapter's value, stacked along a new leading batch dimension (the gather is
+        differentiable, like indexing)."""
+        read = params.__getitem__ if read is None else read
         route = self._batch_route()
         if route is None or route.slots is None:
-            return params[adapter]
-        return torch.stack([params[name] for name in route.adapters]).index_select(0, route.slots)
+            return read(adapter)
+        return torch.stack([read(name) for name in route.adapters]).index_select(0, route.slots)
 
-    def routed_scalar(self, params: nn.ParameterDict, adapter: str, ndim: int) -> torch.Tensor:
+    def routed_scalar(
+        self,
+        params: nn.ParameterDict,
+        adapter: str,
+        ndim: int,
+        read: Optional[Callable[[str], torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """A per-block scalar from `routed`, shaped to broadcast against `ndim`-dimensional batch-first tensors:
         0-d for one adapter, ``[B, 1, ...]`` in a mixed batch."""
-        value = self.routed(params, adapter)
+        value = self.routed(params, adapter, read)
         return value if value.dim() == 0 else value.view(-1, *([1] * (ndim - 1)))
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:

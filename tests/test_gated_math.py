@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -167,15 +168,37 @@ def test_temperature_equals_scaling_the_query_projection(backbone_name):
         assert not torch.allclose(main_output(model(x)), actual)
 
 
-def test_temperatures_are_clamped_in_place_before_the_forward():
+def test_the_forward_uses_temperatures_projected_into_their_range():
     model, _ = wrap("vit", temperature_range=(0.5, 2.0))
     temps = adapter_params(model, "temperatures")
+    x = pixel_values()
     with torch.no_grad():
+        for tau in temps.values():
+            tau.fill_(1.0)
+        temps[0].fill_(2.0)
+        temps[1].fill_(0.5)
+        temps[2].fill_(1.5)
+        expected = main_output(model(x))
         temps[0].fill_(100.0)
         temps[1].fill_(-3.0)
-        temps[2].fill_(1.5)
-        model(pixel_values())
-    assert temps[0].item() == 2.0 and temps[1].item() == 0.5 and temps[2].item() == 1.5
+        actual = main_output(model(x))
+    assert torch.equal(actual, expected)
+    # ... without writing into the parameters (autograd may still hold them)
+    assert temps[0].item() == 100.0 and temps[1].item() == -3.0
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.AdamW])
+def test_each_optimizer_step_projects_the_temperatures_it_updated(optimizer_cls):
+    """Projected gradient descent: a step that pushes tau out of its range leaves it on the boundary."""
+    model, _ = wrap("vit", temperature_range=(0.5, 2.0))
+    temps = adapter_params(model, "temperatures")
+    optimizer = optimizer_cls([temps[0], temps[1]], lr=10.0)
+    temps[0].grad, temps[1].grad = torch.tensor(-1.0), torch.tensor(1.0)
+    with torch.no_grad():
+        temps[2].fill_(7.0)  # outside, but held by no optimizer that steps: left as it is
+    optimizer.step()
+    assert temps[0].item() == 2.0 and temps[1].item() == 0.5
+    assert temps[2].item() == 7.0
 
 
 def test_prompt_init_follows_vpt_xavier_bound():
@@ -277,3 +300,70 @@ def test_temperatures_outside_their_range_are_never_read_or_saved(value, tmp_pat
     model.save_pretrained(tmp_path)
     saved = [t.item() for k, t in load_file(tmp_path / "adapter_model.safetensors").items() if "temperatures" in k]
     assert saved and all(t == pytest.approx(expected) for t in saved)
+
+
+def _between_forward_and_backward(kind: str, model, tmp_path) -> None:
+    """Something a user does after a forward and before its `backward()`, which reads GPT's temperatures."""
+    from gated_vpt import gate_report
+
+    model = getattr(model, "_orig_mod", model)  # a compiled model: save and report on the module itself
+
+    if kind == "no_grad_forward":  # an eval forward inside the training step
+        with torch.no_grad():
+            model(pixel_values(seed=5))
+    elif kind == "save_pretrained":
+        model.save_pretrained(tmp_path / "mid-step")
+    elif kind == "gate_report":
+        gate_report(model)
+    elif kind == "state_dict":
+        model.state_dict()
+
+
+def _temperature_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", ["no_grad_forward", "save_pretrained", "gate_report", "state_dict"])
+def test_reading_temperatures_between_forward_and_backward_keeps_the_gradients(kind, tmp_path):
+    # Before: the default config (learn_temperature=True) raised autograd's "modified by an inplace operation" here,
+    # because the projection of tau into its range wrote in place into the tensor the forward had saved.
+    model, _ = wrap("vit", temperature_range=(0.5, 2.0))
+    model.train()
+    with torch.no_grad():
+        for index, tau in adapter_params(model, "temperatures").items():
+            tau.fill_(3.0 if index % 2 else 0.7)  # one out of range: the projection has something to do
+    x = pixel_values()
+    reference = copy.deepcopy(model)
+    main_output(reference(x)).square().mean().backward()
+    loss = main_output(model(x)).square().mean()
+    _between_forward_and_backward(kind, model, tmp_path)
+    loss.backward()
+    expected, actual = _temperature_grads(reference), _temperature_grads(model)
+    assert expected.keys() == actual.keys() and any("temperatures" in n for n in actual)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["eager", "checkpointing", "compile"])
+def test_two_view_loss_with_the_default_config_has_the_gradients_of_its_parts(mode, tmp_path):
+    # Before: a second forward in one loss (two views, consistency losses, R-Drop) crashed the default GPT config,
+    # and under torch.compile so did an eval forward or a save between the forward and the backward.
+    model, _ = wrap("vit", temperature_range=(0.5, 2.0))
+    model.train()
+    if mode == "checkpointing":
+        model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with torch.no_grad():
+        adapter_params(model, "temperatures")[1].fill_(3.0)
+    view_a, view_b = pixel_values(seed=1), pixel_values(seed=2)
+    parts = copy.deepcopy(model)
+    main_output(parts(view_a)).square().mean().backward()
+    main_output(parts(view_b)).square().mean().backward()
+    run = torch.compile(model, fullgraph=True) if mode == "compile" else model
+    loss = main_output(run(view_a)).square().mean() + main_output(run(view_b)).square().mean()
+    for kind in ("no_grad_forward", "save_pretrained", "gate_report"):
+        _between_forward_and_backward(kind, run, tmp_path)
+    loss.backward()
+    expected, actual = _temperature_grads(parts), _temperature_grads(model)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -28,7 +28,8 @@ class GatedPromptConfig(PromptConfigBase):
             (paper's common value 5 gives 0.0067: prompts start almost untouched by the blocks).
         use_gates: Learn one gate per prompted block except the last. Off: every block updates the prompts fully.
         learn_temperature: Learn one attention temperature per prompted block (softmax(QK^T / (sqrt(d) * tau))).
-        temperature_range: Temperatures are clamped in place to this range before each forward.
+        temperature_range: Temperatures are projected onto this range: the forward uses the clamped value, and each
+            optimizer step that updates one clamps it in place (projected gradient descent).
         (and the fields of `PromptConfigBase`: num_prompts, prompt_dropout, prompt_init, layers_to_transform,
         modules_to_save.)
     """
@@ -37,7 +38,7 @@ class GatedPromptConfig(PromptConfigBase):
     use_gates: bool = field(default=True, metadata={"help": "Learn a gate per block on the prompt update."})
     learn_temperature: bool = field(default=True, metadata={"help": "Learn an attention temperature per block."})
     temperature_range: tuple[float, float] = field(
-        default=(0.01, 10.0), metadata={"help": "In-place clamp range of the temperatures."}
+        default=(0.01, 10.0), metadata={"help": "Projection range of the temperatures (clamped after each optimizer step)."}
     )
 
     def __post_init__(self) -> None:

@@ -7,15 +7,23 @@ For the prompted blocks s..e of an adapter:
 - block e has no gate and removes the prompts;
 - every prompted block divides its attention logits by a temperature tau, applied as a scale on the query
   projection's output, which is identical to softmax(QK^T / (sqrt(d) tau)) and keeps SDPA / flash attention.
+
+tau is kept in its `temperature_range` by projection (projected gradient descent, as in the paper), done where no
+autograd graph can hold the parameter: in place right after each optimizer step that updates it, and out of place
+everywhere it is read (the forward, `state_dict`, `gate_report`). Nothing writes into tau between a forward and its
+backward, so a loss of two forwards, an eval forward, `save_pretrained` or `gate_report` inside a training step all
+leave the gradients as they are, in eager mode and under `torch.compile` alike.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import nn
 
 from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, scalar_parameter
@@ -28,6 +36,7 @@ class _DivideByTemperature(torch.autograd.Function):
 
     Plain division would keep the unscaled query alive for tau's gradient. The scaled query is what attention saves
     anyway, so reusing it makes the temperature free in activation memory: d(q / tau)/d tau = -(q / tau) / tau.
+
     """
 
     @staticmethod
@@ -45,8 +54,55 @@ class _DivideByTemperature(torch.autograd.Function):
         return grad / temperature, -(grad * scaled).sum_to_size(temperature.shape) / temperature
 
 
-def _project_before_saving(module: GatedPromptBlock, prefix: str, keep_vars: bool) -> None:
-    module.project_temperatures()
+class _ProjectToRange(torch.autograd.Function):
+    """clamp(tau, low, high) with the identity as its gradient.
+
+    Projected gradient descent evaluates the gradient at the projected point and applies it to the parameter; the
+    optimizer-step hook then projects the parameter again. Between steps the stored tau is already in range, so this
+    is the identity in value too; it only matters when something else moved tau (a manual update, an optimizer that
+    is not a `torch.optim.Optimizer`), where a plain clamp would zero tau's gradient and freeze it at the boundary.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, temperature: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        return temperature.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad, None, None
+
+
+# Blocks whose temperatures the optimizer-step hook projects. Weak: a deleted model leaves no trace here.
+_BLOCKS_WITH_TEMPERATURES: weakref.WeakSet[GatedPromptBlock] = weakref.WeakSet()
+_STEP_HOOK: list[Any] = []
+
+
+def _project_after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """The projection step of projected gradient descent, for the temperatures `optimizer` just updated."""
+    if not _BLOCKS_WITH_TEMPERATURES:
+        return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for block in list(_BLOCKS_WITH_TEMPERATURES):
+        names = tuple(n for n, p in block.gpt_temperatures.items() if id(p) in stepped)
+        if names:
+            block.project_temperatures(names)
+
+
+def _install_step_hook() -> None:
+    # torch has no per-parameter post-step hook, so this is a global optimizer hook. It is installed only once a GPT
+    # adapter with learned temperatures exists, and it touches nothing but those temperatures.
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_project_after_optimizer_step))
+
+
+def _save_projected(module: GatedPromptBlock, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """`state_dict` holds each temperature projected into its range (a copy; the parameter is not written)."""
+    for name, param in module.gpt_temperatures.items():
+        key = f"{prefix}gpt_temperatures.{name}"
+        if key in state_dict:
+            projected = module.projected_temperature(name).detach()
+            if not torch.equal(projected, param.detach()):
+                state_dict[key] = projected
 
 
 class GatedPromptBlock(PromptBlock):
@@ -66,8 +122,8 @@ class GatedPromptBlock(PromptBlock):
         self.gpt_temperatures = nn.ParameterDict()
         if query_projection is not None:
             self._hook_handles.append(query_projection.register_forward_hook(self._scale_query))
-        # A saved adapter never holds a temperature outside its range, even right after an optimizer step.
-        self.register_state_dict_pre_hook(_project_before_saving)
+        # A saved adapter never holds a temperature outside its range, whatever moved the parameter.
+        self.register_state_dict_post_hook(_save_projected)
 
     def update_layer(self, adapter_name: str, role: BlockRole) -> None:
         config: GatedPromptConfig = role.config
@@ -82,6 +138,8 @@ class GatedPromptBlock(PromptBlock):
             self.gpt_gate_logits[adapter_name] = scalar_parameter(-config.gate_init, device)
         if config.learn_temperature:
             self.gpt_temperatures[adapter_name] = scalar_parameter(1.0, device)
+            _BLOCKS_WITH_TEMPERATURES.add(self)
+            _install_step_hook()
         self.prompt_roles[adapter_name] = role
         self.set_adapter(self.active_adapters)
 
@@ -91,14 +149,21 @@ class GatedPromptBlock(PromptBlock):
             report["gate"] = torch.sigmoid(self.gpt_gate_logits[adapter].detach().float()).item()
             report["gate_prior"] = 1.0 / (1.0 + math.exp(self.prompt_roles[adapter].config.gate_init))
         if adapter in self.gpt_temperatures:
-            self.project_temperatures((adapter,))
-            report["temperature"] = self.gpt_temperatures[adapter].detach().float().item()
+            report["temperature"] = self.projected_temperature(adapter).detach().float().item()
         return report
 
+    def projected_temperature(self, adapter: str) -> torch.Tensor:
+        """tau of `adapter` projected into its config's `temperature_range`: what the forward uses (out of place; its
+        gradient is tau's)."""
+        low, high = self.prompt_roles[adapter].config.temperature_range
+        if not torch.is_grad_enabled():
+            return self.gpt_temperatures[adapter].clamp(low, high)  # the same value, without the Function's overhead
+        return _ProjectToRange.apply(self.gpt_temperatures[adapter], low, high)
+
     def project_temperatures(self, adapters: Optional[tuple[str, ...]] = None) -> None:
-        """Clamp the temperatures of `adapters` (default: all) in place to their configs' `temperature_range`: the
-        paper's projection of tau onto its range, applied to the stored value (not a differentiable op). Runs
-        before every forward that uses them, and whenever they are read (`gate_report`) or saved (`state_dict`)."""
+        """Clamp the stored temperatures of `adapters` (default: all) in place to their `temperature_range`: the
+        projection step of projected gradient descent. Runs after each optimizer step that updated them (a global
+        optimizer hook), never during a forward or a read, where autograd may still hold the parameter."""
         with torch.no_grad():
             for name in self.gpt_temperatures.keys() if adapters is None else adapters:
                 low, high = self.prompt_roles[name].config.temperature_range
@@ -110,16 +175,12 @@ class GatedPromptBlock(PromptBlock):
             prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
         return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
 
-    def _before_block(self, adapter: str, role: BlockRole) -> None:
-        if adapter in self.gpt_temperatures:
-            # Here, not in the query hook: activation checkpointing re-runs the hook during backward.
-            self.project_temperatures(self.routed_adapters(adapter))
-
     def _scale_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
         adapter = self._active_prompt_adapter()
         if adapter is None or adapter not in self.gpt_temperatures:
             return None
-        temperature = self.routed_scalar(self.gpt_temperatures, adapter, output.dim()).to(output.dtype)
+        temperature = self.routed_scalar(self.gpt_temperatures, adapter, output.dim(), self.projected_temperature)
+        temperature = temperature.to(output.dtype)
         if not torch.is_grad_enabled():
             return output / temperature  # the same division; nothing is saved, so the Function is pure overhead
         return _DivideByTemperature.apply(output, temperature)
