@@ -248,6 +248,30 @@ def _set_head(make) -> Callable[[Path], None]:
     return _edit_tensors(lambda t: _with(t, HEAD, make(t[HEAD])))
 
 
+def _duplicate_head(make) -> Callable[[Path], None]:
+    """The trained head twice: a harmless copy without the `base_model.model.` prefix and `make(head)` with it."""
+    return _edit_tensors(lambda t: {**t, HEAD.removeprefix("base_model.model."): t[HEAD].clone(), HEAD: make(t[HEAD])})
+
+
+def _duplicate_temperature(value: float) -> Callable[[Path], None]:
+    def edit(tensors: dict) -> dict:
+        key = next(k for k in tensors if k.endswith("gpt_temperatures"))
+        return {**tensors, key.removeprefix("base_model.model."): tensors[key].clone(), key: tensors[key] * 0 + value}
+
+    return _edit_tensors(edit)
+
+
+def _without_prefix(tensors: dict) -> dict:
+    return {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
+
+
+def _set_gates(value: float) -> Callable[[Path], None]:
+    def edit(tensors: dict) -> dict:
+        return {k: (v * 0 + value if k.endswith("gpt_gate_logits") else v) for k, v in tensors.items()}
+
+    return _edit_tensors(edit)
+
+
 def _one_huge_float64(tensor):
     """`tensor` as float64, its first value 1e300: finite in float64, infinite once cast to float32."""
     tensor = tensor.double().clone()
@@ -422,6 +446,38 @@ CASES: list[Case] = [
         _set_head(lambda t: (100 * t).round().to(__import__("torch").int64)),
         "AdapterWeightsError",
     ),
+    Case(
+        "duplicate-head-overflow",
+        "the head twice: a harmless `classifier.weight` next to `base_model.model.classifier.weight` as float64 with "
+        "one value `1e300`",
+        _duplicate_head(_one_huge_float64),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "duplicate-head-bool",
+        "the head twice: a harmless `classifier.weight` next to a bool `base_model.model.classifier.weight`",
+        _duplicate_head(lambda t: t > 0),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "duplicate-temperature",
+        "a temperature twice: in range without the prefix, `50` (outside the range) with it",
+        _duplicate_temperature(50.0),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "keys-without-prefix",
+        "every key without the `base_model.model.` prefix PEFT saves",
+        _edit_tensors(_without_prefix),
+        "AdapterWeightsError",
+    ),
+    Case(
+        "prompts-huge-finite",
+        "prompts `3e38` (finite in float32; LayerNorm overflows to NaN)",
+        _set_prompts(lambda t: t * 0 + 3e38),
+        "AdapterWeightsError",
+    ),
+    Case("gates-huge-finite", "gate logits `3e38` (finite in float32)", _set_gates(3e38), "AdapterWeightsError"),
     Case("weights-missing-key", "the prompt tensor is missing", _edit_tensors(_drop_prompts), "AdapterWeightsError"),
     Case(
         "weights-wrong-shape",

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
 from .families import FAMILIES
-from .family import BackboneFamily
+from .family import AttentionLayout, BackboneFamily
 
 _FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
@@ -155,6 +155,7 @@ def register_family(family: BackboneFamily) -> BackboneFamily:
     prompt it like a built-in family. docs/custom_models.md has a worked example. Returns `family`."""
     if not isinstance(family, BackboneFamily):
         raise TypeError(f"register_family takes a gated_vpt.BackboneFamily; got {type(family).__name__}.")
+    _check_family_record(family)
     if not family.stack_paths or not (family.model_types or family.module_classes):
         raise ValueError(
             f"Family {family.name!r} needs `stack_paths` and at least one of `model_types` (transformers models) "
@@ -172,6 +173,47 @@ def register_family(family: BackboneFamily) -> BackboneFamily:
     return family
 
 
+def _check_family_record(family: BackboneFamily) -> None:
+    """The fields of a custom family record have the types the registry relies on (raise ValueError otherwise)."""
+
+    def strings(value: Any) -> bool:
+        return isinstance(value, tuple) and all(isinstance(v, str) and v for v in value)
+
+    problems = []
+    if not isinstance(family.name, str) or not family.name.strip():
+        problems.append("`name` must be a non-empty string")
+    elif any(f.name == family.name for f in FAMILIES):
+        problems.append(f"`name` {family.name!r} is a built-in family's; choose another name")
+    if not strings(family.model_types):
+        problems.append(
+            f"`model_types` must be a tuple of strings, e.g. ('my_vit',); got {family.model_types!r} (a plain string "
+            "would match by substring)"
+        )
+    if not strings(family.stack_paths):
+        problems.append(
+            f"`stack_paths` must be a tuple of attribute paths, e.g. ('encoder.layer',); got {family.stack_paths!r}"
+        )
+    if not isinstance(family.module_classes, tuple) or not all(
+        isinstance(c, type) and issubclass(c, nn.Module) for c in family.module_classes
+    ):
+        problems.append(f"`module_classes` must be a tuple of nn.Module classes; got {family.module_classes!r}")
+    for field in ("num_prefix_tokens", "hidden_size", "patch_size", "block_arguments"):
+        value = getattr(family, field)
+        if value is not None and not callable(value):
+            problems.append(
+                f"`{field}` must be a function of the config (or module), e.g. `lambda config: 1`; got {value!r}"
+            )
+    if family.num_prefix_tokens is None:
+        problems.append("`num_prefix_tokens` must be a function of the config (or module)")
+    index = family.cls_token_index
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        problems.append(f"`cls_token_index` must be None or an integer >= 0; got {index!r}")
+    if not isinstance(family.attention, AttentionLayout):
+        problems.append(f"`attention` must be a gated_vpt.AttentionLayout; got {type(family.attention).__name__}")
+    if problems:
+        raise ValueError(f"Family record {family.name!r} is not valid: " + "; ".join(problems) + ".")
+
+
 def unregister_family(name: str) -> None:
     """Forget a family added with `register_family` (nothing happens for an unknown name)."""
     _CUSTOM_FAMILIES[:] = [f for f in _CUSTOM_FAMILIES if f.name != name]
@@ -187,6 +229,17 @@ def _family_of(module: nn.Module) -> tuple[Optional[BackboneFamily], Optional[st
         if model_type is not None and model_type in family.model_types:
             return family, model_type
     return _FAMILY_BY_MODEL_TYPE.get(model_type), model_type
+
+
+def _fact(family: BackboneFamily, what: str, value: Any, smallest: int) -> int:
+    """A backbone fact a family record computed, checked: an integer >= `smallest` (a custom family's functions could
+    return anything, and a bad value would only fail at forward time, or in every loader after training)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+        raise UnsupportedModelError(
+            f"The family record {family.name!r} gives `{what}` = {value!r} for this model; it must be an integer >= "
+            f"{smallest}. Fix the record's `{what}` (see `gated_vpt.register_family`, docs/custom_models.md)."
+        )
+    return value
 
 
 def _get_submodule(root: nn.Module, path: str) -> nn.Module | None:
@@ -230,10 +283,14 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
                     block_names=tuple(f"{stack_name}.{i}" for i in range(len(stack))),
                     ancestor_names=ancestors,
                     model_type=model_type,
-                    hidden_size=int(family.hidden_size(facts) if family.hidden_size else facts.hidden_size),
+                    hidden_size=_fact(
+                        family, "hidden_size", family.hidden_size(facts) if family.hidden_size else facts.hidden_size, 1
+                    ),
                     depth=len(stack),
-                    patch_size=int(family.patch_size(facts)) if family.patch_size else _patch_size(facts),
-                    num_prefix_tokens=family.num_prefix_tokens(facts),
+                    patch_size=_fact(
+                        family, "patch_size", family.patch_size(facts) if family.patch_size else _patch_size(facts), 1
+                    ),
+                    num_prefix_tokens=_fact(family, "num_prefix_tokens", family.num_prefix_tokens(facts), 0),
                 )
     found = f"model_type(s) {sorted({t for t in seen_types if t})}" if any(seen_types) else "no transformers model"
     raise UnsupportedModelError(

@@ -41,7 +41,7 @@ from .io.errors import UnsafeAdapterFileError
 from .io.locate import hub_keys, hub_kwargs_of
 from .io.names import CONFIG_NAME
 from .io.rollback import preserved_on_error
-from .io.weights_file import CheckedWeights, check_adapter_files, checked_weights
+from .io.weights_file import CheckedWeights, check_adapter_files, check_saved_values, checked_weights
 from .prompt_config import PromptConfigBase
 from .prompt_layer import PromptBlock
 
@@ -141,6 +141,7 @@ def _install_safe_loading() -> None:
             if not isinstance(config, PromptConfigBase):
                 return original_transformers_load_adapter(self, *args, **kwargs)
             weights = checked_weights(state_dict, "adapter_state_dict")
+            check_saved_values(config, weights)
         else:
             checked = check_adapter_files(model_id, config, hub_kwargs) if model_id is not None else None
             if checked is None:
@@ -154,6 +155,8 @@ def _install_safe_loading() -> None:
                     "`use_safetensors=False`: the adapter is read from adapter_model.safetensors."
                 )
             _pin_transformers_call(bound.arguments, weights.folder, download_kwargs)
+            # transformers would read the file again, after our check: give it the tensors that were checked.
+            bound.arguments["adapter_state_dict"] = weights.tensors
         bound.arguments["peft_config"] = config  # the config checked above, not a second read of the file
         with _naming_the_file(weights), preserved_on_error(self), pending_weights(adapter_name, weights):
             return original_transformers_load_adapter(*bound.args, **bound.kwargs)

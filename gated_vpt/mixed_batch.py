@@ -22,6 +22,8 @@ leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -49,13 +51,75 @@ def _call_of(tuner: BaseTuner) -> Optional[MixedCall]:
     return call if call is not None and call.tuner_id == id(tuner) else None
 
 
+# The text side of a contrastive dual encoder (CLIPModel, SiglipModel, ...): its batch is the texts, not the images,
+# even when there are as many texts as images, so it is never split with the images' layout groups.
+TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids", "token_type_ids", "inputs_embeds"})
+
+
+def is_dual_encoder(model: nn.Module) -> bool:
+    """A contrastive image-text model whose text batch is independent of its image batch."""
+    return callable(getattr(model, "get_text_features", None)) and callable(getattr(model, "get_image_features", None))
+
+
+@functools.cache
+def _positional_names(forward_type: type, name: str) -> tuple[str, ...]:
+    try:
+        parameters = inspect.signature(getattr(forward_type, name)).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))[1:]
+
+
 def _group_inputs(call: MixedCall, index: torch.Tensor) -> tuple[tuple, dict]:
     args, kwargs = call.inputs
     batch_size = len(call.names)
+    shared = call.shared_inputs
+    names = _positional_names(call.model_type, "forward") if shared else ()
+
+    def select(name: Optional[str], value: Any) -> Any:
+        return value if name in shared else select_samples(value, index, batch_size)
+
     return (
-        tuple(select_samples(a, index, batch_size) for a in args),
-        {k: select_samples(v, index, batch_size) for k, v in kwargs.items()},
+        tuple(select(names[i] if i < len(names) else None, a) for i, a in enumerate(args)),
+        {k: select(k, v) for k, v in kwargs.items()},
     )
+
+
+def _merge_dual_encoder_outputs(parts: list[Any], indices: list[torch.Tensor], batch_size: int) -> Any:
+    """The groups' outputs of a contrastive dual encoder: image-side values per image; the text side (`text_embeds`,
+    `text_model_output`), computed from the same texts by the unprompted text tower, taken once; `logits_per_text`
+    rebuilt as the transpose of the merged `logits_per_image`, which is how these models define it."""
+    first = parts[0]
+    text_keys = [k for k in first if k.startswith("text")]
+    for key in text_keys:
+        if not all(_same(first[key], part[key]) for part in parts[1:]):
+            raise ValueError(
+                f"`output.{key}` differs between the layout groups of this mixed batch, though the text tower is not "
+                "prompted; it cannot be returned as one batch. Run the groups separately."
+            )
+    image_side = [
+        type(p)(**{k: v for k, v in p.items() if k not in text_keys and k != "logits_per_text"}) for p in parts
+    ]
+    merged = merge_outputs(image_side, indices, batch_size)
+    values = {}
+    for key in first:
+        if key in text_keys:
+            values[key] = first[key]
+        elif key == "logits_per_text":
+            values[key] = merged["logits_per_image"].t()
+        else:
+            values[key] = merged[key]
+    return type(first)(**values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)) or isinstance(a, dict):
+        items_a = a.values() if isinstance(a, dict) else a
+        items_b = b.values() if isinstance(b, dict) else b
+        return len(items_a) == len(items_b) and all(_same(x, y) for x, y in zip(items_a, items_b, strict=True))
+    return a is b or a == b
 
 
 def install_mixed_batch_hooks(tuner: BaseTuner) -> list[RemovableHandle]:
@@ -69,7 +133,8 @@ def install_mixed_batch_hooks(tuner: BaseTuner) -> list[RemovableHandle]:
         if call is None or call.dispatching or call.started:
             return None
         call.started = True
-        batch_size = batch_size_of(args, kwargs)
+        named = dict(zip(_positional_names(type(module), "forward"), args))  # `pixel_values` passed by position
+        batch_size = batch_size_of(args, {**named, **kwargs})
         if batch_size != len(call.names):
             raise ValueError(
                 f"`adapter_names` has {len(call.names)} entries but the batch has {batch_size} samples: give one "
@@ -79,6 +144,8 @@ def install_mixed_batch_hooks(tuner: BaseTuner) -> list[RemovableHandle]:
         if len(call.groups) == 1:
             return None
         call.inputs = (args, kwargs)
+        call.model_type = type(module)
+        call.shared_inputs = TEXT_INPUTS if is_dual_encoder(module) else frozenset()
         return _group_inputs(call, torch.tensor(call.groups[0].positions, device=call.device))
 
     def run_other_groups(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -97,6 +164,8 @@ def install_mixed_batch_hooks(tuner: BaseTuner) -> list[RemovableHandle]:
         finally:
             call.dispatching = False
             call.inputs = ((), {})
+        if call.shared_inputs and "logits_per_image" in getattr(output, "keys", lambda: ())():
+            return _merge_dual_encoder_outputs(parts, indices, len(call.names))
         return merge_outputs(parts, indices, len(call.names))
 
     return [

@@ -27,6 +27,12 @@ FLOAT32_MAX = 3.4028234663852886e38
 # Attention temperatures divide the queries: below this the logits overflow (a temperature that rounds to 0 in float32
 # gives inf, then NaN). The default range starts at 0.01.
 MIN_TEMPERATURE = 1e-4
+# The largest magnitudes a trained adapter value can have, by kind. No training produces more (prompts start at
+# |x| < 0.1, data-driven prompts copy token values, which reach a few thousand in large ViTs; gate logits saturate
+# the sigmoid long before 100), while values near float32's limit overflow LayerNorm and attention to NaN: a value
+# beyond these is damage. tests/test_reliability.py checks outputs stay finite with every value at its bound.
+MAX_PROMPT_MAGNITUDE = 1e4
+MAX_SCALAR_MAGNITUDE = 1e2
 
 
 # Where error messages about block names point the user instead.
@@ -195,9 +201,24 @@ class PromptConfigBase(PeftConfig):
             f"None or an integer in [1, {MAX_NUM_LABELS}]",
         )
 
+    def value_bound(self, parameter: str) -> float:
+        """The largest magnitude a trained value of the adapter parameter `parameter` (e.g. `gpt_prompts`) has:
+        `MAX_PROMPT_MAGNITUDE` for prompt tokens, `MAX_SCALAR_MAGNITUDE` for the rest. Methods whose parameters have
+        a configured range (GPT's temperatures) override this."""
+        return MAX_PROMPT_MAGNITUDE if parameter.endswith("_prompts") else MAX_SCALAR_MAGNITUDE
+
     def saved_values_problem(self, bounds: Mapping[str, tuple[float, float]]) -> Optional[str]:
-        """What is wrong with the values of a saved adapter of this config, given each tensor's (smallest, largest)
-        value by saved name; None when nothing is. Methods with range-bound parameters override this."""
+        """What is wrong with the values of a saved adapter of this config, given each of its own tensors' (smallest,
+        largest) value by saved name (`modules_to_save` copies excluded); None when nothing is. Checks each value
+        against `value_bound`; methods with range-bound parameters add their own rules."""
+        for name, (smallest, largest) in bounds.items():
+            limit = self.value_bound(name.rsplit(".", 1)[-1])
+            peak = max(abs(smallest), abs(largest))
+            if peak > limit:
+                return (
+                    f"`{name}` holds a value of magnitude {peak:.3g}, beyond {limit:g}: no training produces it, and "
+                    "it makes the outputs overflow to NaN"
+                )
         return None
 
     def mixed_batch_layout(self, depth: int) -> tuple:

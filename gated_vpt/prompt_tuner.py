@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 from .backbone_record import check_backbone_record, record_for
 from .backbones import PromptSite, find_prompt_site
 from .io.compare import check_pending_weights
+from .io.landing import landing_pre_hook
 from .mixed_batch import install_mixed_batch_hooks, mixed_batch_forward
 from .prompt_config import BLOCKS_BY_INDEX_HINT, ConfigError, PromptConfigBase
 from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock
@@ -51,6 +52,16 @@ def check_modules_to_save(config: PromptConfigBase, model: nn.Module, site: Prom
     for name in config.modules_to_save or ():
         if not name:
             raise ConfigError("`modules_to_save` holds an empty name, which would match every module. Remove it.")
+        around = [
+            key for key, _ in model.named_modules() if key.endswith(name) and site.stack_name.startswith(key + ".")
+        ]
+        if around:
+            raise ConfigError(
+                f"`modules_to_save` entry {name!r} matches {around[0]!r}, which contains the transformer blocks the "
+                "adapter prompts: PEFT would train a full copy of the encoder (most of the model's parameters, and a "
+                "save no loader can read back). Train modules outside the encoder only (e.g. the head `classifier`); "
+                "to adapt the encoder's weights use full fine-tuning or LoRA."
+            )
         inside = [
             key
             for key, _ in model.named_modules()
@@ -64,6 +75,27 @@ def check_modules_to_save(config: PromptConfigBase, model: nn.Module, site: Prom
                 "their attention: a trained copy there would silently switch the method's temperatures or "
                 "reinforcement off. Train modules outside the block stack only (e.g. the head `classifier`, a "
                 "decoder); to adapt projections inside the blocks use LoRA alongside."
+            )
+
+
+def check_not_prompted_yet(model: nn.Module, adapter_name: str) -> None:
+    """Refuse to inject `adapter_name` where it would replace a trained adapter: into a `PeftModel` (a second wrapper
+    around the first), or into blocks that already hold an adapter of that name (its parameters would be
+    re-initialised)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "This model is already a PeftModel with prompt adapters: `get_peft_model` on it would wrap it a second "
+            f"time. Add another adapter with `model.add_adapter({adapter_name!r}, config)` (then "
+            "`model.set_adapter(...)`), or call `get_peft_model` on the base model."
+        )
+    for module in model.modules():
+        if isinstance(module, PromptBlock) and adapter_name in module.prompt_roles:
+            raise ValueError(
+                f"This model already holds a prompt adapter named {adapter_name!r}: injecting another one under that "
+                "name would re-initialise it and lose its trained values. Choose another `adapter_name`, delete the "
+                "old one first (`delete_adapter`), or load values into it with `load_adapter`."
             )
 
 
@@ -125,8 +157,9 @@ class PromptTuner(BaseTuner):
     # -- resolving the blocks --------------------------------------------------------------------------------------
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
-        # Everything that can fail is checked here, before PEFT replaces the first module.
-        site = find_prompt_site(self.model)
+        # Everything that can fail is checked here, before PEFT replaces the first module. A model already wrapped
+        # keeps the family record it was wrapped with (a later `register_family` does not change its adapters).
+        site = self.prompt_site or find_prompt_site(self.model)
         check_modules_to_save(peft_config, self.model, site)
         check_backbone_record(peft_config.backbone, site)
         first, last = resolve_prompted_blocks(peft_config, site)
@@ -183,6 +216,7 @@ class PromptTuner(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         check_adapter_name(adapter_name)
+        check_not_prompted_yet(model, adapter_name)
         # The tuner records the resolved blocks and backbone in the config: on a copy, so the object the user passed
         # stays reusable (`get_peft_model(vit4, c); get_peft_model(vit6, c)`, as with LoRA). transformers' adapter API
         # keeps its own `model.peft_config` dict: point it at the same copy.
@@ -217,6 +251,9 @@ class PromptTuner(BaseTuner):
         # position biases); removed with the hooks above.
         self._model_hooks += self.prompt_site.install_encoder_hooks(self.model)
         self._model_hooks += install_mixed_batch_hooks(self)
+        # Every path that loads values into the adapter ends in `load_state_dict` on this model: one check there sees
+        # the whole incoming state dict before any tensor is copied (`gated_vpt.io.landing`).
+        self._model_hooks.append(self.model.register_load_state_dict_pre_hook(landing_pre_hook))
         self.hooked_heads = set()
 
     def keep_hook(self, handle: Any) -> None:

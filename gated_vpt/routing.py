@@ -154,6 +154,10 @@ class MixedCall:
     route: Optional[BatchRoute] = None
     num_prompts: Optional[int] = None
     head_names: Optional[list[str]] = None
+    # Inputs of the model's call that are not per image (a dual encoder's texts), and the model's class (for the
+    # names of its positional arguments): set by the model's pre-hook when the batch has several layout groups.
+    shared_inputs: frozenset = frozenset()
+    model_type: Optional[type] = None
     started: bool = False  # the model's pre-hook has taken the call
     dispatching: bool = False  # the model's forward hook is running the other groups
     inputs: tuple[tuple, dict] = ((), {})  # the full batch, while other groups remain to run

@@ -44,6 +44,7 @@ ALLOWED = {
         "backbone_record",
         "backbones",
         "io.compare",
+        "io.landing",
         "mixed_batch",
         "prompt_config",
         "prompt_layer",

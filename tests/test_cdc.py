@@ -542,3 +542,52 @@ def test_ar_without_cls_token_is_refused_before_the_model_is_modified(backbone_n
 # ---------------------------------------------------------------------------------------------------------------
 # PEFT behaviours
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_concurrent_plain_forwards_with_attentive_reinforcement_each_get_their_own_outputs():
+    # Before: AR's captures of a plain forward lived on the block, shared by every thread: concurrent forwards got
+    # each other's attention rows (6-10 wrong outputs and 53-70 raw errors in 160 calls). A thread may be switched out
+    # at any line of AR's hooks: there, a forward on other images runs in another thread (a trace function
+    # simulates the switch at each line), and both must get exactly their single-threaded outputs.
+    import sys
+    import threading
+
+    from gated_vpt.cdc import layer
+
+    model = _wrap("vit").eval()
+    _fill(model, scale=0.5, weight_std=0.3, bias=0.0)
+    x, other = pixel_values(seed=1), pixel_values(seed=2)
+    with torch.no_grad():
+        expected, expected_other = model(x).logits, model(other).logits
+    outcomes: list = []
+
+    def other_thread() -> None:
+        try:
+            with torch.no_grad():
+                outcomes.append(torch.equal(model(other).logits, expected_other))
+        except Exception as error:  # noqa: BLE001 - reported below
+            outcomes.append(error)
+
+    lines = iter(range(10**9))
+
+    def switch_here(frame, event, arg):
+        if event == "line" and next(lines) % 2 == 0:
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+        return switch_here
+
+    def trace(frame, event, arg):
+        in_ar = frame.f_code.co_filename == layer.__file__ and "scratch" not in frame.f_code.co_name
+        return switch_here if in_ar and threading.current_thread() is threading.main_thread() else None
+
+    sys.settrace(trace)
+    try:
+        with torch.no_grad():
+            actual = model(x).logits
+    finally:
+        sys.settrace(None)
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(outcomes) > 10 and not errors, errors[:3]
+    assert all(outcomes), f"{outcomes.count(False)} wrong of {len(outcomes)}"
+    assert torch.equal(actual, expected)

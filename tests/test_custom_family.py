@@ -94,3 +94,63 @@ def test_a_description_must_say_how_to_find_the_encoder():
         gated_vpt.register_family(
             gated_vpt.BackboneFamily(name="Mine", model_types=("vit",), stack_paths=("x",), num_prefix_tokens=len)
         )
+
+
+def _record(**overrides):
+    fields = dict(
+        name="Mine",
+        model_types=("my_vit",),
+        stack_paths=("encoder.layer",),
+        num_prefix_tokens=lambda config: 1,
+    )
+    return gated_vpt.BackboneFamily(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model_types": "vit"}, r"`model_types` must be a tuple of strings.*substring"),
+        ({"module_classes": ("ViTModel",)}, r"`module_classes` must be a tuple of nn.Module classes"),
+        ({"name": "ViT"}, r"`name` 'ViT' is a built-in family's"),
+        ({"name": ""}, r"`name` must be a non-empty string"),
+        ({"stack_paths": "encoder.layer"}, r"`stack_paths` must be a tuple"),
+        ({"num_prefix_tokens": 1}, r"`num_prefix_tokens` must be a function"),
+        ({"cls_token_index": -1}, r"`cls_token_index` must be None or an integer >= 0"),
+    ],
+)
+def test_an_invalid_family_record_is_refused_at_registration(overrides, message):
+    # Before: each of these registered; a plain-string model_types claimed every ViT, a string in module_classes broke
+    # every later get_peft_model, and "ViT" silently replaced the built-in family.
+    from tiny_models import TINY_BACKBONES
+
+    with pytest.raises(ValueError, match=message):
+        gated_vpt.register_family(_record(**overrides))
+    assert gated_vpt.find_prompt_site(TINY_BACKBONES["vit"]()).family.name == "ViT"
+
+
+@pytest.mark.parametrize(
+    ("fact", "value"), [("num_prefix_tokens", -1), ("patch_size", -8), ("hidden_size", 0), ("num_prefix_tokens", 1.5)]
+)
+def test_a_family_giving_impossible_facts_is_refused_before_the_model_is_touched(example, fact, value):
+    # Before: num_prefix_tokens=-1 or patch_size=-8 trained and saved, then every loader refused the save.
+    import dataclasses
+
+    family = gated_vpt.find_prompt_site(_fresh(example)).family
+    gated_vpt.register_family(dataclasses.replace(family, **{fact: lambda module: value}))
+    model = _fresh(example)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match=rf"gives `{fact}` = {value}.*must be an integer >= "):
+        get_peft_model(model, CDCPromptConfig(num_prompts=2, attentive_reinforcement=False))
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_wrapped_model_keeps_the_family_record_it_was_wrapped_with(example):
+    # Before: registering a new record for the family after wrapping changed the prefix count a new adapter recorded.
+    import dataclasses
+
+    model = example["model"]
+    family = gated_vpt.find_prompt_site(model.base_model.model).family
+    gated_vpt.register_family(dataclasses.replace(family, num_prefix_tokens=lambda module: 0))
+    model.add_adapter("second", gated_vpt.GatedPromptConfig(num_prompts=2))
+    assert model.peft_config["second"].backbone["num_prefix_tokens"] == 1

@@ -215,6 +215,9 @@ def test_bad_adapter_names_are_refused(name, message, how):
         (["q_proj"], r"'q_proj' matches 'vit\.layers\.0\.attention\.q_proj' \(and 3 more\), inside the transformer"),
         (["layers.1"], r"'layers.1' matches 'vit\.layers\.1', inside the transformer blocks"),
         (["classifier", ""], r"`modules_to_save` holds an empty name"),
+        # Before: an ancestor of the block stack was accepted, copied the whole encoder and saved unloadably.
+        (["vit"], r"'vit' matches 'vit', which contains the transformer blocks the adapter prompts"),
+        (["classifier", "vit"], r"'vit' matches 'vit', which contains the transformer blocks"),
     ],
 )
 @pytest.mark.parametrize("config_class", [GatedPromptConfig, CDCPromptConfig])
@@ -233,3 +236,30 @@ def test_a_task_type_is_refused_rather_than_changing_the_returned_class(task_typ
     # fails with a bare TypeError on pixel_values.
     with pytest.raises(ConfigError, match=r"`task_type` must be None \(prompt adapters are for vision models"):
         GatedPromptConfig(task_type=task_type)
+
+
+def test_get_peft_model_on_an_already_prompted_model_keeps_the_trained_adapter():
+    # Before: a second get_peft_model silently re-initialised the trained "default" adapter (or wrapped the
+    # PeftModel in a second one).
+    config = GatedPromptConfig(num_prompts=2, prompt_dropout=0.0, modules_to_save=["classifier"])
+    model = get_peft_model(TINY_BACKBONES["vit"](), config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.5)
+    x = pixel_values()
+    with torch.no_grad():
+        trained = model(x).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"already holds a prompt adapter named 'default'"):
+        get_peft_model(model.base_model.model, GatedPromptConfig(num_prompts=2))
+    with pytest.raises(ValueError, match=r"already a PeftModel with prompt adapters"):
+        get_peft_model(model, CDCPromptConfig(num_prompts=2))
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, trained)
+    # a second adapter under another name is what add_adapter is for, and still works
+    model.add_adapter("second", GatedPromptConfig(num_prompts=2))
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, trained)

@@ -590,7 +590,8 @@ def test_hub_repos_are_checked_without_downloading_a_pickle(world, tmp_path, mon
 
     def fake_download(repo_id, filename, subfolder=None, **kwargs):
         assert repo_id == "someone/adapter"
-        downloaded.append(filename)
+        if not kwargs.get("local_files_only"):  # a cache lookup (offline, HF_HUB_OFFLINE=1) downloads nothing
+            downloaded.append(filename)
         if not (repo / filename).exists():
             raise EntryNotFoundError(filename)
         return str(repo / filename)
@@ -732,7 +733,8 @@ def test_an_offline_hub_cache_is_checked_like_a_folder(world, offline_hub, tmp_p
     if cached == "weights-not-cached":
         assert message.startswith(f"{REPO}/adapter_model.safetensors: not in the local Hub cache"), message
     else:
-        assert message.startswith(str(offline_hub)) and "adapter_model.bin: refused" in message, message
+        # named as the user asked for it, as online (not by its path in the cache)
+        assert message.startswith(f"{REPO}/adapter_model.bin: refused"), message
     assert not list(offline_hub.rglob(gen.MARKER_NAME)), "the pickle payload ran"
     assert_same(before, fingerprint(model))
     still_works()
@@ -794,7 +796,9 @@ def test_an_offline_hub_cache_with_only_a_pickle_is_refused_in_a_fresh_interpret
     env.pop("HF_HOME", None)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert f"refused: {cache}" in result.stdout and "adapter_model.bin: refused" in result.stdout, result.stdout
+    # the refusal names what the user asked for (the repo's file), as it does online, not the cache's path
+    assert "refused: attacker/adapter/adapter_model.bin: refused" in result.stdout, result.stdout
+    assert str(cache) not in result.stdout
 
 
 def _backbone_tensor_added(folder: Path) -> None:
@@ -933,13 +937,22 @@ def test_a_head_value_beyond_the_models_float16_range_is_refused(world, tmp_path
             load(base)
         after = base.state_dict()
         assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    # The adapter's own parameters stay float32, but the prompts are cast to the blocks' float16 in the forward:
+    # 1e5 would be infinite there (and no training produces it), so it is refused; the bound, 1e4, loads and the
+    # outputs stay finite.
     prompts = tmp_path / "prompts"
     shutil.copytree(world["references"]["vit"], prompts)
     tensors = load_file(prompts / gen.WEIGHTS)
     tensors["base_model.model.vit.layers.0.gpt_prompts"] = torch.full((gen.NUM_PROMPTS, 32), 1e5)
     save_file(tensors, prompts / gen.WEIGHTS)
+    with pytest.raises(gated_vpt.AdapterWeightsError, match=r"magnitude 1e\+05, beyond 10000"):
+        PeftModel.from_pretrained(copy.deepcopy(world["pristine"]["vit"]).half(), prompts)
+    tensors["base_model.model.vit.layers.0.gpt_prompts"] = torch.full((gen.NUM_PROMPTS, 32), 1e4)
+    save_file(tensors, prompts / gen.WEIGHTS)
     model = PeftModel.from_pretrained(copy.deepcopy(world["pristine"]["vit"]).half(), prompts)
     assert model.base_model.model.vit.layers[0].gpt_prompts["default"].dtype == torch.float32
+    with torch.no_grad():
+        assert torch.isfinite(model(pixel_values().half()).logits).all()
 
 
 def test_integer_buffers_of_a_saved_module_still_load(tmp_path):

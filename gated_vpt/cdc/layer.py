@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Any, Optional
 
 import torch
@@ -129,8 +130,9 @@ class CDCPromptBlock(PromptBlock):
         self.cls_index = cls_index
         self.head_dim = 0
         self.scaling = 1.0
-        # AR scratch of the current inner call (see the module docstring); a mixed-adapter call keeps its own.
-        self._plain_scratch = ARScratch()
+        # AR scratch of the current inner call (see the module docstring), one per thread: concurrent forwards (a
+        # server's threads) each capture their own tensors. A mixed-adapter call keeps its own.
+        self._plain_scratch: dict[int, ARScratch] = {}
         self._ar_argument_positions: dict[str, Optional[int]] = {}
         self.supports_reinforcement = self._install_reinforcement_hooks()
 
@@ -223,9 +225,14 @@ class CDCPromptBlock(PromptBlock):
         """Where this forward's captures go: the block's own, or, in a mixed-adapter call, that call's (concurrent
         calls from other threads each have theirs)."""
         call = active_call()
-        if call is None or id(self) not in call.block_ids:
-            return self._plain_scratch
-        return call.scratch.setdefault(id(self), ARScratch())
+        if call is not None and id(self) in call.block_ids:
+            return call.scratch.setdefault(id(self), ARScratch())
+        # Under torch.compile the hooks are traced into one graph, which passes the captures as values: one key.
+        thread = 0 if torch.compiler.is_compiling() else threading.get_ident()
+        scratch = self._plain_scratch.get(thread)
+        if scratch is None:
+            scratch = self._plain_scratch[thread] = ARScratch()
+        return scratch
 
     def _clear_scratch(self) -> None:
         self._scratch().clear()

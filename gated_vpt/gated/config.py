@@ -38,7 +38,8 @@ class GatedPromptConfig(PromptConfigBase):
     use_gates: bool = field(default=True, metadata={"help": "Learn a gate per block on the prompt update."})
     learn_temperature: bool = field(default=True, metadata={"help": "Learn an attention temperature per block."})
     temperature_range: tuple[float, float] = field(
-        default=(0.01, 10.0), metadata={"help": "Projection range of the temperatures (clamped after each optimizer step)."}
+        default=(0.01, 10.0),
+        metadata={"help": "Projection range of the temperatures (clamped after each optimizer step)."},
     )
 
     def __post_init__(self) -> None:
@@ -48,6 +49,11 @@ class GatedPromptConfig(PromptConfigBase):
         self.temperature_range = check_temperature_range(self.temperature_range)
         self.use_gates = check_bool(self.use_gates, "use_gates")
         self.learn_temperature = check_bool(self.learn_temperature, "learn_temperature")
+
+    def value_bound(self, parameter: str) -> float:
+        if parameter == "gpt_temperatures":
+            return self.temperature_range[1]
+        return super().value_bound(parameter)
 
     def saved_values_problem(self, bounds: Mapping[str, tuple[float, float]]) -> Optional[str]:
         # Saves project the temperatures into their range first, so a value outside it (or <= 0) means the file was
@@ -60,7 +66,7 @@ class GatedPromptConfig(PromptConfigBase):
                     f"`{name}` is {value:g}, outside `temperature_range` {tuple(self.temperature_range)} of "
                     "adapter_config.json (an attention temperature must lie in it, and be positive)"
                 )
-        return None
+        return super().saved_values_problem(bounds)
 
     def mixed_batch_layout(self, depth: int) -> tuple:
         return (*super().mixed_batch_layout(depth), self.use_gates, self.learn_temperature)

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, scalar_parameter
 from ..tokens import replace_prompts

@@ -22,6 +22,11 @@ points for our adapter types only, and they call into this package:
    `requires_grad`, train/eval mode) and restores it if anything fails, so even a failure after injection leaves no
    wrapper, hook or half-loaded adapter behind.
 
+4. `landing.check_landing`, a load pre-hook the tuner puts on the model, sees every state dict that reaches
+   `load_state_dict` (these loaders, `set_peft_model_state_dict`, a plain `model.load_state_dict`) before any value
+   is copied: shapes, dtypes, finite values, the method's value rules, and, inside one of our loads, that exactly the
+   checked tensors land.
+
 Where a file is found (a folder, a Hub repo, or huggingface_hub's local cache when the Hub cannot be asked) is
 `locate`: a lookup nothing can answer is refused, never left unchecked. The errors are in `errors`.
 `atomic.atomic_save` writes a save into a temporary folder next to the target and switches it in atomically.

@@ -162,6 +162,11 @@ def pending_weights(adapter_name: str, weights: CheckedWeights) -> Iterator[None
         _PENDING.reset(token)
 
 
+def pending_load() -> Optional[tuple[str, CheckedWeights]]:
+    """(adapter name, the checked weights) of the load one of our loaders is running in this context, if any."""
+    return _PENDING.get()
+
+
 def check_pending_weights(model: nn.Module, adapter_name: str) -> None:
     """Called by the tuner after injecting `adapter_name`: no-op unless a loader announced weights for it."""
     pending = _PENDING.get()

@@ -53,8 +53,9 @@ def locate(
     download: bool = True,
 ) -> Optional[str]:
     """Path of `filename` of the adapter at `model_id` (a folder, or a Hub repo: downloaded into the cache as PEFT
-    would), or None if it has no such file. With `download=False` a Hub file is only looked up (its repo path is
-    returned, or its path in the local cache). Raises `Unresolvable` when neither the Hub nor the cache can answer."""
+    would), or None if it has no such file. With `download=False` a Hub file is only looked up, on the Hub or in the
+    local cache, and its repo path (`repo/file`, what the user asked for, online or offline) is returned. Raises
+    `Unresolvable` when neither the Hub nor the cache can answer."""
     hub_kwargs = dict(hub_kwargs or {})
     model_id = os.fspath(model_id)
     subfolder = hub_kwargs.pop("subfolder", None)
@@ -91,9 +92,10 @@ def locate(
                 pass
             else:
                 return f"{model_id}/{repo_path}" if found else None
-        # Only looked up: the path of the cached file, which is not opened.
+        # Only looked up in the cache; the cached file is not opened, and errors name the repo path, as online.
         cached = {k: v for k, v in hub_kwargs.items() if k not in ("local_files_only", "force_download")}
-        return hf_hub_download(model_id, filename, subfolder=subfolder, local_files_only=True, **cached)
+        hf_hub_download(model_id, filename, subfolder=subfolder, local_files_only=True, **cached)
+        return f"{model_id}/{repo_path}"
     except LocalEntryNotFoundError:  # not cached, and the Hub could not be asked (a subclass of the next one)
         if _cached_as_missing(model_id, repo_path, hub_kwargs):
             return None

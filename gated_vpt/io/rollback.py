@@ -41,14 +41,15 @@ class ModelSnapshot:
         self.values = [(t, t.detach().clone()) for t in clone if t.device.type != "meta"]
 
     def restore(self) -> None:
+        # Only what changed is put back, entry by entry, never by emptying and refilling a dict: another thread may be
+        # running the model (serving other adapters) while a load fails, and must never see a module without its
+        # children or parameters.
         for module, attributes, containers in self.modules:
-            module.__dict__.clear()
-            module.__dict__.update(attributes)
+            _restore_container(module.__dict__, attributes)
             for container, contents in containers:
                 _restore_container(container, contents)
         for config, attributes in self.configs:
-            config.__dict__.clear()
-            config.__dict__.update(attributes)
+            _restore_container(config.__dict__, attributes)
         for param, flag in self.requires_grad:
             param.requires_grad_(flag)
         with torch.no_grad():
@@ -62,11 +63,20 @@ def _copy_container(value: Any) -> Any:
 
 
 def _restore_container(container: Any, contents: Any) -> None:
+    """Make `container` hold `contents` again, changing only the entries that differ (each change is one atomic
+    operation under the GIL)."""
     if isinstance(container, list):
-        container[:] = contents
-    else:
-        container.clear()
+        if len(container) != len(contents) or any(a is not b for a, b in zip(container, contents, strict=True)):
+            container[:] = contents
+    elif isinstance(container, set):
+        container.difference_update(container - contents)
         container.update(contents)
+    else:
+        for key in [k for k in list(container) if k not in contents]:
+            del container[key]
+        for key, value in contents.items():
+            if key not in container or container[key] is not value:
+                container[key] = value
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import torch
@@ -50,6 +50,9 @@ class CheckedWeights:
     # (smallest, largest) value of each floating-point tensor, for the methods' own range checks
     # (`PromptConfigBase.saved_values_problem`, e.g. GPT's temperatures).
     bounds: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    # The tensors checked, as read: a loader is given these, never a second read of the file (which could have
+    # been replaced in between).
+    tensors: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def folder(self) -> str:
@@ -57,7 +60,8 @@ class CheckedWeights:
         return os.path.dirname(self.path)
 
 
-def _strip(key: str) -> str:
+def strip_prefix(key: str) -> str:
+    """`key` without the `base_model.model.` prefix PEFT saves adapters with."""
     return key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
 
 
@@ -80,15 +84,34 @@ def _non_finite_error(path: str, key: str, tensor: torch.Tensor, finite: torch.T
     kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
     return weights_error(
         path,
-        f"tensor `{_strip(key)}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in training or "
+        f"tensor `{strip_prefix(key)}` holds {bad} {kind} value(s) of {tensor.numel()}: the adapter diverged in "
+        "training or "
         "the file is damaged, and it would only produce NaN / infinite outputs",
         "Use an earlier checkpoint, or train again (e.g. with a lower learning rate).",
     )
 
 
-def check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> dict[str, tuple[int, ...]]:
-    """dtype and finiteness of every tensor; returns the shapes, keys stripped of `base_model.model.`."""
-    return checked_weights(tensors, path).shapes
+def check_key_spellings(keys: Iterable[str], path: str, prefixed: bool = False) -> None:
+    """No tensor twice under two spellings of its name (with and without `base_model.model.`): the checks are keyed
+    by the stripped name, and which spelling a loader copies last is not ours to guess, so neither is loaded.
+    `prefixed`: every key must carry the prefix, as in a file `save_pretrained` wrote."""
+    spelled: dict[str, str] = {}
+    for key in keys:
+        twin = spelled.setdefault(strip_prefix(key), key)
+        if twin != key:
+            raise weights_error(
+                path,
+                f"holds the same tensor twice, as `{twin}` and as `{key}` (the file was edited or assembled by "
+                "other code)",
+            )
+    for key in keys if prefixed else ():
+        if not key.startswith(_PEFT_PREFIX):
+            raise weights_error(
+                path,
+                f"tensor `{key}` lacks the `{_PEFT_PREFIX}` prefix every key of a saved adapter has (the file was "
+                "written by other code)",
+                f"Save the adapter with `model.save_pretrained`, or prefix every key with `{_PEFT_PREFIX}`.",
+            )
 
 
 def checked_weights(
@@ -101,17 +124,19 @@ def checked_weights(
     module, known only once the adapter is built (`compare.check_weights_match`)."""
     if not tensors:
         raise weights_error(path, "holds no tensors")
-    checked = CheckedWeights(path, {}, key_mapping)
+    check_key_spellings(tensors, path)
+    checked = CheckedWeights(path, {}, key_mapping, tensors=dict(tensors))
     for key, tensor in tensors.items():
         if not torch.is_tensor(tensor):
-            raise weights_error(path, f"`{_strip(key)}` is a {type(tensor).__name__}, not a tensor")
+            raise weights_error(path, f"`{strip_prefix(key)}` is a {type(tensor).__name__}, not a tensor")
         if not tensor.is_floating_point() and not (_may_be_integer(key) and tensor.dtype in _TORCH_INTEGER_DTYPES):
             raise weights_error(
                 path,
-                f"tensor `{_strip(key)}` has dtype {tensor.dtype}; adapter weights are floating point (the file is "
+                f"tensor `{strip_prefix(key)}` has dtype {tensor.dtype}; adapter weights are floating point (the "
+                "file is "
                 "damaged or not an adapter)",
             )
-        name = _strip(key)
+        name = strip_prefix(key)
         checked.shapes[name] = tuple(tensor.shape)
         checked.dtypes[name] = tensor.dtype
         if tensor.device.type == "meta" or not tensor.is_floating_point():
@@ -152,7 +177,8 @@ def check_weights_file(path: str, key_mapping: Optional[Mapping[str, str]] = Non
                 if dtype not in FLOAT_DTYPES and not (_may_be_integer(key) and dtype in INTEGER_DTYPES):
                     raise weights_error(
                         path,
-                        f"tensor `{_strip(key)}` has dtype {dtype}; adapter weights are floating point (the file is "
+                        f"tensor `{strip_prefix(key)}` has dtype {dtype}; adapter weights are floating point (the "
+                        "file is "
                         "damaged or not an adapter)",
                     )
                 tensors[key] = file.get_tensor(key)
@@ -165,6 +191,7 @@ def check_weights_file(path: str, key_mapping: Optional[Mapping[str, str]] = Non
             f"not a valid safetensors file ({detail}): it is corrupted or was cut short ({size} bytes)",
             "Download or copy the adapter again, or save it again with `model.save_pretrained`.",
         ) from None
+    check_key_spellings(tensors, path, prefixed=True)
     return checked_weights(tensors, path, key_mapping)
 
 
@@ -213,12 +240,18 @@ def check_adapter_files(
             "Copy the weights file from the original save, or save the adapter again with `model.save_pretrained`.",
         )
     weights = check_weights_file(path, key_mapping)
-    problem = config.saved_values_problem(weights.bounds)
+    check_saved_values(config, weights)
+    return config, weights
+
+
+def check_saved_values(config: PromptConfigBase, weights: CheckedWeights) -> None:
+    """The method's rules for the values of its own tensors (`PromptConfigBase.saved_values_problem`)."""
+    own = {name: bounds for name, bounds in weights.bounds.items() if not is_saved_module_key(name)}
+    problem = config.saved_values_problem(own)
     if problem is not None:
         raise weights_error(
-            path,
+            weights.path,
             problem,
             "The file was edited or written by other code: save the adapter again with `model.save_pretrained` "
             "(which keeps every value in range), or restore the original file.",
         )
-    return config, weights
