@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional, Protocol
 
+from .messages import short_repr
+
 # The record `backbone` holds (written at injection, see `PromptSite.signature`): every key, and its kind.
 BACKBONE_FIELDS = {
     "model_type": str,
@@ -40,11 +42,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _short_repr(value: Any, limit: int = 100) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def record_for(site: BackboneFacts, prompted_blocks: Optional[Sequence[int]] = None) -> dict[str, Any]:
     """The record of `site`, with the first and last prompted block when given."""
     record = {
@@ -62,10 +59,10 @@ def record_for(site: BackboneFacts, prompted_blocks: Optional[Sequence[int]] = N
 def backbone_record_problem(backbone: Any) -> Optional[str]:
     """What is wrong with a `backbone` record (None when it is complete and well typed)."""
     if not isinstance(backbone, dict):
-        return f"`backbone` must be an object; got {_short_repr(backbone)}"
+        return f"`backbone` must be an object; got {short_repr(backbone)}"
     unknown = sorted(str(k) for k in set(backbone) - set(BACKBONE_FIELDS))
     if unknown:
-        return f"`backbone` holds unknown keys {_short_repr(unknown)} (it records exactly {sorted(BACKBONE_FIELDS)})"
+        return f"`backbone` holds unknown keys {short_repr(unknown)} (it records exactly {sorted(BACKBONE_FIELDS)})"
     missing = sorted(set(BACKBONE_FIELDS) - set(backbone))
     if missing:
         return f"`backbone` lacks {missing}"
@@ -83,7 +80,7 @@ def backbone_record_problem(backbone: Any) -> Optional[str]:
         else:
             ok = isinstance(value, str)
         if not ok:
-            return f"`backbone.{key}` has an invalid value {_short_repr(value)}"
+            return f"`backbone.{key}` has an invalid value {short_repr(value)}"
     return None
 
 
@@ -97,7 +94,9 @@ def check_backbone_record(
     current = record_for(site, prompted_blocks)
     mismatched = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
     if mismatched:
-        details = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in mismatched.items())
+        details = ", ".join(
+            f"{k}: adapter {short_repr(a)} vs model {short_repr(b)}" for k, (a, b) in mismatched.items()
+        )
         raise IncompatibleBackboneError(
             f"This adapter was trained for a different backbone ({details}). Saved for {saved}; this model is "
             f"{record_for(site)}. Load it onto the backbone it was trained with (see `base_model_name_or_path` in "

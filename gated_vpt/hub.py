@@ -47,7 +47,10 @@ def from_pretrained(
     `import gated_vpt`, and it refuses an adapter saved for a different backbone before touching the model."""
     hub_kwargs = hub_kwargs_of(kwargs)  # every argument that chooses the file read, as PEFT passes them on
     # Clear errors for a missing, malformed or unreadable adapter_config.json; PEFT's own reader for other methods.
-    config = load_adapter_config(model_id, hub_kwargs) or PeftConfig.from_pretrained(str(model_id), **hub_kwargs)
+    # A `config=` the caller gives is used as `PeftModel.from_pretrained` uses it.
+    config = kwargs.pop("config", None)
+    if config is None:
+        config = load_adapter_config(model_id, hub_kwargs) or PeftConfig.from_pretrained(str(model_id), **hub_kwargs)
     return PeftModel.from_pretrained(
         model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
     )

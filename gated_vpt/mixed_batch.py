@@ -133,7 +133,8 @@ def install_mixed_batch_hooks(tuner: BaseTuner) -> list[RemovableHandle]:
         if call is None or call.dispatching or call.started:
             return None
         call.started = True
-        named = dict(zip(_positional_names(type(module), "forward"), args))  # `pixel_values` passed by position
+        # `pixel_values` may come by position (CLIPModel's first positional argument is `input_ids`)
+        named = dict(zip(_positional_names(type(module), "forward"), args, strict=False))
         batch_size = batch_size_of(args, {**named, **kwargs})
         if batch_size != len(call.names):
             raise ValueError(
@@ -214,4 +215,14 @@ def mixed_batch_forward(tuner: BaseTuner, adapter_names: Any) -> Iterator[None]:
         device=param.device if param is not None else torch.device("cpu"),
     )
     with running(call):
-        yield
+        try:
+            yield
+        except KeyError as error:
+            gone = sorted({name for name in names if name != BASE_ADAPTER and name not in tuner.peft_config})
+            if not gone:
+                raise
+            raise RuntimeError(
+                f"Adapter(s) {gone} were deleted while this mixed-adapter batch was running on them (`delete_adapter` "
+                "from another thread); the batch has no result. Delete adapters only when no batch uses them, or "
+                "run the batch again."
+            ) from error

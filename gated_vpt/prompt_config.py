@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 from peft.config import PeftConfig
 
 from .backbone_record import backbone_record_problem
+from .messages import short_repr
 
 # A hostile or mistyped adapter_config.json must not make us allocate gigabytes: ViTs see at most a few thousand
 # tokens, and the papers use at most a few hundred prompts.
@@ -47,13 +48,7 @@ class ConfigError(ValueError):
 
 def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ConfigError(f"`{field_name}` must be {allowed}; got {_short_repr(value)}.")
-
-
-def _short_repr(value: Any, limit: int = 100) -> str:
-    # A value read from a hostile adapter_config.json can be a megabyte long: show its start only.
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+        raise ConfigError(f"`{field_name}` must be {allowed}; got {short_repr(value)}.")
 
 
 def _is_int(value: Any) -> bool:
@@ -164,7 +159,7 @@ class PromptConfigBase(PeftConfig):
         if isinstance(self.target_modules, str):
             raise ConfigError(
                 f"`target_modules` must be a list of block names (prompt adapters wrap whole transformer blocks); got "
-                f"the string {_short_repr(self.target_modules)}. To {BLOCKS_BY_INDEX_HINT}, or pass block module names "
+                f"the string {short_repr(self.target_modules)}. To {BLOCKS_BY_INDEX_HINT}, or pass block module names "
                 "such as `['vit.layers.4', 'vit.layers.5']`."
             )
         for name in ("target_modules", "modules_to_save"):

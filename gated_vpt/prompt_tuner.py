@@ -78,10 +78,10 @@ def check_modules_to_save(config: PromptConfigBase, model: nn.Module, site: Prom
             )
 
 
-def check_not_prompted_yet(model: nn.Module, adapter_name: str) -> None:
+def check_not_prompted_yet(model: nn.Module, adapter_name: str, block_cls: type) -> None:
     """Refuse to inject `adapter_name` where it would replace a trained adapter: into a `PeftModel` (a second wrapper
     around the first), or into blocks that already hold an adapter of that name (its parameters would be
-    re-initialised)."""
+    re-initialised), or of another prompt method (`block_cls` is this method's block wrapper)."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
@@ -91,6 +91,14 @@ def check_not_prompted_yet(model: nn.Module, adapter_name: str) -> None:
             "`model.set_adapter(...)`), or call `get_peft_model` on the base model."
         )
     for module in model.modules():
+        if isinstance(module, PromptBlock) and not isinstance(module, block_cls):
+            held = sorted(module.prompt_roles)
+            raise ValueError(
+                f"This model's blocks already hold a prompt adapter of another method ({type(module).__name__}, "
+                f"adapters {held}); adapters of different methods cannot share one model (PEFT has the same rule for "
+                "its own types). Load this adapter onto a separate copy of the base model, or delete the other "
+                "adapters first."
+            )
         if isinstance(module, PromptBlock) and adapter_name in module.prompt_roles:
             raise ValueError(
                 f"This model already holds a prompt adapter named {adapter_name!r}: injecting another one under that "
@@ -216,7 +224,7 @@ class PromptTuner(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         check_adapter_name(adapter_name)
-        check_not_prompted_yet(model, adapter_name)
+        check_not_prompted_yet(model, adapter_name, self.tuner_layer_cls)
         # The tuner records the resolved blocks and backbone in the config: on a copy, so the object the user passed
         # stays reusable (`get_peft_model(vit4, c); get_peft_model(vit6, c)`, as with LoRA). transformers' adapter API
         # keeps its own `model.peft_config` dict: point it at the same copy.

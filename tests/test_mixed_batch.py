@@ -399,3 +399,21 @@ def test_a_failed_load_does_not_disturb_a_thread_serving_mixed_batches(tmp_path)
     errors = [o for o in outcomes if isinstance(o, Exception)]
     assert len(outcomes) > 20 and not errors, errors[:3]
     assert all(outcomes), f"{outcomes.count(False)} wrong of {len(outcomes)}"
+
+
+def test_deleting_an_adapter_during_a_mixed_batch_gives_a_clear_error():
+    # Before: a `delete_adapter` from another thread while a mixed batch ran raised a bare KeyError inside the blocks.
+    model = three_adapters("vit", "gpt")
+    blocks = blocks_of(model.base_model.model)
+    x = pixel_values(len(NAMES))
+
+    def delete_midway(module, args):
+        if C in model.peft_config:
+            model.delete_adapter(C)  # what another thread does at this moment
+
+    handle = blocks[1].base_layer.register_forward_pre_hook(delete_midway)
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match=r"\['flowers'\] were deleted while this mixed-adapter"):
+            model(pixel_values=x, adapter_names=NAMES)
+    finally:
+        handle.remove()

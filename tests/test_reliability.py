@@ -978,3 +978,99 @@ def test_a_config_reported_as_empty_is_still_read_at_most_1_mib(world, tmp_path,
     with pytest.raises(gated_vpt.AdapterConfigError, match=r"adapter_config.json: is more than 1048576 bytes"):
         PeftModel.from_pretrained(base, folder)
     assert not hasattr(base, "peft_config")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Raw errors where a clear one is promised (Reliability 3, item 12), and `config=` (item 8)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_methods(tmp_path_factory):
+    from gated_vpt import CDCPromptConfig
+
+    root = tmp_path_factory.mktemp("two-methods")
+    for name, config in (("gpt", GatedPromptConfig), ("cdc", CDCPromptConfig)):
+        model = get_peft_model(TINY_BACKBONES["vit"](), config(num_prompts=2, modules_to_save=["classifier"]))
+        model.save_pretrained(root / name)
+    clip = get_peft_model(TINY_BACKBONES["clip"](), GatedPromptConfig(num_prompts=2))
+    clip.save_pretrained(root / "clip")
+    return root
+
+
+def test_a_second_method_through_transformers_load_adapter_is_refused_clearly(two_methods):
+    # Before: a GPT then a CDC adapter through transformers' load_adapter raised `AttributeError: use_gates`.
+    base = TINY_BACKBONES["vit"]()
+    base.load_adapter(str(two_methods / "gpt"), adapter_name="first")
+    before = fingerprint(base)
+    with pytest.raises(ValueError, match=r"already hold a prompt adapter of another method \(GatedPromptBlock"):
+        base.load_adapter(str(two_methods / "cdc"), adapter_name="second")
+    assert_same(before, fingerprint(base))
+
+
+def test_gated_vpt_from_pretrained_takes_a_config_like_peft(two_methods):
+    # Before: `gated_vpt.from_pretrained(base, path, config=...)` raised a TypeError (config given twice).
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(two_methods / "gpt")
+    model = gated_vpt.from_pretrained(TINY_BACKBONES["vit"](), two_methods / "gpt", config=config)
+    assert isinstance(model.peft_config["default"], GatedPromptConfig)
+
+
+def test_a_config_passed_to_from_pretrained_still_gets_the_backbone_check(two_methods):
+    # Before: `PeftModel.from_pretrained(siglip, clip_adapter, config=GatedPromptConfig(...))` loaded a CLIP adapter
+    # onto SigLIP: a config without a backbone record skipped the check.
+    base = TINY_BACKBONES["siglip"]()
+    pristine = copy.deepcopy(base)
+    with pytest.raises(
+        gated_vpt.IncompatibleBackboneError, match=r"'clip_vision_model' vs model 'siglip_vision_model'"
+    ):
+        PeftModel.from_pretrained(base, two_methods / "clip", config=GatedPromptConfig(num_prompts=2))
+    assert_same(fingerprint(pristine), fingerprint(base))
+    PeftModel.from_pretrained(TINY_BACKBONES["clip"](), two_methods / "clip", config=GatedPromptConfig(num_prompts=2))
+
+
+def test_meta_tensors_in_an_adapter_state_dict_are_refused(two_methods):
+    # Before: transformers' `load_adapter(adapter_state_dict=...)` with a meta tensor raised NotImplementedError.
+    from safetensors.torch import load_file
+
+    tensors = dict(load_file(two_methods / "gpt" / "adapter_model.safetensors"))
+    key = next(k for k in tensors if k.endswith("gpt_prompts"))
+    tensors[key] = torch.empty(tensors[key].shape, device="meta")
+    config = copy.deepcopy(PeftModel.from_pretrained(TINY_BACKBONES["vit"](), two_methods / "gpt").peft_config)
+    base = TINY_BACKBONES["vit"]()
+    before = fingerprint(base)
+    with pytest.raises(gated_vpt.AdapterWeightsError, match=r"is a meta tensor"):
+        base.load_adapter(adapter_state_dict=tensors, peft_config=config["default"])
+    assert_same(before, fingerprint(base))
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field", ["layers_to_transform", "peft_type", "backbone", "auto_mapping"])
+def test_hostile_config_values_give_short_messages_even_deep_in_the_stack(two_methods, tmp_path, field):
+    # Before: a value nested 900 levels deep raised RecursionError (formatting it for the message, with the caller's
+    # stack already deep), and a 1 MB `peft_type` gave a 1 MB message.
+    import json
+
+    for value in (_nested(900), "A" * 1_000_000):
+        folder = tmp_path / f"{field}-{len(str(value))}"
+        shutil.copytree(two_methods / "gpt", folder)
+        data = json.loads((folder / "adapter_config.json").read_text())
+        data[field] = "VALUE"
+        text = json.dumps(data).replace(
+            '"VALUE"', json.dumps(value) if isinstance(value, str) else "[" * 900 + "]" * 900
+        )
+        (folder / "adapter_config.json").write_text(text)
+
+        def deep(levels: int):
+            return deep(levels - 1) if levels else PeftModel.from_pretrained(TINY_BACKBONES["vit"](), folder)
+
+        with pytest.raises(gated_vpt.AdapterConfigError) as info:
+            deep(sys.getrecursionlimit() - 1000 + 80)  # as if called from a deep stack
+        assert len(str(info.value)) < 1500, len(str(info.value))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..backbone_record import backbone_record_problem
+from ..messages import short_repr
 from ..prompt_config import ConfigError, PromptConfigBase
 from .errors import RESAVE, AdapterConfigError, config_error
 from .locate import Unresolvable, locate
@@ -60,12 +61,13 @@ def config_class_for(data: Mapping[str, Any], path: str) -> type:
     if not isinstance(peft_type, str):
         raise config_error(
             path,
-            f"`peft_type` must be the adapter type as a string (gated-vpt writes one of {ours}); got {peft_type!r}",
+            f"`peft_type` must be the adapter type as a string (gated-vpt writes one of {ours}); got "
+            f"{short_repr(peft_type)}",
         )
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
         raise config_error(
             path,
-            f"unknown `peft_type` {peft_type!r}: neither PEFT nor gated-vpt (types {ours}) defines it",
+            f"unknown `peft_type` {short_repr(peft_type)}: neither PEFT nor gated-vpt (types {ours}) defines it",
             "Check that the file is a PEFT adapter config; for another PEFT plugin, import its package first.",
         )
     return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
@@ -96,11 +98,11 @@ def _check_peft_fields(data: Mapping[str, Any], path: str) -> None:
     for key in ("base_model_name_or_path", "revision", "task_type"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            raise config_error(path, f"`{key}` must be a string or null; got {value!r}")
+            raise config_error(path, f"`{key}` must be a string or null; got {short_repr(value)}")
     if "inference_mode" in data and not isinstance(data["inference_mode"], bool):
-        raise config_error(path, f"`inference_mode` must be true or false; got {data['inference_mode']!r}")
+        raise config_error(path, f"`inference_mode` must be true or false; got {short_repr(data['inference_mode'])}")
     if data.get("auto_mapping") is not None and not isinstance(data["auto_mapping"], dict):
-        raise config_error(path, f"`auto_mapping` must be an object or null; got {data['auto_mapping']!r}")
+        raise config_error(path, f"`auto_mapping` must be an object or null; got {short_repr(data['auto_mapping'])}")
 
 
 def build_config(data: Mapping[str, Any], path: str) -> Optional[PromptConfigBase]:

@@ -4,6 +4,7 @@ and finiteness checked, before any model is built."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -15,7 +16,7 @@ import torch
 from ..prompt_config import PromptConfigBase
 from ..registration import adapter_parameter_markers
 from .config_file import load_adapter_config
-from .errors import AdapterWeightsError, pickle_refusal, weights_error
+from .errors import AdapterFileError, AdapterWeightsError, pickle_refusal, weights_error
 from .locate import Unresolvable, locate
 from .names import CONFIG_NAME, PICKLE_WEIGHTS_NAMES, WEIGHTS_NAME
 
@@ -137,9 +138,11 @@ def checked_weights(
                 "damaged or not an adapter)",
             )
         name = strip_prefix(key)
+        if tensor.device.type == "meta":
+            raise weights_error(path, f"tensor `{name}` is a meta tensor (a shape without values)")
         checked.shapes[name] = tuple(tensor.shape)
         checked.dtypes[name] = tensor.dtype
-        if tensor.device.type == "meta" or not tensor.is_floating_point():
+        if not tensor.is_floating_point():
             continue
         finite = torch.isfinite(tensor)
         if not bool(finite.all()):
@@ -210,6 +213,8 @@ def check_adapter_files(
         config = load_adapter_config(model_id, hub_kwargs)
         if config is None:
             return None
+    elif config.backbone is None:
+        config = _with_saved_backbone(config, model_id, hub_kwargs)
     try:
         path = locate(model_id, WEIGHTS_NAME, hub_kwargs)
     except Unresolvable as error:
@@ -242,6 +247,23 @@ def check_adapter_files(
     weights = check_weights_file(path, key_mapping)
     check_saved_values(config, weights)
     return config, weights
+
+
+def _with_saved_backbone(
+    config: PromptConfigBase, model_id: str | os.PathLike, hub_kwargs: Optional[Mapping[str, Any]]
+) -> PromptConfigBase:
+    """A caller's `config=` without a backbone record, given the record of the adapter_config.json saved with the
+    weights (the backbone they were trained for), so that the tuner refuses another backbone as for any load. The
+    prompted blocks are the caller's to choose: only the backbone's identity is taken."""
+    try:
+        saved = load_adapter_config(model_id, hub_kwargs)
+    except (AdapterFileError, Unresolvable):  # the caller may pass `config=` because the saved one is unusable
+        return config
+    if saved is None or not saved.backbone:
+        return config
+    config = copy.deepcopy(config)
+    config.backbone = {k: v for k, v in saved.backbone.items() if k != "prompted_blocks"}
+    return config
 
 
 def check_saved_values(config: PromptConfigBase, weights: CheckedWeights) -> None:
