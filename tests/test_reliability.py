@@ -1068,7 +1068,7 @@ def test_hostile_config_values_give_short_messages_even_deep_in_the_stack(two_me
         )
         (folder / "adapter_config.json").write_text(text)
 
-        def deep(levels: int):
+        def deep(levels: int, folder: Path = folder):
             return deep(levels - 1) if levels else PeftModel.from_pretrained(TINY_BACKBONES["vit"](), folder)
 
         with pytest.raises(gated_vpt.AdapterConfigError) as info:
