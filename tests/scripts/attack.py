@@ -78,7 +78,9 @@ def run() -> tuple[collections.Counter, list[str]]:
                 model, load, _ = set_up(entry, world, case.target)
                 before = fingerprint(model)
                 expected = getattr(gated_vpt, case.error)
-                verdict = _classify(expected, lambda: load(folder), before, model, fingerprint, assert_same)
+                verdict = _classify(
+                    expected, lambda load=load, folder=folder: load(folder), before, model, fingerprint, assert_same
+                )
                 counts[verdict] += 1
                 if verdict != "clear error":
                     bad.append(f"{case.id} / {entry}: {verdict}")
