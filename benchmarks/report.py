@@ -342,9 +342,21 @@ def render(
         "insertion sweep, run times ([plot](benchmarks_accuracy.png), [sweep plot](benchmarks_insertion_sweep.png)).",
         "- [benchmarks_cost.md](benchmarks_cost.md): every method, the number-of-prompts and batch-size sweeps "
         "([plot](benchmarks_cost.png)).",
+        gpu_page_line(),
         "",
     ]
     return "\n".join(lines)
+
+
+def gpu_page_line() -> str:
+    """The GPU check's page once a GPU run is in (benchmarks/gpu_check.py), else how to run it."""
+    if (DOCS / "benchmarks_gpu.json").is_file():
+        return ("- [benchmarks_gpu.md](benchmarks_gpu.md): the GPU run: correctness on CUDA, training and inference "
+                "throughput and peak memory against the floor, a short real-weights accuracy run "
+                "([plot](benchmarks_gpu.png)).")
+    return ("- GPU: `benchmarks/gpu_check.py` (correctness on CUDA, throughput and peak memory against the floor, a "
+            "short real-weights accuracy run) is prepared and tested on the CPU (`--smoke`) but has not run on a "
+            "GPU yet; [training_at_scale.md](training_at_scale.md#checking-a-gpu-machine) says how to run it.")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
