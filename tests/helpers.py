@@ -99,3 +99,27 @@ class InputRecorder:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+def transformers_adapter_api_refused() -> bool:
+    """Whether this transformers refuses this peft in its own adapter API (`active_adapters`, `set_adapter`,
+    `enable_adapters`, `disable_adapters`, `add_adapter`, `delete_adapter`, `get_adapter_state_dict`): transformers
+    >= 5.24 requires peft >= 0.22, which is not released. Its `load_adapter` works either way."""
+    import peft
+    from packaging.version import Version
+    from transformers.integrations import peft as integration
+
+    minimum = getattr(integration, "MIN_PEFT_VERSION", None)
+    return minimum is not None and Version(peft.__version__) < Version(minimum)
+
+
+def expect_transformers_adapter_api(call):
+    """Run `call` (a call of transformers' adapter API): its result where transformers accepts this peft; where it
+    refuses it (`transformers_adapter_api_refused`), check that it refuses with its own message and return None."""
+    import pytest
+
+    if not transformers_adapter_api_refused():
+        return call()
+    with pytest.raises(ValueError, match=r"version of PEFT you are using is not compatible"):
+        call()
+    return None
