@@ -188,9 +188,13 @@ def test_the_forward_uses_temperatures_projected_into_their_range():
 
 
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.AdamW])
-def test_each_optimizer_step_projects_the_temperatures_it_updated(optimizer_cls):
-    """Projected gradient descent: a step that pushes tau out of its range leaves it on the boundary."""
+@pytest.mark.parametrize("copied", [False, True])
+def test_each_optimizer_step_projects_the_temperatures_it_updated(optimizer_cls, copied):
+    """Projected gradient descent: a step that pushes tau out of its range leaves it on the boundary (also on a
+    `copy.deepcopy` of the model, e.g. an EMA copy)."""
     model, _ = wrap("vit", temperature_range=(0.5, 2.0))
+    if copied:
+        model = copy.deepcopy(model)
     temps = adapter_params(model, "temperatures")
     optimizer = optimizer_cls([temps[0], temps[1]], lr=10.0)
     temps[0].grad, temps[1].grad = torch.tensor(-1.0), torch.tensor(1.0)

@@ -143,6 +143,14 @@ class GatedPromptBlock(PromptBlock):
         self.prompt_roles[adapter_name] = role
         self.set_adapter(self.active_adapters)
 
+    def __setstate__(self, state: dict) -> None:
+        # A copy (`copy.deepcopy`, unpickling) is a new block with the same temperatures: the optimizer-step hook must
+        # project them too.
+        super().__setstate__(state)
+        if len(self.gpt_temperatures):
+            _BLOCKS_WITH_TEMPERATURES.add(self)
+            _install_step_hook()
+
     def block_report(self, adapter: str) -> dict[str, float]:
         report = {}
         if adapter in self.gpt_gate_logits:
