@@ -139,6 +139,16 @@ class PromptBlock(nn.Module, BaseTunerLayer):
             return read(adapter)
         return torch.stack([read(name) for name in route.adapters]).index_select(0, route.slots)
 
+    def prompt_tokens(
+        self, params: nn.ParameterDict, adapter: str, role: BlockRole, hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """The `[B, N_p, D]` prompts `params` holds for `adapter` (every sample's own in a mixed batch), in the
+        sequence's dtype, with the config's prompt dropout in training (a different mask per sample)."""
+        prompts = self.routed(params, adapter).to(hidden_states.dtype)
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+        return nn.functional.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
+
     def routed_scalar(
         self,
         params: nn.ParameterDict,

@@ -591,3 +591,16 @@ def test_concurrent_plain_forwards_with_attentive_reinforcement_each_get_their_o
     assert len(outcomes) > 10 and not errors, errors[:3]
     assert all(outcomes), f"{outcomes.count(False)} wrong of {len(outcomes)}"
     assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize(("preset", "hooked"), [("vpt-deep", False), ("cdc-no-ar", False), ("cdc", True)])
+def test_only_attentive_reinforcement_hooks_the_attention(preset, hooked):
+    # Before: every CDC block hooked its attention for AR (16 of VPT-deep's 20 hooks on a 4-block ViT), AR on or off.
+    model = peft.get_peft_model(TINY_BACKBONES["vit"](), gated_vpt.preset_config(preset, num_prompts=NUM_PROMPTS))
+    reinforcing = 0
+    for block in _blocks(model):
+        inside = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in block.base_layer.modules())
+        reinforces = "default" in block.cdc_reinforce_scales  # (the final block only when its head reads patches)
+        reinforcing += reinforces
+        assert (inside > 0) == reinforces, (preset, inside)
+    assert (reinforcing > 0) == hooked

@@ -38,7 +38,6 @@ import threading
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attention import DEFAULT_ATTENTION, AttentionLayout
@@ -134,10 +133,13 @@ class CDCPromptBlock(PromptBlock):
         # server's threads) each capture their own tensors. A mixed-adapter call keeps its own.
         self._plain_scratch: dict[int, ARScratch] = {}
         self._ar_argument_positions: dict[str, Optional[int]] = {}
-        self.supports_reinforcement = self._install_reinforcement_hooks()
+        # AR's hooks are installed with the first adapter that reinforces in this block: a method pays only for what
+        # it switches on (VPT-deep, or CDC without AR, runs no hook inside the attention).
+        self._ar_hooked = False
 
     def _install_reinforcement_hooks(self) -> bool:
-        """Hook the block's attention for AR; False when the block does not expose what AR needs."""
+        """Hook the block's attention for AR; False when the block does not expose what AR needs (the tuner refuses
+        such a config before any block is wrapped)."""
         parts = self.attention_layout.parts(self.base_layer)
         if self.cls_index is None or parts is None:
             return False
@@ -173,16 +175,15 @@ class CDCPromptBlock(PromptBlock):
                 )
         if config.attentive_reinforcement and (config.reinforce_final_block or not self.final_block):
             self.cdc_reinforce_scales[adapter_name] = scalar_parameter(config.reinforce_scale_init, device)
+            if not self._ar_hooked:
+                self._ar_hooked = self._install_reinforcement_hooks()
         self.prompt_roles[adapter_name] = role
         self.set_adapter(self.active_adapters)
 
     # -- prompts: insertion (first block) and cross-layer aggregation (later blocks) ----------------------------
 
     def _own_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        prompts = self.routed(self.cdc_prompts, adapter).to(hidden_states.dtype)
-        if prompts.dim() == 2:
-            prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-        return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
+        return self.prompt_tokens(self.cdc_prompts, adapter, role, hidden_states)
 
     def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
         return self._own_prompts(adapter, role, hidden_states)

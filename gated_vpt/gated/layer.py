@@ -22,7 +22,6 @@ import weakref
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -178,10 +177,7 @@ class GatedPromptBlock(PromptBlock):
                 self.gpt_temperatures[name].clamp_(low, high)
 
     def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        prompts = self.routed(self.gpt_prompts, adapter).to(hidden_states.dtype)
-        if prompts.dim() == 2:
-            prompts = prompts.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-        return F.dropout(prompts, p=role.config.prompt_dropout, training=self.training)
+        return self.prompt_tokens(self.gpt_prompts, adapter, role, hidden_states)
 
     def _scale_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
         adapter = self._active_prompt_adapter()
