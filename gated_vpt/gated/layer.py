@@ -35,7 +35,6 @@ class _DivideByTemperature(torch.autograd.Function):
 
     Plain division would keep the unscaled query alive for tau's gradient. The scaled query is what attention saves
     anyway, so reusing it makes the temperature free in activation memory: d(q / tau)/d tau = -(q / tau) / tau.
-
     """
 
     @staticmethod
