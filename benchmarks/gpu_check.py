@@ -2,7 +2,7 @@
 real-weights accuracy run, written into one results folder; then rendered here into docs/benchmarks_gpu.*.
 
     python benchmarks/gpu_check.py --prepare                 # here: .device/ (bf16 backbone, packages); prints the run
-    python benchmarks/gpu_check.py --out .device/out         # there (about 6 minutes on an H100): all three parts
+    python benchmarks/gpu_check.py --out .device/out         # there: all three parts (not yet timed on a GPU)
     python benchmarks/gpu_check.py --render RESULTS_DIR      # here: docs/benchmarks_gpu.md / .json / .png
     python benchmarks/gpu_check.py --smoke --out /tmp/g      # any CPU: tiny sizes, checks the script end to end
 
