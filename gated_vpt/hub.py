@@ -26,7 +26,7 @@ from peft import PeftConfig, PeftModel
 
 from .backbone_record import describe_record
 from .io.config_file import load_adapter_config
-from .io.locate import hub_kwargs_of
+from .io.locate import hub_kwargs_of, looks_local
 from .prompt_config import PromptConfigBase
 
 CARD_MARKER = "<!-- gated-vpt adapter -->"
@@ -56,15 +56,12 @@ def from_pretrained(
     )
 
 
-def _is_local_path(name: str) -> bool:
-    # A path on the machine that saved the adapter means nothing to the card's readers (and may reveal a user name).
-    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
-
-
 def _names_no_hub_model(tag: str) -> bool:
-    # PEFT tags the card "base_model:adapter:<base model>", also when that is a local path or empty
+    # PEFT tags the card "base_model:adapter:<base model>", also when that is a local path or empty. A path on the
+    # machine that saved the adapter means nothing to the card's readers (and may reveal a user name): the card shows
+    # Hub ids only.
     prefix, _, name = tag.partition("base_model:adapter:")
-    return not prefix and tag.startswith("base_model:adapter:") and (not name or _is_local_path(name))
+    return not prefix and tag.startswith("base_model:adapter:") and (not name or looks_local(name))
 
 
 def loading_snippet(config: PromptConfigBase, repo_id: Optional[str] = None) -> str:
@@ -73,7 +70,7 @@ def loading_snippet(config: PromptConfigBase, repo_id: Optional[str] = None) -> 
     import transformers
 
     base = config.base_model_name_or_path
-    base_text = json.dumps(base) if base and not _is_local_path(base) else '"<Hub id or folder of the base model>"'
+    base_text = json.dumps(base) if base and not looks_local(base) else '"<Hub id or folder of the base model>"'
     model_class = config.base_model_class
     if model_class is None or not hasattr(transformers, model_class):
         note = f"  # build the {model_class} it was trained in" if model_class else ""
@@ -139,7 +136,7 @@ def _add_card_section(model: PeftModel, output_dir: str, repo_id: Optional[str] 
     card.data["tags"] = sorted(set(card.data.get("tags") or []) | set(CARD_TAGS))
     # PEFT writes the base model's name there, a local checkpoint's path included
     base_model = card.data.get("base_model")
-    if isinstance(base_model, str) and (not base_model or _is_local_path(base_model)):
+    if isinstance(base_model, str) and (not base_model or looks_local(base_model)):
         card.data.pop("base_model")
     if card.data.get("tags"):
         card.data["tags"] = [t for t in card.data["tags"] if not _names_no_hub_model(t)]

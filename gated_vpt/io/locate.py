@@ -42,8 +42,10 @@ def hub_kwargs_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _looks_local(model_id: str) -> bool:
-    return os.path.isabs(model_id) or model_id.startswith(("./", "../", "~", ".\\", "..\\")) or os.path.exists(model_id)
+def looks_local(name: str) -> bool:
+    """Whether `name` is a path on this machine rather than a Hub repo id: absolute, relative to `.` / `..` / `~`,
+    existing, or with more than one `/` (a Hub id is `name` or `owner/name`; neither starts with a dot)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
 
 
 def locate(
@@ -63,7 +65,7 @@ def locate(
     if os.path.isdir(folder):
         path = os.path.join(folder, filename)
         return path if os.path.lexists(path) else None
-    if _looks_local(model_id):
+    if looks_local(model_id):
         if os.path.isdir(model_id):
             return None  # the subfolder is missing
         problem = "not a folder" if os.path.exists(model_id) else "no such folder"
