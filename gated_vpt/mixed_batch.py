@@ -115,7 +115,7 @@ def _merge_dual_encoder_outputs(parts: list[Any], indices: list[torch.Tensor], b
 def _same(a: Any, b: Any) -> bool:
     if torch.is_tensor(a):
         return torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, (tuple, list)) or isinstance(a, dict):
+    if isinstance(a, (tuple, list, dict)):
         items_a = a.values() if isinstance(a, dict) else a
         items_b = b.values() if isinstance(b, dict) else b
         return len(items_a) == len(items_b) and all(_same(x, y) for x, y in zip(items_a, items_b, strict=True))
