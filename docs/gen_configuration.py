@@ -12,7 +12,7 @@ from pathlib import Path
 from peft.config import PeftConfig
 
 import gated_vpt  # noqa: F401  (registers the methods)
-from gated_vpt.registration import registered_prompt_methods
+from gated_vpt.prompting.registration import registered_prompt_methods
 
 OUT = Path(__file__).with_name("configuration.md")
 # Every registered prompt method's config (a new method's folder is picked up without a change here).

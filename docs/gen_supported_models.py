@@ -1,5 +1,5 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""Generates docs/supported_models.md from the backbone family registry (`gated_vpt.backbones.FAMILIES`), so the
+"""Generates docs/supported_models.md from the backbone family registry (`gated_vpt.vit.backbones.FAMILIES`), so the
 table cannot drift from the code.
 
 Run: python docs/gen_supported_models.py           (rewrite the page)
@@ -18,7 +18,7 @@ OUT = Path(__file__).with_name("supported_models.md")
 
 def render() -> str:
     sys.path.insert(0, str(OUT.resolve().parent.parent))
-    from gated_vpt.backbones import supported_models_markdown
+    from gated_vpt.vit.backbones import supported_models_markdown
 
     return supported_models_markdown()
 

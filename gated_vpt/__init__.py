@@ -1,35 +1,44 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """gated-vpt: visual prompt tuning methods for Hugging Face vision transformers, as PEFT tuner types.
 
-Importing this package registers `GATED_PROMPT` (and `CDC_PROMPT`) with PEFT, after which `get_peft_model`,
-`PeftModel.from_pretrained`, `PeftConfig.from_pretrained` and transformers' `load_adapter` all know them.
+Importing this package registers every prompt method (`VISUAL_PROMPT`, `GATED_PROMPT`, `CDC_PROMPT`,
+`FOURIER_PROMPT`, ...) with PEFT, after which `get_peft_model`, `PeftModel.from_pretrained`,
+`PeftConfig.from_pretrained` and transformers' `load_adapter` all know them. Each method folder's public names
+(its `__all__`: the config, the tuner, the PEFT type) are exported here, so `from gated_vpt import
+GatedPromptConfig` works for every method without a line in this file.
 """
 
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from .attention import AttentionLayout
-from .backbone_record import IncompatibleBackboneError
-from .backbones import FAMILIES, UnsupportedModelError, find_prompt_site, register_family, unregister_family
-from .cdc import CDC_PROMPT, CDCPromptConfig, CDCPromptModel
-from .diagnostics import gate_report, plot_gate_report, summarize_gate_report
-from .family import BackboneFamily
-from .gated import GATED_PROMPT, GatedPromptConfig, GatedPromptModel
-from .hub import from_pretrained, push_adapter_to_hub
-from .integrations import install_peft_model_patches
 from .io.errors import AdapterConfigError, AdapterFileError, AdapterWeightsError, HeadSizeError, UnsafeAdapterFileError
-from .presets import PRESETS, preset_config
-from .prompt_config import ConfigError
-from .prompt_layer import MergeNotSupportedError
-from .registration import register
+from .io.hub import from_pretrained, push_adapter_to_hub
+from .io.patches import install_peft_model_patches
+from .prompting.diagnostics import gate_report, plot_gate_report, summarize_gate_report
+from .prompting.presets import PRESETS, preset_config
+from .prompting.prompt_config import ConfigError
+from .prompting.prompt_layer import MergeNotSupportedError
+from .prompting.registration import register
+from .vit.attention import AttentionLayout
+from .vit.backbone_record import IncompatibleBackboneError
+from .vit.backbones import FAMILIES, UnsupportedModelError, find_prompt_site, register_family, unregister_family
+from .vit.family import BackboneFamily
 
 __version__ = "0.1.0"
 
+# The package is grouped by concern (docs/architecture.md): what a ViT looks like, the shared prompt machinery, and
+# the PEFT / Hub / file boundary; every other sub-package is one prompt method.
+CONCERNS = ("vit", "prompting", "io", "contrib")
+
 # Every method lives in its own sub-package (config.py, layer.py, model.py) and registers itself when imported: import
-# them all, so a new method needs no line here.
-for _module in _pkgutil.iter_modules(__path__):
-    if _module.ispkg and _module.name not in ("io", "contrib"):
-        _importlib.import_module(f"{__name__}.{_module.name}")
+# them all and export their public names, so a new method needs no line here.
+_METHOD_EXPORTS: list[str] = []
+for _module in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _module.ispkg and _module.name not in CONCERNS:
+        _method = _importlib.import_module(f"{__name__}.{_module.name}")
+        for _name in getattr(_method, "__all__", ()):
+            globals()[_name] = getattr(_method, _name)
+            _METHOD_EXPORTS.append(_name)
 install_peft_model_patches()
 
 __all__ = [
@@ -40,14 +49,8 @@ __all__ = [
     "BackboneFamily",
     "HeadSizeError",
     "UnsafeAdapterFileError",
-    "CDCPromptConfig",
-    "CDCPromptModel",
-    "CDC_PROMPT",
     "FAMILIES",
-    "GATED_PROMPT",
     "ConfigError",
-    "GatedPromptConfig",
-    "GatedPromptModel",
     "IncompatibleBackboneError",
     "MergeNotSupportedError",
     "PRESETS",
@@ -62,4 +65,5 @@ __all__ = [
     "unregister_family",
     "summarize_gate_report",
     "push_adapter_to_hub",
+    *_METHOD_EXPORTS,
 ]

@@ -35,3 +35,18 @@ def representative_backbone(request):
 def method(request):
     """Every prompt method of the case table (tests/methods.py)."""
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Methods whose case says `all_families=False` meet the representative backbones only in the tests parametrised
+    over backbones (see `MethodCase.all_families`); the rest are deselected, and counted as such."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case = METHOD_CASES.get(params.get("method")) if isinstance(params.get("method"), str) else None
+        backbone = params.get("backbone_name", params.get("family_id"))
+        narrowed = case is not None and not case.all_families and backbone in TINY_BACKBONES
+        (dropped if narrowed and backbone not in REPRESENTATIVE_BACKBONES else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gated_vpt import find_prompt_site
-from gated_vpt.tokens import pad_for_prompts
+from gated_vpt.vit.tokens import pad_for_prompts
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:

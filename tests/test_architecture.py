@@ -12,49 +12,48 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gated_vpt"
 MAX_LINES = 450
-# Method packages: a folder with config.py, layer.py and model.py. They may import the core below, never each other.
-METHOD_IMPORTS = {
-    "attention",
-    "backbones",
-    "presets",
-    "prompt_config",
-    "prompt_layer",
-    "prompt_tuner",
-    "registration",
-    "routing",
-    "tokens",
-}
+# Method packages: a folder with config.py, layer.py and model.py. They may import the shared machinery and the ViT
+# facts, and VPT (the base method) - never another method.
+BASE_METHOD = "vpt"
+METHOD_IMPORTS = {"prompting.*", "vit.attention", "vit.backbones", "vit.tokens", "values"}
 # module (relative to gated_vpt, fnmatch pattern) -> what it may import from the package
 ALLOWED = {
-    "tokens": set(),
-    "routing": set(),
-    "attention": set(),
     "messages": set(),
-    "backbone_record": {"messages"},
-    "prompt_config": {"backbone_record", "messages"},
-    "registration": {"prompt_config"},
-    "presets": {"prompt_config"},
-    "family": {"attention"},
-    "families": {"attention", "family", "tokens"},
-    "backbones": {"families", "family"},
-    "prompt_layer": {"prompt_config", "routing", "tokens"},
-    "mixed_batch": {"routing"},
-    "io": set(),
-    "io.*": {"io.*", "prompt_config", "backbone_record", "messages", "registration"},
-    "prompt_tuner": {
-        "backbone_record",
-        "backbones",
+    "values": set(),
+    # what a ViT looks like
+    "vit": set(),
+    "vit.tokens": set(),
+    "vit.attention": {"values"},
+    "vit.backbone_record": {"messages", "values"},
+    "vit.family": {"vit.attention"},
+    "vit.families": {"vit.attention", "vit.family", "vit.tokens"},
+    "vit.timm_families": {"vit.attention", "vit.family"},
+    "vit.backbones": {"vit.families", "vit.family", "vit.timm_families"},
+    # the shared prompt machinery
+    "prompting": set(),
+    "prompting.routing": set(),
+    "prompting.prompt_config": {"vit.backbone_record", "messages", "values"},
+    "prompting.registration": {"prompting.prompt_config"},
+    "prompting.presets": {"prompting.prompt_config"},
+    "prompting.prompt_layer": {"prompting.prompt_config", "prompting.routing", "vit.tokens"},
+    "prompting.mixed_batch": {"prompting.routing"},
+    "prompting.prompt_tuner": {
+        "vit.backbone_record",
+        "vit.backbones",
         "io.compare",
         "io.landing",
-        "mixed_batch",
-        "prompt_config",
-        "prompt_layer",
-        "routing",
-        "tokens",
+        "prompting.mixed_batch",
+        "prompting.prompt_config",
+        "prompting.prompt_layer",
+        "prompting.routing",
+        "vit.tokens",
     },
-    "diagnostics": {"prompt_layer"},
-    "hub": {"backbone_record", "io.*", "prompt_config"},
-    "integrations": {"backbone_record", "hub", "io.*", "prompt_config", "prompt_layer"},
+    "prompting.diagnostics": {"prompting.prompt_layer"},
+    # the PEFT / Hub / file boundary
+    "io": set(),
+    "io.hub": {"vit.backbone_record", "io.*", "prompting.prompt_config"},
+    "io.patches": {"vit.backbone_record", "io.*", "prompting.prompt_config", "prompting.prompt_layer"},
+    "io.*": {"io.*", "prompting.prompt_config", "vit.backbone_record", "messages", "prompting.registration"},
     "contrib": set(),
     "contrib.*": set(),
 }
@@ -107,7 +106,8 @@ GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 def _allowed(name: str) -> set[str] | None:
     method = next((m for m in METHOD_PACKAGES if name == m or name.startswith(m + ".")), None)
     if method is not None:
-        return METHOD_IMPORTS | {f"{method}.*", method}
+        base = set() if method == BASE_METHOD else {BASE_METHOD, f"{BASE_METHOD}.*"}
+        return METHOD_IMPORTS | base | {f"{method}.*", method}
     for pattern, allowed in ALLOWED.items():
         if fnmatch.fnmatch(name, pattern):
             return allowed
@@ -161,7 +161,7 @@ def test_method_packages_are_found_and_each_registers_itself():
 
     import gated_vpt
 
-    assert {"cdc", "gated"} <= set(METHOD_PACKAGES)
+    assert {"cdc", "gated", "vpt"} <= set(METHOD_PACKAGES)
     for method in METHOD_PACKAGES:
         package = getattr(gated_vpt, method)
         config_cls = next(v for k, v in vars(package).items() if k.endswith("Config") and isinstance(v, type))

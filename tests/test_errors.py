@@ -33,7 +33,7 @@ from gated_vpt import CDCPromptConfig, ConfigError, GatedPromptConfig, Incompati
         ("layers_to_transform", [1, 3], r"`layers_to_transform` must be a contiguous range"),
         ("layers_to_transform", [-1], r"`layers_to_transform` must be None, a non-negative int"),
         ("layers_to_transform", [], r"`layers_to_transform` must be None, a non-negative int"),
-        ("prompt_init", "kaiming", r"`prompt_init` must be one of \('xavier', 'normal'\)"),
+        ("prompt_init", "kaiming", r"`prompt_init` must be one of \('xavier', 'normal', 'spt-sample'"),
         ("use_gates", "yes", r"`use_gates` must be True or False"),
         ("modules_to_save", "classifier", r"`modules_to_save` must be None or a list of module names"),
     ],

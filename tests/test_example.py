@@ -25,7 +25,7 @@ pytest.importorskip("datasets")  # the example's own dependency (the `examples` 
 from vit_classification import backbone, cli, data, methods, precision, probe, saving, training  # examples/
 
 import gated_vpt
-import gated_vpt.hub
+import gated_vpt.io.hub
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "image_classification.py"
@@ -245,7 +245,7 @@ class RecordingHfApi:
 def test_push_to_hub_uploads_the_adapter_through_gated_vpt(tiny_model_dir, tmp_path, monkeypatch):
     RecordingHfApi.calls = []
     RecordingHfApi.store = tmp_path / "hub"
-    monkeypatch.setattr(gated_vpt.hub, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(gated_vpt.io.hub, "HfApi", RecordingHfApi)
 
     out = tmp_path / "run"
     argv = quick_args(tiny_model_dir, out, "gpt", "--no-linear-probe", "--push-to-hub", "someone/eurosat-gpt")

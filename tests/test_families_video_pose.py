@@ -20,7 +20,7 @@ from peft import PeftModel, get_peft_model
 from tiny_models import DEPTH, HEADS, HIDDEN, OTHER_INPUT_BACKBONES
 
 from gated_vpt import find_prompt_site
-from gated_vpt.prompt_layer import PromptBlock
+from gated_vpt.prompting.prompt_layer import PromptBlock
 
 NUM_PROMPTS = 3
 IDS = sorted(OTHER_INPUT_BACKBONES)

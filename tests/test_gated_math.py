@@ -12,7 +12,7 @@ from peft import get_peft_model
 from tiny_models import DEPTH, HIDDEN, TINY_BACKBONES, pixel_values
 
 from gated_vpt import GatedPromptConfig
-from gated_vpt.prompt_layer import xavier_prompt_bound
+from gated_vpt.vpt.layer import xavier_prompt_bound
 
 NUM_PROMPTS = 3
 

@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 from peft import PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
-import gated_vpt.hub
+import gated_vpt.io.hub
 from gated_vpt import GatedPromptConfig
 
 
@@ -40,7 +40,7 @@ class RecordingHfApi:
 def test_push_to_hub_uploads_a_loadable_adapter_with_a_gated_vpt_card(tmp_path, monkeypatch):
     RecordingHfApi.calls = []
     RecordingHfApi.store = tmp_path
-    monkeypatch.setattr(gated_vpt.hub, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(gated_vpt.io.hub, "HfApi", RecordingHfApi)
 
     base = TINY_BACKBONES["vit"]()
     model = get_peft_model(base, GatedPromptConfig(num_prompts=4, modules_to_save=["classifier"])).eval()
@@ -117,7 +117,7 @@ def test_the_cards_loading_snippet_runs_as_written_for_a_retrained_head(tmp_path
             if param.requires_grad:
                 param.add_(0.3)
     RecordingHfApi.calls, RecordingHfApi.store = [], tmp_path / "pushed"
-    monkeypatch.setattr(gated_vpt.hub, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(gated_vpt.io.hub, "HfApi", RecordingHfApi)
     model.push_to_hub("someone/vit-gpt-3-classes")
     pushed = tmp_path / "pushed" / "someone" / "vit-gpt-3-classes"
 

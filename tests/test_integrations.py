@@ -1,4 +1,4 @@
-"""The upstream signatures `gated_vpt.integrations` and the tuner rely on.
+"""The upstream signatures `gated_vpt.io.patches` and the tuner rely on.
 
 The patches wrap PEFT's and transformers' methods and read some of their arguments by name; the tuner overrides
 PEFT's `BaseTuner` hooks. If an upgrade renames or drops one of these, this file fails with the name, instead of a

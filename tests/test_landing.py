@@ -181,7 +181,7 @@ def test_a_file_swapped_after_its_check_is_not_what_loads(entry, tmp_path, monke
     from peft import PeftModel
     from safetensors.torch import load_file, save_file
 
-    import gated_vpt.integrations as integrations
+    import gated_vpt.io.patches as integrations
 
     trained = _model("gpt")
     perturb_adapter(trained)

@@ -6,26 +6,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import blocks_of, main_output
+from methods import method_config
 from peft import PeftModel, get_peft_model
-from tiny_models import TINY_BACKBONES, TINY_FAMILY_FACTS, pixel_values
+from tiny_models import TINY_BACKBONES, pixel_values
 
-from gated_vpt import CDCPromptConfig, GatedPromptConfig, find_prompt_site
-from gated_vpt.routing import active_call
+from gated_vpt import find_prompt_site
+from gated_vpt.prompting.routing import active_call
 
 # Two adapters of one layout (A, B: one shared forward), one of another layout (C: fewer prompts, fewer blocks) and
-# the base model, interleaved. (Adapter names must not be substrings of the parameter prefixes `gpt_` / `cdc_`.)
+# the base model, interleaved. (Adapter names must not be substrings of the methods' parameter prefixes: `gpt_`,
+# `cdc_`, `vpt_`, ...)
 NAMES = ["sat", "cifar", "__base__", "flowers", "cifar", "sat"]
 A, B, C = "sat", "cifar", "flowers"
-# no CLS token: CDC runs without attentive reinforcement
-NO_CLS = tuple(name for name, (_, prefix) in TINY_FAMILY_FACTS.items() if prefix == 0)
 
 
 def make_config(method: str, backbone: str, head: bool, **overrides):
     common = {"num_prompts": 4, "prompt_dropout": 0.0, **({"modules_to_save": ["classifier"]} if head else {})}
     common.update(overrides)
-    if method == "gpt":
-        return GatedPromptConfig(**common)
-    return CDCPromptConfig(attentive_reinforcement=backbone not in NO_CLS, **common)
+    return method_config(method, TINY_BACKBONES[backbone](head=head), **common)
 
 
 def perturb_active(model, seed: int) -> None:
@@ -67,7 +65,6 @@ def per_sample(solo: dict, get, names=NAMES) -> torch.Tensor:
     return torch.stack([get(solo[name])[i] for i, name in enumerate(names)])
 
 
-@pytest.mark.parametrize("method", ["gpt", "cdc"])
 def test_every_sample_equals_its_adapter_alone(backbone_name, method):
     model = three_adapters(backbone_name, method)
     x = pixel_values(len(NAMES))
@@ -85,7 +82,6 @@ def test_every_sample_equals_its_adapter_alone(backbone_name, method):
         torch.testing.assert_close(state, expected_state, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gpt", "cdc"])
 def test_bare_encoder_without_heads(method):
     model = three_adapters("dinov2", method, head=False)
     x = pixel_values(len(NAMES))
@@ -128,7 +124,6 @@ def test_one_layout_shares_one_forward(names, forwards):
     assert calls == forwards
 
 
-@pytest.mark.parametrize("method", ["gpt", "cdc"])
 def test_loss_is_the_mean_over_samples(method):
     model = three_adapters("vit", method)
     x, labels = pixel_values(len(NAMES)), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -294,7 +289,6 @@ def test_clip_model_mixed_batches_route_images_and_keep_the_texts_whole(num_text
         torch.testing.assert_close(positional.logits_per_image, mixed.logits_per_image, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["gpt", "cdc"])
 def test_concurrent_mixed_batches_from_several_threads_each_get_their_own_outputs(method):
     # Each thread's call is routed through its own context: outputs are exactly the single-threaded ones, and no
     # call leaves anything on the model (before: threads got each other's outputs and a stale `forward` stayed).

@@ -25,7 +25,7 @@ from tiny_models import TINY_BACKBONES, pixel_values
 
 import gated_vpt
 from gated_vpt import GatedPromptConfig, MergeNotSupportedError
-from gated_vpt.prompt_layer import PromptBlock
+from gated_vpt.prompting.prompt_layer import PromptBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_unload_returns_the_original_model_bit_for_bit(trained):
     unloaded = model.unload()
     assert type(unloaded) is type(pristine)
     assert unloaded.state_dict().keys() == pristine.state_dict().keys()
-    assert not any(isinstance(m, gated_vpt.prompt_layer.PromptBlock) for m in unloaded.modules())
+    assert not any(isinstance(m, gated_vpt.prompting.prompt_layer.PromptBlock) for m in unloaded.modules())
     assert not any(m._forward_hooks for m in unloaded.modules())
     x = pixel_values()
     with torch.no_grad():
@@ -246,7 +246,7 @@ def test_registration_is_idempotent():
 
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
-    importlib.reload(gated_vpt.registration)
+    importlib.reload(gated_vpt.prompting.registration)
     gated_vpt.register("gated_prompt", GatedPromptConfig, gated_vpt.GatedPromptModel, prefix="gpt_")
     assert PEFT_TYPE_TO_TUNER_MAPPING["GATED_PROMPT"] is gated_vpt.GatedPromptModel
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from peft import get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
-from gated_vpt import PRESETS, CDCPromptConfig, GatedPromptConfig, preset_config
+from gated_vpt import PRESETS, CDCPromptConfig, GatedPromptConfig, VisualPromptConfig, preset_config
 
 
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("gpt", GatedPromptConfig(num_prompts=3)),
-        ("vpt-shallow", GatedPromptConfig(num_prompts=3, use_gates=False, learn_temperature=False)),
+        ("vpt-shallow", VisualPromptConfig(num_prompts=3, deep=False)),
         ("cdc", CDCPromptConfig(num_prompts=3)),
-        ("vpt-deep", CDCPromptConfig(num_prompts=3, cross_layer=False, attentive_reinforcement=False)),
+        ("vpt-deep", VisualPromptConfig(num_prompts=3, deep=True)),
         ("cdc-no-ar", CDCPromptConfig(num_prompts=3, attentive_reinforcement=False)),
         ("cdc-static-aggregation", CDCPromptConfig(num_prompts=3, dynamic_aggregation=False)),
         ("cdc-no-cross-layer", CDCPromptConfig(num_prompts=3, cross_layer=False)),
@@ -38,11 +40,32 @@ def test_every_preset_builds_an_adapter_that_changes_the_output():
 
 
 def test_a_preset_refuses_fields_that_would_make_it_another_method():
-    with pytest.raises(ValueError, match=r"'vpt-shallow' is VPT-shallow .* fixes \['use_gates'\]"):
-        preset_config("vpt-shallow", use_gates=True)
-    assert preset_config("vpt-shallow", use_gates=False).use_gates is False  # restating it is fine
+    with pytest.raises(ValueError, match=r"'vpt-shallow' is VPT-shallow .* fixes \['deep'\]"):
+        preset_config("vpt-shallow", deep=True)
+    assert preset_config("vpt-shallow", deep=False).deep is False  # restating it is fine
 
 
 def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"Unknown prompt method 'vpt'; the named methods are \['cdc'"):
         preset_config("vpt")
+
+
+@pytest.mark.parametrize(
+    ("special_case", "vpt"),
+    [
+        (GatedPromptConfig(use_gates=False, learn_temperature=False), "vpt-shallow"),
+        (CDCPromptConfig(cross_layer=False, attentive_reinforcement=False), "vpt-deep"),
+    ],
+    ids=["gpt-without-gates-and-temperatures", "cdc-without-connections-and-reinforcement"],
+)
+@pytest.mark.parametrize("backbone", ["vit", "deit", "dinov2_registers", "beit"])
+def test_the_methods_built_on_vpt_reduce_to_it_exactly(backbone, special_case, vpt):
+    """GPT and CDC with their additions switched off are VPT, output for output, under the same seed."""
+    x = pixel_values()
+    outputs = []
+    for config in (special_case, preset_config(vpt)):
+        torch.manual_seed(0)
+        model = get_peft_model(TINY_BACKBONES[backbone](), copy.deepcopy(config))
+        with torch.no_grad():
+            outputs.append(model.eval()(pixel_values=x).logits)
+    assert torch.equal(*outputs)

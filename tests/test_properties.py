@@ -25,7 +25,7 @@ from tiny_models import DEPTH, HIDDEN, NUM_LABELS, PATCH_SIZE, TINY_BACKBONES
 
 import gated_vpt
 from gated_vpt import ConfigError, GatedPromptConfig
-from gated_vpt.prompt_config import FLOAT32_MAX, MAX_NUM_PROMPTS, MIN_TEMPERATURE
+from gated_vpt.prompting.prompt_config import FLOAT32_MAX, MAX_NUM_PROMPTS, MIN_TEMPERATURE
 
 FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 MODEL = settings(

@@ -29,7 +29,7 @@ from tiny_models import TINY_BACKBONES, pixel_values
 import gated_vpt
 from gated_vpt import GatedPromptConfig
 from gated_vpt.io import atomic, config_file, weights_file
-from gated_vpt.prompt_layer import PromptBlock
+from gated_vpt.prompting.prompt_layer import PromptBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS = REPO_ROOT / "docs"
@@ -397,7 +397,7 @@ def test_an_interrupted_save_leaves_the_old_adapter(saved_twice, where, monkeypa
     elif where == "config write":
         monkeypatch.setattr(PeftConfig, "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
     elif where == "card write":
-        monkeypatch.setattr(gated_vpt.hub, "_add_card_section", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
+        monkeypatch.setattr(gated_vpt.io.hub, "_add_card_section", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
     else:
         monkeypatch.setattr(atomic, "exchange_directories", lambda *a: (_ for _ in ()).throw(OSError(5, "EIO")))
     with pytest.raises((OSError, KeyboardInterrupt)):

@@ -76,7 +76,7 @@ def load_trained(
 
 
 def push_to_hub(model: nn.Module, method: str, repo_id: str, saved: pathlib.Path, private: bool) -> str:
-    """Upload what `save_trained` wrote. Our prompt adapters go through `gated_vpt.hub.push_adapter_to_hub` (PEFT's
+    """Upload what `save_trained` wrote. Our prompt adapters go through `gated_vpt.io.hub.push_adapter_to_hub` (PEFT's
     `push_to_hub` is routed there), which writes a model card saying how to load them."""
     if method in PEFT_METHODS or method == "full":
         result = model.push_to_hub(repo_id, private=private, commit_message=f"Upload {method} adapter (gated-vpt)")

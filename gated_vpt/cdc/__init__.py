@@ -2,8 +2,8 @@
 """CDC prompt tuning: our reconstruction of iVPT's cross-layer dynamic connection, dynamic aggregation and attentive
 reinforcement (Zhou, Chen, Huang, arXiv 2404.05207) on deep visual prompts: config, block wrapper and tuner."""
 
-from ..presets import MethodPreset, register_preset
-from ..registration import register
+from ..prompting.presets import MethodPreset, register_preset
+from ..prompting.registration import register
 from .config import CDC_PROMPT, CDCPromptConfig
 from .layer import CDCPromptBlock
 from .model import CDCPromptModel
@@ -12,14 +12,6 @@ from .model import CDCPromptModel
 # package it finds, and this registers the PEFT type and the method's named presets.
 register("cdc_prompt", CDCPromptConfig, CDCPromptModel, prefix=CDCPromptModel.prefix)
 register_preset(MethodPreset("cdc", CDCPromptConfig, (), "CDC prompt tuning (our reconstruction of iVPT)"))
-register_preset(
-    MethodPreset(
-        "vpt-deep",
-        CDCPromptConfig,
-        (("cross_layer", False), ("attentive_reinforcement", False)),
-        "VPT-deep (CDC without cross-layer connections and attentive reinforcement)",
-    )
-)
 register_preset(
     MethodPreset(
         "cdc-no-ar", CDCPromptConfig, (("attentive_reinforcement", False),), "CDC without attentive reinforcement"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..prompt_config import ConfigError, PromptConfigBase, check_bool, check_finite
-from ..registration import peft_type
+from ..prompting.prompt_config import ConfigError, PromptConfigBase, check_bool, check_finite
+from ..prompting.registration import peft_type
 
 CDC_PROMPT = peft_type("CDC_PROMPT")
 

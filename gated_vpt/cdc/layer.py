@@ -40,15 +40,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..attention import DEFAULT_ATTENTION, AttentionLayout
-from ..prompt_layer import (
-    BlockRole,
-    PromptBlock,
-    new_prompt_parameter,
-    scalar_parameter,
-)
-from ..routing import active_call
-from ..tokens import replace_prompts
+from ..prompting.prompt_layer import BlockRole, scalar_parameter
+from ..prompting.routing import active_call
+from ..vit.attention import DEFAULT_ATTENTION, AttentionLayout
+from ..vit.tokens import replace_prompts
+from ..vpt.layer import VisualPromptBlock
 from .config import CDCPromptConfig
 
 
@@ -106,7 +102,10 @@ class ARScratch:
         self.terms = []
 
 
-class CDCPromptBlock(PromptBlock):
+class CDCPromptBlock(VisualPromptBlock):
+    """VPT-deep's block with CDC's cross-layer aggregation and attentive reinforcement."""
+
+    prompt_parameter_name = "cdc_prompts"
     adapter_layer_names = ("cdc_prompts", "cdc_aggregation_weights", "cdc_aggregation_biases", "cdc_reinforce_scales")
 
     def __init__(
@@ -122,7 +121,6 @@ class CDCPromptBlock(PromptBlock):
         super().__init__(base_layer, num_prefix_tokens, hidden_size, patch_size)
         self.attention_layout = attention
         self.final_block = final_block  # the backbone's last block: its output goes only to the head
-        self.cdc_prompts = nn.ParameterDict()
         self.cdc_aggregation_weights = nn.ParameterDict()
         self.cdc_aggregation_biases = nn.ParameterDict()
         self.cdc_reinforce_scales = nn.ParameterDict()
@@ -133,6 +131,7 @@ class CDCPromptBlock(PromptBlock):
         # server's threads) each capture their own tensors. A mixed-adapter call keeps its own.
         self._plain_scratch: dict[int, ARScratch] = {}
         self._ar_argument_positions: dict[str, Optional[int]] = {}
+        self._fused_columns: Optional[tuple[slice, slice]] = None
         # AR's hooks are installed with the first adapter that reinforces in this block: a method pays only for what
         # it switches on (VPT-deep, or CDC without AR, runs no hook inside the attention).
         self._ar_hooked = False
@@ -145,11 +144,16 @@ class CDCPromptBlock(PromptBlock):
             return False
         self.head_dim, self.scaling = parts.head_dim, parts.scaling
         self._ar_argument_positions = parts.argument_positions
-        handles = [
-            parts.attention.register_forward_pre_hook(self._capture_attention_arguments, with_kwargs=True),
-            parts.query.register_forward_hook(self._capture_query),
-            parts.key.register_forward_hook(self._capture_keys),
-        ]
+        handles = [parts.attention.register_forward_pre_hook(self._capture_attention_arguments, with_kwargs=True)]
+        if parts.query_columns is not None:
+            # one fused qkv projection (timm): its output holds both, so one hook computes the logits
+            self._fused_columns = (parts.query_columns, parts.key_columns)
+            handles.append(parts.query.register_forward_hook(self._capture_fused_qkv))
+        else:
+            handles += [
+                parts.query.register_forward_hook(self._capture_query),
+                parts.key.register_forward_hook(self._capture_keys),
+            ]
         # A relative position bias computed inside the attention module (Data2Vec's per-block bias).
         handles += [module.register_forward_hook(self._capture_bias_output) for module in parts.bias_modules]
         handles.append(self.base_layer.register_forward_hook(self._reinforce, prepend=True))
@@ -158,15 +162,15 @@ class CDCPromptBlock(PromptBlock):
 
     # -- parameters ---------------------------------------------------------------------------------------------
 
-    def update_layer(self, adapter_name: str, role: BlockRole) -> None:
+    def deep_prompts(self, config: CDCPromptConfig) -> bool:
+        return True  # every prompted block owns P_l (VPT-deep), aggregated with the previous block's output
+
+    def _create_method_parameters(self, adapter_name: str, role: BlockRole) -> None:
         config: CDCPromptConfig = role.config
         device = self._base_device()
         # Only parameters that can receive a gradient are created (DDP's unused-parameter check): the first prompted
         # block has nothing to aggregate with, and w_l exists only with dynamic aggregation. The final block's lambda
         # can be left out for heads that never read patch tokens (`reinforce_final_block=False`).
-        self.cdc_prompts[adapter_name] = new_prompt_parameter(
-            config.num_prompts, self.hidden_size, self.patch_size, config.prompt_init, device
-        )
         if config.cross_layer and not role.first:
             self.cdc_aggregation_biases[adapter_name] = scalar_parameter(config.aggregation_bias_init, device)
             if config.dynamic_aggregation:
@@ -177,16 +181,8 @@ class CDCPromptBlock(PromptBlock):
             self.cdc_reinforce_scales[adapter_name] = scalar_parameter(config.reinforce_scale_init, device)
             if not self._ar_hooked:
                 self._ar_hooked = self._install_reinforcement_hooks()
-        self.prompt_roles[adapter_name] = role
-        self.set_adapter(self.active_adapters)
 
-    # -- prompts: insertion (first block) and cross-layer aggregation (later blocks) ----------------------------
-
-    def _own_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.prompt_tokens(self.cdc_prompts, adapter, role, hidden_states)
-
-    def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self._own_prompts(adapter, role, hidden_states)
+    # -- prompts: cross-layer aggregation (the first block inserts its own prompts, as VPT's) --------------------
 
     def aggregation_alpha(self, adapter: str, previous: torch.Tensor, own: torch.Tensor) -> Optional[torch.Tensor]:
         """alpha_l for the previous block's output prompts `previous` and this block's prompts `own` (both
@@ -208,7 +204,7 @@ class CDCPromptBlock(PromptBlock):
 
     def _refresh_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
         start = self.num_prefix_tokens
-        own = self._own_prompts(adapter, role, hidden_states)
+        own = self.own_prompts(adapter, role, hidden_states)
         previous = hidden_states[:, start : start + role.config.num_prompts]
         alpha = self.aggregation_alpha(adapter, previous, own)
         # lerp is exact at alpha = 0: the block then sees its own prompts only (VPT-deep).
@@ -292,6 +288,16 @@ class CDCPromptBlock(PromptBlock):
             scratch.keys = None
         else:
             scratch.query = query_cls
+        return None
+
+    def _capture_fused_qkv(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if self._reinforcing_adapter() is None:
+            return None
+        query_columns, key_columns = self._fused_columns
+        output = output.detach()
+        self._scratch().logits = cls_attention_logits(
+            output[:, self.cls_index, query_columns], output[..., key_columns], self.head_dim, self.scaling
+        )
         return None
 
     def _capture_keys(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..backbones import PromptSite, UnsupportedModelError
-from ..prompt_tuner import PromptTuner
+from ..vit.backbones import PromptSite, UnsupportedModelError
+from ..vpt.model import VisualPromptModel
 from .config import CDCPromptConfig
 from .layer import CDCPromptBlock
 
 
-class CDCPromptModel(PromptTuner):
+class CDCPromptModel(VisualPromptModel):
     """Injects CDC prompt tuning into a Hugging Face ViT. Use through `peft.get_peft_model` with a `CDCPromptConfig`;
     see that class for the method."""
 
@@ -39,7 +39,8 @@ class CDCPromptModel(PromptTuner):
             if layout.parts(inner) is None:
                 raise UnsupportedModelError(
                     "`attentive_reinforcement=True` reads each block's attention query / key projections (named "
-                    f"{layout.query_names} / {layout.key_names}, children of one attention module) and its head size "
+                    f"{layout.query_names} / {layout.key_names}, children of one attention module, or one fused "
+                    f"{layout.fused_qkv_names}, untransformed after the projection) and its head size "
                     f"(attributes {layout.head_size_attributes} or a head count in {layout.head_count_attributes}), "
                     f"and {type(block).__name__} ({name}) does not expose them. Set `attentive_reinforcement=False` "
                     "for this model, or give its family an `AttentionLayout` with the right names."

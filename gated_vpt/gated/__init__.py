@@ -2,8 +2,8 @@
 """Gated Prompt Tuning (Yoo et al., "Improving Visual Prompt Tuning for Self-supervised Vision Transformers",
 ICML 2023): config, block wrapper and tuner."""
 
-from ..presets import MethodPreset, register_preset
-from ..registration import register
+from ..prompting.presets import MethodPreset, register_preset
+from ..prompting.registration import register
 from .config import GATED_PROMPT, GatedPromptConfig
 from .layer import GatedPromptBlock
 from .model import GatedPromptModel
@@ -12,13 +12,5 @@ from .model import GatedPromptModel
 # package it finds, and this registers the PEFT type and the method's named presets.
 register("gated_prompt", GatedPromptConfig, GatedPromptModel, prefix=GatedPromptModel.prefix)
 register_preset(MethodPreset("gpt", GatedPromptConfig, (), "Gated Prompt Tuning"))
-register_preset(
-    MethodPreset(
-        "vpt-shallow",
-        GatedPromptConfig,
-        (("use_gates", False), ("learn_temperature", False)),
-        "VPT-shallow (GPT without gates and temperatures)",
-    )
-)
 
 __all__ = ["GATED_PROMPT", "GatedPromptBlock", "GatedPromptConfig", "GatedPromptModel"]

@@ -9,8 +9,8 @@ from typing import Optional
 
 import torch
 
-from ..prompt_config import PromptConfigBase, check_bool, check_finite, check_temperature_range
-from ..registration import peft_type
+from ..prompting.prompt_config import PromptConfigBase, check_bool, check_finite, check_temperature_range
+from ..prompting.registration import peft_type
 
 GATED_PROMPT = peft_type("GATED_PROMPT")
 

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ..prompt_layer import BlockRole, PromptBlock, new_prompt_parameter, scalar_parameter
-from ..tokens import replace_prompts
+from ..prompting.prompt_layer import BlockRole, scalar_parameter
+from ..vit.attention import QueryProjection
+from ..vit.tokens import replace_prompts
+from ..vpt.layer import VisualPromptBlock
 from .config import GatedPromptConfig
 
 
@@ -103,7 +105,10 @@ def _save_projected(module: GatedPromptBlock, state_dict: dict, prefix: str, loc
                 state_dict[key] = projected
 
 
-class GatedPromptBlock(PromptBlock):
+class GatedPromptBlock(VisualPromptBlock):
+    """VPT-shallow's block with GPT's gate on the prompt update and its attention temperature."""
+
+    prompt_parameter_name = "gpt_prompts"
     adapter_layer_names = ("gpt_prompts", "gpt_gate_logits", "gpt_temperatures")
 
     def __init__(
@@ -112,34 +117,31 @@ class GatedPromptBlock(PromptBlock):
         num_prefix_tokens: int,
         hidden_size: int,
         patch_size: int,
-        query_projection: Optional[nn.Module],
+        query_projection: Optional[QueryProjection],
     ) -> None:
         super().__init__(base_layer, num_prefix_tokens, hidden_size, patch_size)
-        self.gpt_prompts = nn.ParameterDict()
         self.gpt_gate_logits = nn.ParameterDict()
         self.gpt_temperatures = nn.ParameterDict()
+        # For a fused qkv projection (timm), the temperature divides the query's columns of its output only.
+        self.query_columns = None if query_projection is None else query_projection.columns
         if query_projection is not None:
-            self._hook_handles.append(query_projection.register_forward_hook(self._scale_query))
+            self._hook_handles.append(query_projection.module.register_forward_hook(self._scale_query))
         # A saved adapter never holds a temperature outside its range, whatever moved the parameter.
         self.register_state_dict_post_hook(_save_projected)
 
-    def update_layer(self, adapter_name: str, role: BlockRole) -> None:
+    def deep_prompts(self, config: GatedPromptConfig) -> bool:
+        return False  # GPT's prompts are VPT-shallow's: inserted once, then updated by the (gated) blocks
+
+    def _create_method_parameters(self, adapter_name: str, role: BlockRole) -> None:
         config: GatedPromptConfig = role.config
         device = self._base_device()
-        # Only parameters that can receive a gradient are created (DDP's unused-parameter check): the prompts live
-        # in the inserting block, there is no gate after the last prompted block.
-        if role.first:
-            self.gpt_prompts[adapter_name] = new_prompt_parameter(
-                config.num_prompts, self.hidden_size, self.patch_size, config.prompt_init, device
-            )
+        # Only parameters that can receive a gradient are created: there is no gate after the last prompted block.
         if config.use_gates and not role.last:
             self.gpt_gate_logits[adapter_name] = scalar_parameter(-config.gate_init, device)
         if config.learn_temperature:
             self.gpt_temperatures[adapter_name] = scalar_parameter(1.0, device)
             _BLOCKS_WITH_TEMPERATURES.add(self)
             _install_step_hook()
-        self.prompt_roles[adapter_name] = role
-        self.set_adapter(self.active_adapters)
 
     def __setstate__(self, state: dict) -> None:
         # A copy (`copy.deepcopy`, unpickling) is a new block with the same temperatures: the optimizer-step hook must
@@ -175,18 +177,21 @@ class GatedPromptBlock(PromptBlock):
                 low, high = self.prompt_roles[name].config.temperature_range
                 self.gpt_temperatures[name].clamp_(low, high)
 
-    def _entry_prompts(self, adapter: str, role: BlockRole, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.prompt_tokens(self.gpt_prompts, adapter, role, hidden_states)
-
     def _scale_query(self, module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
         adapter = self._active_prompt_adapter()
         if adapter is None or adapter not in self.gpt_temperatures:
             return None
         temperature = self.routed_scalar(self.gpt_temperatures, adapter, output.dim(), self.projected_temperature)
         temperature = temperature.to(output.dtype)
+        columns = self.query_columns
+        query = output if columns is None else output[..., columns]
         if not torch.is_grad_enabled():
-            return output / temperature  # the same division; nothing is saved, so the Function is pure overhead
-        return _DivideByTemperature.apply(output, temperature)
+            scaled = query / temperature  # the same division; nothing is saved, so the Function is pure overhead
+        else:
+            scaled = _DivideByTemperature.apply(query, temperature)
+        if columns is None:
+            return scaled
+        return torch.cat((output[..., : columns.start], scaled, output[..., columns.stop :]), dim=-1)
 
     def _update_prompts(
         self, adapter: str, role: BlockRole, block_input: torch.Tensor, block_output: torch.Tensor

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..backbones import PromptSite, UnsupportedModelError
-from ..prompt_tuner import PromptTuner
+from ..vit.backbones import PromptSite, UnsupportedModelError
+from ..vpt.model import VisualPromptModel
 from .config import GatedPromptConfig
 from .layer import GatedPromptBlock
 
 
-class GatedPromptModel(PromptTuner):
+class GatedPromptModel(VisualPromptModel):
     """Injects Gated Prompt Tuning into a Hugging Face ViT. Use through `peft.get_peft_model` with a
     `GatedPromptConfig`; see that class for the method."""
 
@@ -22,9 +22,17 @@ class GatedPromptModel(PromptTuner):
         if peft_config.learn_temperature:
             block = self.model.get_submodule(site.block_names[0])
             if site.family.attention.query_projection(block) is None:
+                layout = site.family.attention
+                transformed = layout.transformed_qk(block)
+                why = (
+                    f"its queries are transformed by `{transformed}` after the projection (a temperature on the "
+                    "projection would be normalised away)"
+                    if transformed
+                    else f"it has none (looked for {layout.query_names + layout.fused_qkv_names})"
+                )
                 raise UnsupportedModelError(
-                    f"`learn_temperature=True` needs the attention query projection (`q_proj`) of each block, and "
-                    f"{type(block).__name__} has none. Set `learn_temperature=False` for this model."
+                    "`learn_temperature=True` scales the attention query projection of each block, and "
+                    f"{type(block).__name__} cannot take it: {why}. Set `learn_temperature=False` for this model."
                 )
 
     def _new_block(self, block: nn.Module, site: PromptSite) -> GatedPromptBlock:

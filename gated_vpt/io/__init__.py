@@ -1,12 +1,12 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""Loading and saving our adapters safely: bad files give a clear error, nothing is unpickled, a failed load leaves
-the model exactly as it was, and a save is atomic.
+"""The PEFT / Hub / file boundary: loading and saving our adapters safely. Bad files give a clear error, nothing is
+unpickled, a failed load leaves the model exactly as it was, and a save is atomic.
 
 Everything here is off the hot path: it runs when an adapter is loaded or saved, never in `forward`.
 
 Why the checks live here and not (only) in the tuner: PEFT's own flow (`PeftModel.from_pretrained`,
 `PeftModel.load_adapter`, transformers' `load_adapter`) builds and injects the adapter modules *first* and reads the
-weights file afterwards, and the tuner never sees the file's path. So `gated_vpt.integrations` wraps those three entry
+weights file afterwards, and the tuner never sees the file's path. So `gated_vpt.io.patches` wraps those three entry
 points for our adapter types only, and they call into this package:
 
 1. `weights_file.check_adapter_files` reads `adapter_config.json` (`config_file`) and `adapter_model.safetensors`
@@ -30,4 +30,10 @@ points for our adapter types only, and they call into this package:
 Where a file is found (a folder, a Hub repo, or huggingface_hub's local cache when the Hub cannot be asked) is
 `locate`: a lookup nothing can answer is refused, never left unchecked. The errors are in `errors`.
 `atomic.atomic_save` writes a save into a temporary folder next to the target and switches it in atomically.
+`hub` is our `from_pretrained`, the model card's loading section and `push_adapter_to_hub`; `patches` is the one
+module that changes PEFT's and transformers' behaviour (for our adapter types only).
+
+May import: this folder, `gated_vpt.messages`, and from the core only what describes an adapter
+(`prompting.prompt_config`, `prompting.registration`, `prompting.prompt_layer`, `vit.backbone_record`). Never a
+method folder.
 """

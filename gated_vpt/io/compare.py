@@ -146,7 +146,7 @@ def _head_size_error(
     )
 
 
-# The weights being loaded, announced by the loaders in `gated_vpt.hub` and checked by the tuner right after it
+# The weights being loaded, announced by the loaders in `gated_vpt.io.hub` and checked by the tuner right after it
 # created the adapter's parameters (`check_pending_weights`), before PEFT or transformers copy any value.
 _PENDING: contextvars.ContextVar[Optional[tuple[str, CheckedWeights]]] = contextvars.ContextVar(
     "gated_vpt_pending_weights", default=None

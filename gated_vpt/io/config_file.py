@@ -10,9 +10,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from ..backbone_record import backbone_record_problem
 from ..messages import short_repr
-from ..prompt_config import ConfigError, PromptConfigBase
+from ..prompting.prompt_config import ConfigError, PromptConfigBase
+from ..vit.backbone_record import backbone_record_problem
 from .errors import RESAVE, AdapterConfigError, config_error
 from .locate import Unresolvable, locate
 from .names import CONFIG_NAME

@@ -4,7 +4,7 @@ file, the problem and the fix."""
 
 from __future__ import annotations
 
-from ..prompt_config import ConfigError
+from ..prompting.prompt_config import ConfigError
 from .names import WEIGHTS_NAME
 
 RESAVE = "Save the adapter again with `model.save_pretrained(folder)`, or copy the complete folder of a good save."

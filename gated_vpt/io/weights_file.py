@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..prompt_config import PromptConfigBase
-from ..registration import adapter_parameter_markers
+from ..prompting.prompt_config import PromptConfigBase
+from ..prompting.registration import adapter_parameter_markers
 from .config_file import load_adapter_config
 from .errors import AdapterFileError, AdapterWeightsError, pickle_refusal, weights_error
 from .locate import Unresolvable, locate

@@ -1,7 +1,9 @@
 """Worker for tests/test_distributed.py: train a tiny prompt-tuned ViT under torchrun (DDP, gloo) or in one process.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/scripts/ddp_train.py OUT_DIR [--method gpt|cdc]
-    python tests/scripts/ddp_train.py OUT_DIR --single
+    python -m torch.distributed.run --nproc_per_node 2 tests/scripts/ddp_train.py OUT_DIR [--method NAME]
+    python tests/scripts/ddp_train.py OUT_DIR --single [--method NAME]
+
+NAME is a row of the method case table (tests/methods.py).
 
 Both see the same global batch each step (DDP: split across the ranks), so after N SGD steps the adapters must
 match. Each rank writes its trainable parameters to OUT_DIR/rank{r}.safetensors.
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from methods import METHOD_CASES, method_config  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from tiny_models import tiny_vit  # noqa: E402
 
@@ -30,7 +33,7 @@ GLOBAL_BATCH, STEPS = 8, 4
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
-    parser.add_argument("--method", default="gpt", choices=["gpt", "cdc"])
+    parser.add_argument("--method", default="gpt", choices=sorted(METHOD_CASES))
     parser.add_argument("--single", action="store_true")
     args = parser.parse_args()
 
@@ -41,12 +44,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     base = tiny_vit()
-    if args.method == "gpt":
-        config = gated_vpt.GatedPromptConfig(
-            num_prompts=4, gate_init=1.0, prompt_dropout=0.0, modules_to_save=["classifier"]
-        )
-    else:
-        config = gated_vpt.CDCPromptConfig(num_prompts=4, prompt_dropout=0.0, modules_to_save=["classifier"])
+    # the case's `visible` values: every per-block parameter matters from the first step
+    config = method_config(
+        args.method, base, visible=True, num_prompts=4, prompt_dropout=0.0, modules_to_save=["classifier"]
+    )
     torch.manual_seed(1)
     model = get_peft_model(base, config).train()
     trainable = [p for p in model.parameters() if p.requires_grad]

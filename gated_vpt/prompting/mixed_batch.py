@@ -13,8 +13,8 @@ each block gathers every sample's own parameters along the batch dimension (`Bat
 prompt slots at all), cannot share a sequence without attention masks, which several supported families do not
 accept; each such group runs its own forward and the outputs are put back in the batch's order.
 
-Per call, not per model: the call's routing lives in a `ContextVar` (`gated_vpt.routing.MixedCall`), and the hooks
-that act on it are installed once, when the adapter is injected, and removed by `unload()`. The model's forward is
+Per call, not per model: the call's routing lives in a `ContextVar` (`gated_vpt.prompting.routing.MixedCall`), and the
+hooks that act on it are installed once, when the adapter is injected, and removed by `unload()`. The model's forward is
 never replaced, so concurrent calls from several threads each get their own samples' outputs, and a call that fails
 leaves nothing behind.
 """

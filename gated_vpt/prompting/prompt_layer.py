@@ -21,7 +21,6 @@ has returned.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -29,9 +28,9 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..vit.tokens import insert_prompts, pad_for_prompts, remove_prompts
 from .prompt_config import PromptConfigBase
 from .routing import BatchRoute, active_call
-from .tokens import insert_prompts, pad_for_prompts, remove_prompts
 
 
 class MergeNotSupportedError(RuntimeError):
@@ -53,24 +52,6 @@ class BlockRole:
     first: bool  # inserts the prompts
     last: bool  # removes them
     config: PromptConfigBase
-
-
-def xavier_prompt_bound(patch_size: int, hidden_size: int) -> float:
-    """VPT's prompt init bound v = sqrt(6 / (3 * p^2 + D))."""
-    return math.sqrt(6.0 / (3 * patch_size * patch_size + hidden_size))
-
-
-def new_prompt_parameter(
-    num_prompts: int, hidden_size: int, patch_size: int, init: str, device: Optional[torch.device]
-) -> nn.Parameter:
-    data = torch.empty(num_prompts, hidden_size, device=device, dtype=torch.float32)
-    if data.device.type != "meta":
-        if init == "xavier":
-            bound = xavier_prompt_bound(patch_size, hidden_size)
-            nn.init.uniform_(data, -bound, bound)
-        else:
-            nn.init.normal_(data, std=0.02)
-    return nn.Parameter(data)
 
 
 def scalar_parameter(value: float, device: Optional[torch.device]) -> nn.Parameter:

@@ -11,7 +11,7 @@ one (`library_name: transformers`, no loading instructions). For adapters of our
 is and how to load it (import included). Other PEFT adapters are left to PEFT's own code.
 
 The patches that make PEFT's and transformers' own loaders, `save_pretrained`, the card writer and `push_to_hub`
-do the above for our adapter types are in `gated_vpt.integrations`.
+do the above for our adapter types are in `gated_vpt.io.patches`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any, Optional
 from huggingface_hub import HfApi
 from peft import PeftConfig, PeftModel
 
-from .backbone_record import describe_record
-from .io.config_file import load_adapter_config
-from .io.locate import hub_kwargs_of, looks_local
-from .prompt_config import PromptConfigBase
+from ..prompting.prompt_config import PromptConfigBase
+from ..vit.backbone_record import describe_record
+from .config_file import load_adapter_config
+from .locate import hub_kwargs_of, looks_local
 
 CARD_MARKER = "<!-- gated-vpt adapter -->"
 CARD_END_MARKER = "<!-- end of the gated-vpt section -->"

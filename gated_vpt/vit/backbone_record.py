@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional, Protocol
 
-from .messages import short_repr
+from ..messages import short_repr
+from ..values import is_int
 
 # The record `backbone` holds (written at injection, see `PromptSite.signature`): every key, and its kind.
 BACKBONE_FIELDS = {
@@ -29,17 +30,13 @@ class IncompatibleBackboneError(ValueError):
 
 
 class BackboneFacts(Protocol):
-    """What the record is made of (`gated_vpt.backbones.PromptSite` provides it)."""
+    """What the record is made of (`gated_vpt.vit.backbones.PromptSite` provides it)."""
 
     model_type: str
     hidden_size: int
     depth: int
     patch_size: int
     num_prefix_tokens: int
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def record_for(site: BackboneFacts, prompted_blocks: Optional[Sequence[int]] = None) -> dict[str, Any]:
@@ -69,12 +66,12 @@ def backbone_record_problem(backbone: Any) -> Optional[str]:
     for key, kind in BACKBONE_FIELDS.items():
         value = backbone[key]
         if kind is int:
-            ok = _is_int(value) and value >= 0
+            ok = is_int(value) and value >= 0
         elif kind is list:
             ok = (
                 isinstance(value, (list, tuple))
                 and len(value) == 2
-                and all(_is_int(v) and v >= 0 for v in value)
+                and all(is_int(v) and v >= 0 for v in value)
                 and value[0] <= value[1]
             )
         else:

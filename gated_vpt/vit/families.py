@@ -1,7 +1,7 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """The registry of supported ViT families: one `BackboneFamily` record each, keyed by `config.model_type`.
 
-It is the single source of truth for "supported models": `find_prompt_site` (`gated_vpt.backbones`) reads it, and
+It is the single source of truth for "supported models": `find_prompt_site` (`gated_vpt.vit.backbones`) reads it, and
 docs/supported_models.md is generated from it. Adding a family is adding a record here (see docs/architecture.md).
 """
 
@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .attention import is_relative_position_bias
 from .family import (
+    NO_PATCH_GRID,
     BackboneFamily,
     _always,
     _cls_and_distillation,
@@ -126,7 +127,7 @@ def _clip_style(name: str, model_type: str, example_classes: tuple[str, ...], no
     )
 
 
-FAMILIES: tuple[BackboneFamily, ...] = (
+HF_FAMILIES: tuple[BackboneFamily, ...] = (
     BackboneFamily(
         name="ViT",
         model_types=("vit",),
@@ -150,6 +151,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
     ),
     BackboneFamily(
         name="ViTMAE",
+        patch_grid=NO_PATCH_GRID,
         model_types=("vit_mae",),
         stack_paths=_VIT_STACKS,
         num_prefix_tokens=_one_cls,
@@ -310,6 +312,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
     ),
     BackboneFamily(
         name="SigLIP2 vision tower (NaFlex)",
+        patch_grid=NO_PATCH_GRID,
         model_types=("siglip2_vision_model",),
         stack_paths=_CLIP_STACKS,
         num_prefix_tokens=_no_prefix,
@@ -353,6 +356,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
     ),
     BackboneFamily(
         name="ViViT",
+        patch_grid=NO_PATCH_GRID,
         model_types=("vivit",),
         stack_paths=_VIT_STACKS,
         num_prefix_tokens=_one_cls,
@@ -366,6 +370,7 @@ FAMILIES: tuple[BackboneFamily, ...] = (
     ),
     BackboneFamily(
         name="V-JEPA 2",
+        patch_grid=NO_PATCH_GRID,
         model_types=("vjepa2",),
         stack_paths=("encoder.layer",),
         num_prefix_tokens=_no_prefix,

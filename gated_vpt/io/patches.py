@@ -11,7 +11,7 @@ adapter types only (every other PEFT adapter runs the original code unchanged):
   checked (so the file checked is the file loaded), and put the model back exactly as it was if anything fails;
 - saving: `PeftModel.save_pretrained` writes into a staging folder switched in atomically;
 - the card and `push_to_hub`: `PeftModel.create_or_update_model_card` adds our loading section
-  (`gated_vpt.hub`), and `push_to_hub` goes through `gated_vpt.hub.push_adapter_to_hub` (transformers'
+  (`gated_vpt.io.hub`), and `push_to_hub` goes through `gated_vpt.io.hub.push_adapter_to_hub` (transformers'
   `PushToHubMixin` would replace PEFT's card with a generic one);
 - transformers' `enable_adapters()` also re-enables PEFT's `ModulesToSaveWrapper` heads that its
   `disable_adapters()` turned off (upstream re-enables only `BaseTunerLayer`s).
@@ -32,18 +32,18 @@ from typing import Any
 
 from peft import PeftModel
 
+from ..prompting.prompt_config import PromptConfigBase
+from ..prompting.prompt_layer import PromptBlock
+from ..vit.backbone_record import IncompatibleBackboneError
 from . import hub
-from .backbone_record import IncompatibleBackboneError
-from .io.atomic import atomic_save
-from .io.compare import adapter_tensors, check_weights_match, pending_weights
-from .io.config_file import load_adapter_config
-from .io.errors import UnsafeAdapterFileError
-from .io.locate import hub_keys, hub_kwargs_of
-from .io.names import CONFIG_NAME
-from .io.rollback import preserved_on_error
-from .io.weights_file import CheckedWeights, check_adapter_files, check_saved_values, checked_weights
-from .prompt_config import PromptConfigBase
-from .prompt_layer import PromptBlock
+from .atomic import atomic_save
+from .compare import adapter_tensors, check_weights_match, pending_weights
+from .config_file import load_adapter_config
+from .errors import UnsafeAdapterFileError
+from .locate import hub_keys, hub_kwargs_of
+from .names import CONFIG_NAME
+from .rollback import preserved_on_error
+from .weights_file import CheckedWeights, check_adapter_files, check_saved_values, checked_weights
 
 
 def _arguments(function: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:

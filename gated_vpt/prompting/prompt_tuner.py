@@ -18,15 +18,15 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbone_record import check_backbone_record, record_for
-from .backbones import PromptSite, find_prompt_site
-from .io.compare import check_pending_weights
-from .io.landing import landing_pre_hook
+from ..io.compare import check_pending_weights
+from ..io.landing import landing_pre_hook
+from ..vit.backbone_record import check_backbone_record, record_for
+from ..vit.backbones import PromptSite, find_prompt_site
+from ..vit.tokens import strip_prompt_states
 from .mixed_batch import install_mixed_batch_hooks, mixed_batch_forward
 from .prompt_config import BLOCKS_BY_INDEX_HINT, ConfigError, PromptConfigBase
 from .prompt_layer import MERGE_MESSAGE, BlockRole, MergeNotSupportedError, PromptBlock
 from .routing import BASE_ADAPTER, active_call
-from .tokens import strip_prompt_states
 
 
 def check_adapter_name(name: Any) -> None:
@@ -91,7 +91,8 @@ def check_not_prompted_yet(model: nn.Module, adapter_name: str, block_cls: type)
             "`model.set_adapter(...)`), or call `get_peft_model` on the base model."
         )
     for module in model.modules():
-        if isinstance(module, PromptBlock) and not isinstance(module, block_cls):
+        # exact class: methods subclass one another's blocks (GPT's and CDC's wrap VPT's)
+        if isinstance(module, PromptBlock) and type(module) is not block_cls:
             held = sorted(module.prompt_roles)
             raise ValueError(
                 f"This model's blocks already hold a prompt adapter of another method ({type(module).__name__}, "
@@ -237,7 +238,7 @@ class PromptTuner(BaseTuner):
                 host_configs[adapter_name] = copied
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         self._install_model_hooks()
-        # When this injection is part of loading a saved adapter (the loaders in `gated_vpt.hub` announce the
+        # When this injection is part of loading a saved adapter (the loaders in `gated_vpt.io.hub` announce the
         # checked file), the file must hold exactly the tensors just created: checked here, before PEFT or
         # transformers copy any value. The loader puts the model back as it was if this raises.
         check_pending_weights(model, adapter_name)
@@ -307,7 +308,7 @@ class PromptTuner(BaseTuner):
     @contextlib.contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         """`PeftModel.forward` runs the base model inside this context; with `adapter_names` it routes every sample
-        to its own adapter (see `gated_vpt.mixed_batch`)."""
+        to its own adapter (see `gated_vpt.prompting.mixed_batch`)."""
         adapter_names = kwargs.get("adapter_names")
         if adapter_names is None:
             yield

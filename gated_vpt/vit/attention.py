@@ -3,8 +3,10 @@
 
 GPT scales the query projection's output (its temperature); CDC's attentive reinforcement reads the query and key
 projections, the head size, and whatever the attention module adds to its logits. Those facts differ between
-families and transformers versions, so each `BackboneFamily` holds an `AttentionLayout`, and the methods ask it
-rather than guess. Everything is read from module structure and attribute names; nothing runs a forward.
+families and libraries, so each `BackboneFamily` holds an `AttentionLayout`, and the methods ask it rather than
+guess. Two layouts exist: separate query / key projections (transformers: `query` / `q_proj`), and one fused `qkv`
+projection whose output is `[q ; k ; v]` along its last dimension (timm), where the methods act on column slices of
+that output. Everything is read from module structure and attribute names; nothing runs a forward.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Optional
 
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from ..values import is_real
 
 
 def linear_of(module: nn.Module) -> Optional[nn.Linear]:
@@ -33,12 +37,23 @@ def is_relative_position_bias(module: nn.Module) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class QueryProjection:
+    """Where a block's attention queries come from: a projection, and for a fused `qkv` the query's columns of its
+    output (None: the whole output is the query)."""
+
+    module: nn.Module  # an nn.Linear, or a PEFT layer wrapping one
+    columns: Optional[slice] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionParts:
     """The pieces of one block's attention that CDC's attentive reinforcement hooks."""
 
     attention: nn.Module  # the module holding both projections
-    query: nn.Module  # the query projection (an nn.Linear, or a PEFT layer wrapping one)
-    key: nn.Module
+    query: nn.Module  # the query projection (an nn.Linear, or a PEFT layer wrapping one); for a fused qkv, that one
+    key: nn.Module  # the key projection; for a fused qkv the same module as `query`
+    query_columns: Optional[slice]  # for a fused qkv: the query's / key's columns of its output
+    key_columns: Optional[slice]
     head_dim: int
     scaling: float  # what the attention multiplies q . k by
     argument_positions: dict[str, Optional[int]]  # positional index of each `AttentionLayout` argument, if any
@@ -53,6 +68,13 @@ class AttentionLayout:
         query_names, key_names: Attribute names of the query / key projections (transformers 5 and earlier).
         head_size_attributes: Attributes of the attention module that may hold the head size.
         head_count_attributes: Attributes (of the module or its config) that may hold the number of heads.
+        fused_qkv_names: Attribute names of a fused query-key-value projection (`[q ; k ; v]` on its output's last
+            dimension, three equal parts), used when there are no separate query / key projections.
+        qk_norm_names: Modules of the attention that transform q / k after the projection (timm's `q_norm`,
+            `k_norm`). When one of them is not an `nn.Identity`, the projection's output is not what the attention
+            multiplies, and the methods that act there (GPT's temperature, CDC's reinforcement) refuse the model.
+        scaling_attributes: Attributes of the attention module holding what it multiplies q . k by (else
+            head_dim ** -0.5).
         logit_term_arguments: Arguments of the attention's `forward` that carry additive terms on the logits.
         rotary_argument: The argument carrying the rotary embedding `(cos, sin)`, if the family has one.
     """
@@ -63,6 +85,9 @@ class AttentionLayout:
     head_count_attributes: tuple[str, ...] = ("num_attention_heads", "num_heads")
     logit_term_arguments: tuple[str, ...] = ("attention_mask", "relative_position_bias")
     rotary_argument: Optional[str] = "position_embeddings"
+    fused_qkv_names: tuple[str, ...] = ()
+    qk_norm_names: tuple[str, ...] = ()
+    scaling_attributes: tuple[str, ...] = ("scaling",)
 
     def find_projection(self, block: nn.Module, names: tuple[str, ...]) -> Optional[nn.Module]:
         """The first projection in `block` named one of `names`: an `nn.Linear`, or a PEFT layer wrapping one (LoRA
@@ -72,12 +97,35 @@ class AttentionLayout:
                 return module
         return None
 
-    def query_projection(self, block: nn.Module) -> Optional[nn.Module]:
-        return self.find_projection(block, self.query_names)
+    def _fused(self, block: nn.Module) -> Optional[tuple[nn.Module, nn.Module, int]]:
+        """(attention module, fused qkv projection, width of each part) of `block`, or None."""
+        qkv = self.find_projection(block, self.fused_qkv_names) if self.fused_qkv_names else None
+        if qkv is None or linear_of(qkv).out_features % 3:
+            return None
+        attention = next((m for m in block.modules() if any(c is qkv for c in m.children())), None)
+        return None if attention is None else (attention, qkv, linear_of(qkv).out_features // 3)
 
-    def head_dim(self, attention: nn.Module, query: nn.Module) -> Optional[int]:
-        """Head size of an attention module: a head-size attribute, else width / head count."""
-        width = linear_of(query).out_features
+    def transformed_qk(self, block: nn.Module) -> Optional[str]:
+        """The name of a q / k transform of `block` that is not an identity (see `qk_norm_names`), else None."""
+        for name, module in block.named_modules():
+            if name.rsplit(".", 1)[-1] in self.qk_norm_names and not isinstance(module, nn.Identity):
+                return name
+        return None
+
+    def query_projection(self, block: nn.Module) -> Optional[QueryProjection]:
+        """Where `block`'s attention queries are computed, as the attention uses them; None when they cannot be
+        reached (no projection found, or q is transformed after it: `qk_norm_names`)."""
+        if self.transformed_qk(block) is not None:
+            return None
+        query = self.find_projection(block, self.query_names)
+        if query is not None:
+            return QueryProjection(query)
+        fused = self._fused(block)
+        return None if fused is None else QueryProjection(fused[1], slice(0, fused[2]))
+
+    def head_dim(self, attention: nn.Module, width: int) -> Optional[int]:
+        """Head size of an attention module whose queries are `width` wide: a head-size attribute, else width / head
+        count."""
         for attr in self.head_size_attributes:
             value = getattr(attention, attr, None)
             if isinstance(value, int) and value > 0 and width % value == 0:
@@ -93,25 +141,37 @@ class AttentionLayout:
         return (*self.logit_term_arguments, *((self.rotary_argument,) if self.rotary_argument else ()))
 
     def parts(self, block: nn.Module) -> Optional[AttentionParts]:
-        """The attention pieces of `block`, or None when they cannot be read: both projections must be direct
-        children of one attention module, whose head size is known."""
+        """The attention pieces of `block`, or None when they cannot be read: both projections (or one fused qkv)
+        must be direct children of one attention module, whose head size is known, with q and k untransformed after
+        the projection."""
+        if self.transformed_qk(block) is not None:
+            return None
         query = self.query_projection(block)
         key = self.find_projection(block, self.key_names)
-        if query is None or key is None:
+        query_columns = key_columns = None
+        if query is not None and query.columns is None and key is not None:
+            query = query.module
+            attention = next((m for m in block.modules() if any(c is query for c in m.children())), None)
+            if attention is None or not any(c is key for c in attention.children()):
+                return None
+            width = linear_of(query).out_features
+        elif self._fused(block) is not None:
+            attention, query, width = self._fused(block)
+            key, query_columns, key_columns = query, slice(0, width), slice(width, 2 * width)
+        else:
             return None
-        attention = next((m for m in block.modules() if any(c is query for c in m.children())), None)
-        if attention is None or not any(c is key for c in attention.children()):
-            return None
-        head_dim = self.head_dim(attention, query)
+        head_dim = self.head_dim(attention, width)
         if head_dim is None:
             return None
-        scaling = getattr(attention, "scaling", None)
+        scaling = next((v for a in self.scaling_attributes if is_real(v := getattr(attention, a, None))), None)
         return AttentionParts(
             attention=attention,
             query=query,
             key=key,
+            query_columns=query_columns,
+            key_columns=key_columns,
             head_dim=head_dim,
-            scaling=float(scaling) if isinstance(scaling, (int, float)) else head_dim**-0.5,
+            scaling=float(scaling) if scaling is not None else head_dim**-0.5,
             argument_positions=_argument_positions(attention, self.argument_names()),
             bias_modules=tuple(c for c in attention.children() if is_relative_position_bias(c)),
         )

@@ -1,7 +1,7 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
 """Per-sample routing of a mixed-adapter batch: which adapter each sample uses, how samples are grouped into
 forwards, and how the groups' outputs are put back in the batch's order; the hooks that use them are
-`gated_vpt.mixed_batch`.
+`gated_vpt.prompting.mixed_batch`.
 
 The state of one call (`MixedCall`) lives in a `ContextVar`, so it belongs to the thread (or asyncio task) that made
 the call: two threads running mixed batches on one model, or a plain call next to a mixed one, never see each

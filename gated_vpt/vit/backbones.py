@@ -8,7 +8,7 @@ structure, guided by a small registry of families keyed by `config.model_type`, 
 `ViTForImageClassification`, `Dinov2Backbone` or a composite model holding a vision tower all resolve to the same
 block stack.
 
-The registry itself is `gated_vpt.families`; the docs table is generated from it here.
+The registry itself is `gated_vpt.vit.families`; the docs table is generated from it here.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
-from .families import FAMILIES
-from .family import AttentionLayout, BackboneFamily
+from .families import HF_FAMILIES
+from .family import NO_PATCH_GRID, AttentionLayout, BackboneFamily
+from .timm_families import TIMM_FAMILIES
 
+FAMILIES: tuple[BackboneFamily, ...] = (*HF_FAMILIES, *TIMM_FAMILIES)
 _FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
+_FAMILY_BY_CLASS_NAME = {name: family for family in FAMILIES for name in family.class_names}
 
 
 class UnsupportedModelError(ValueError):
@@ -32,7 +35,13 @@ class UnsupportedModelError(ValueError):
 
 def supported_families_text() -> str:
     """One line per supported family, for error messages."""
-    return "; ".join(f"{f.name} (model_type {', '.join(f.model_types)})" for f in FAMILIES if not f.refusal)
+
+    def matched_by(family: BackboneFamily) -> str:
+        if family.class_names:
+            return "class " + ", ".join(family.class_names)
+        return "model_type " + ", ".join(family.model_types)
+
+    return "; ".join(f"{f.name} ({matched_by(f)})" for f in FAMILIES if not f.refusal)
 
 
 SUPPORTED_MODELS_INTRO = """\
@@ -59,8 +68,17 @@ round trip, another image size (images), and the position of the prompts in the 
 Other ViTs (a transformers model type not listed here, or a plain `nn.Module`) can be described at run time with
 `gated_vpt.register_family`: see [custom_models.md](custom_models.md).
 
-This file is generated from the registry in `gated_vpt/families.py` by `python docs/gen_supported_models.py`; a test
+This file is generated from the registry in `gated_vpt/vit/families.py` by `python docs/gen_supported_models.py`; a test
 checks that it is up to date.
+"""
+
+
+TIMM_MODELS_INTRO = """
+## timm models
+
+timm ViTs are matched by class (timm is never imported by gated-vpt; install it yourself). The same PEFT API works on
+them: `get_peft_model(timm.create_model("vit_small_patch16_224"), GatedPromptConfig(modules_to_save=["head"]))`.
+Tested in `tests/test_timm.py` with `pretrained=False` tiny configs of the models listed, with every method.
 """
 
 
@@ -76,9 +94,23 @@ def supported_models_markdown() -> str:
         "|---|---|---|---|---|",
     ]
     for family in FAMILIES:
+        if family.class_names:
+            continue
         cells = (
             family.name,
             ", ".join(f"`{t}`" for t in family.model_types),
+            family.prefix_tokens_text,
+            ", ".join(f"`{c}`" for c in family.example_classes),
+            f"**Refused**: {family.refusal}." if family.refusal else family.notes or "",
+        )
+        lines.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
+    lines += [TIMM_MODELS_INTRO, "| Family | Class | Prefix tokens | Tested models | Notes |", "|---|---|---|---|---|"]
+    for family in FAMILIES:
+        if not family.class_names:
+            continue
+        cells = (
+            family.name,
+            ", ".join(f"`{c}`" for c in family.class_names),
             family.prefix_tokens_text,
             ", ".join(f"`{c}`" for c in family.example_classes),
             f"**Refused**: {family.refusal}." if family.refusal else family.notes or "",
@@ -94,7 +126,7 @@ class PromptSite:
     Attributes:
         family: The matched backbone family.
         encoder_name: Module path (in the adapted model) of the encoder that owns the block stack.
-        stack_name: Module path of the `nn.ModuleList` of blocks.
+        stack_name: Module path of the block stack (`nn.ModuleList` or `nn.Sequential`).
         block_names: Module path of every block, in order.
         ancestor_names: Module paths from the model root down to the stack's parent; their outputs may carry
             `hidden_states` that must be returned prompt-free.
@@ -111,6 +143,8 @@ class PromptSite:
     depth: int
     patch_size: int
     num_prefix_tokens: int
+    has_cls_token: bool = True
+    patch_grid: Optional[tuple[int, int]] = None  # (H, W) of the patch tokens; None when unknown (see the family)
 
     def block_index(self, module_name: str) -> int:
         return self.block_names.index(module_name)
@@ -119,7 +153,8 @@ class PromptSite:
     def cls_token_index(self) -> Optional[int]:
         """Position of the CLS token in the sequence, or None when the backbone has none."""
         index = self.family.cls_token_index
-        return index if index is not None and 0 <= index < self.num_prefix_tokens else None
+        present = self.has_cls_token and index is not None and 0 <= index < self.num_prefix_tokens
+        return index if present else None
 
     def head_reads_only_prefix_tokens(self, model: nn.Module) -> bool:
         """Whether `model` (the host the adapter is injected into) is one of the family's `prefix_only_heads`: its
@@ -127,12 +162,21 @@ class PromptSite:
         patch tokens users read, and heads gated-vpt does not know)."""
         encoder = model.get_submodule(self.encoder_name)
         predicate = dict(self.family.prefix_only_heads).get(type(model).__name__)
-        return predicate is not None and bool(predicate(encoder.config))
+        return predicate is not None and bool(predicate(_facts_of(encoder)))
 
     def install_encoder_hooks(self, model: nn.Module) -> list[RemovableHandle]:
         """Install the family's encoder hooks (see `BackboneFamily.encoder_hooks`) on the encoder of `model`."""
         encoder = model.get_submodule(self.encoder_name)
         return [handle for install in self.family.encoder_hooks for handle in install(encoder, self.num_prefix_tokens)]
+
+
+def _facts_of(encoder: nn.Module) -> Any:
+    """What a family's functions read: the transformers config, else (a timm or plain module) the module itself."""
+    return encoder.config if isinstance(encoder, PreTrainedModel) else encoder
+
+
+def _qualified_class_names(module: nn.Module) -> list[str]:
+    return [f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__]
 
 
 def _patch_size(config: Any) -> int:
@@ -228,6 +272,12 @@ def _family_of(module: nn.Module) -> tuple[Optional[BackboneFamily], Optional[st
             return family, model_type or (family.model_types[:1] or (type(module).__name__,))[0]
         if model_type is not None and model_type in family.model_types:
             return family, model_type
+    if model_type is None and _FAMILY_BY_CLASS_NAME:
+        family = next(
+            (_FAMILY_BY_CLASS_NAME[n] for n in _qualified_class_names(module) if n in _FAMILY_BY_CLASS_NAME), None
+        )
+        if family is not None:
+            return family, family.model_types[0]
     return _FAMILY_BY_MODEL_TYPE.get(model_type), model_type
 
 
@@ -240,6 +290,18 @@ def _fact(family: BackboneFamily, what: str, value: Any, smallest: int) -> int:
             f"{smallest}. Fix the record's `{what}` (see `gated_vpt.register_family`, docs/custom_models.md)."
         )
     return value
+
+
+def _patch_grid(family: BackboneFamily, facts: Any) -> Optional[tuple[int, int]]:
+    """The family's patch grid for this model, None when it has none or it cannot be read (a config without an image
+    size): only methods that need the grid refuse such a model, with the reason."""
+    if family.patch_grid is None or family.patch_grid is NO_PATCH_GRID:
+        return None
+    try:
+        height, width = family.patch_grid(facts)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return (int(height), int(width)) if int(height) > 0 and int(width) > 0 else None
 
 
 def _get_submodule(root: nn.Module, path: str) -> nn.Module | None:
@@ -269,10 +331,10 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
                 "families that work."
             )
         # what the facts are read from: the transformers config, else (a plain module) the module itself
-        facts = module.config if isinstance(module, PreTrainedModel) else module
+        facts = _facts_of(module)
         for rel_path in family.stack_paths:
             stack = _get_submodule(module, rel_path)
-            if isinstance(stack, nn.ModuleList) and len(stack) > 0:
+            if isinstance(stack, (nn.ModuleList, nn.Sequential)) and len(stack) > 0:
                 stack_name = f"{name}.{rel_path}" if name else rel_path
                 parts = stack_name.split(".")
                 ancestors = tuple(".".join(parts[:i]) for i in range(len(parts)))
@@ -291,6 +353,8 @@ def find_prompt_site(model: nn.Module) -> PromptSite:
                         family, "patch_size", family.patch_size(facts) if family.patch_size else _patch_size(facts), 1
                     ),
                     num_prefix_tokens=_fact(family, "num_prefix_tokens", family.num_prefix_tokens(facts), 0),
+                    has_cls_token=family.has_cls_token is None or bool(family.has_cls_token(facts)),
+                    patch_grid=_patch_grid(family, facts),
                 )
     found = f"model_type(s) {sorted({t for t in seen_types if t})}" if any(seen_types) else "no transformers model"
     raise UnsupportedModelError(

@@ -7,20 +7,24 @@ value is reported before any model is touched.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
-from .backbone_record import backbone_record_problem
-from .messages import short_repr
+from ..messages import short_repr
+from ..values import is_finite, is_int, is_real
+from ..vit.backbone_record import backbone_record_problem
 
 # A hostile or mistyped adapter_config.json must not make us allocate gigabytes: ViTs see at most a few thousand
 # tokens, and the papers use at most a few hundred prompts.
 MAX_NUM_PROMPTS = 4096
-PROMPT_INITS = ("xavier", "normal")
+# Data-driven initialisations (SPT, ICML 2024): the prompts are placeholders until `gated_vpt.initialize_prompts`
+# sets them from a pass over training images.
+DATA_DRIVEN_PROMPT_INITS = ("spt-sample", "spt-mean", "spt-max")
+PROMPT_INITS = ("xavier", "normal", *DATA_DRIVEN_PROMPT_INITS)
+MAX_INIT_RECORD_ENTRIES = 16
 # Recorded for the model card only; bounds a hostile file's value like every other field.
 MAX_NUM_LABELS = 1_000_000
 # Scalar fields become float32 parameters: a larger magnitude cannot even be stored.
@@ -51,20 +55,13 @@ def _require(condition: bool, field_name: str, value: Any, allowed: str) -> None
         raise ConfigError(f"`{field_name}` must be {allowed}; got {short_repr(value)}.")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    """A real number that is finite as a float (an int too large for a float is not: `math.isfinite` would raise)."""
-    try:
-        return _is_real(value) and math.isfinite(value)
-    except OverflowError:
-        return False
+def _is_init_record(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= MAX_INIT_RECORD_ENTRIES
+        and all(isinstance(k, str) and len(k) <= 64 for k in value)
+        and all(is_finite(v) or (isinstance(v, str) and len(v) <= 200) for v in value.values())
+    )
 
 
 @dataclass
@@ -74,7 +71,13 @@ class PromptConfigBase(PeftConfig):
     Args:
         num_prompts: Number of prompt tokens N_p inserted after the prefix tokens (CLS, distillation, registers).
         prompt_dropout: Dropout probability applied to the inserted prompt tokens during training (VPT uses 0.1).
-        prompt_init: `"xavier"` (VPT's uniform(-v, v), v = sqrt(6 / (3 p^2 + D))) or `"normal"` (std 0.02).
+        prompt_init: `"xavier"` (VPT's uniform(-v, v), v = sqrt(6 / (3 p^2 + D))), `"normal"` (std 0.02), or a
+            data-driven initialisation from SPT (Wang et al., ICML 2024), set by `gated_vpt.initialize_prompts(model,
+            batches)` before training: `"spt-sample"` (each prompt a patch token drawn at random), `"spt-mean"` /
+            `"spt-max"` (each prompt a mean / max of consecutive patch tokens of one image), from the input of the
+            block that owns the prompts, in the prompt-free model (docs/prompt_init.md).
+        prompt_init_record: Filled in by `gated_vpt.initialize_prompts`: what the data-driven initialisation did
+            (method, images, batches, seed). Leave it None.
         layers_to_transform: Indices of the prompted blocks, a contiguous range (an int selects one block). Prompts
             are inserted at the first of them and removed after the last. `None` prompts every block.
         target_modules: The prompted blocks by module name, a contiguous run of the block stack (full names such as
@@ -96,6 +99,9 @@ class PromptConfigBase(PeftConfig):
     num_prompts: int = field(default=10, metadata={"help": "Number of prompt tokens."})
     prompt_dropout: float = field(default=0.1, metadata={"help": "Dropout on the inserted prompt tokens."})
     prompt_init: str = field(default="xavier", metadata={"help": f"Prompt initialisation, one of {PROMPT_INITS}."})
+    prompt_init_record: Optional[dict] = field(
+        default=None, metadata={"help": "Filled in by gated_vpt.initialize_prompts: what the data-driven init did."}
+    )
     layers_to_transform: Optional[Union[list[int], int]] = field(
         default=None, metadata={"help": "Contiguous block indices to prompt; None = all blocks."}
     )
@@ -126,22 +132,29 @@ class PromptConfigBase(PeftConfig):
             "e.g. PeftModelForSequenceClassification, whose forward expects `input_ids`)",
         )
         _require(
-            _is_int(self.num_prompts) and 1 <= self.num_prompts <= MAX_NUM_PROMPTS,
+            is_int(self.num_prompts) and 1 <= self.num_prompts <= MAX_NUM_PROMPTS,
             "num_prompts",
             self.num_prompts,
             f"an integer in [1, {MAX_NUM_PROMPTS}]",
         )
         _require(
-            _is_real(self.prompt_dropout) and 0.0 <= self.prompt_dropout < 1.0,
+            is_real(self.prompt_dropout) and 0.0 <= self.prompt_dropout < 1.0,
             "prompt_dropout",
             self.prompt_dropout,
             "a probability in [0, 1)",
         )
         _require(self.prompt_init in PROMPT_INITS, "prompt_init", self.prompt_init, f"one of {PROMPT_INITS}")
+        _require(
+            self.prompt_init_record is None or _is_init_record(self.prompt_init_record),
+            "prompt_init_record",
+            self.prompt_init_record,
+            f"None or a dict of at most {MAX_INIT_RECORD_ENTRIES} names to numbers or short strings (it is filled in "
+            "by `gated_vpt.initialize_prompts`; leave it None)",
+        )
         if self.layers_to_transform is not None:
-            layers = [self.layers_to_transform] if _is_int(self.layers_to_transform) else self.layers_to_transform
+            layers = [self.layers_to_transform] if is_int(self.layers_to_transform) else self.layers_to_transform
             _require(
-                isinstance(layers, (list, tuple)) and len(layers) > 0 and all(_is_int(i) and i >= 0 for i in layers),
+                isinstance(layers, (list, tuple)) and len(layers) > 0 and all(is_int(i) and i >= 0 for i in layers),
                 "layers_to_transform",
                 self.layers_to_transform,
                 "None, a non-negative int, or a non-empty list of non-negative ints",
@@ -190,7 +203,7 @@ class PromptConfigBase(PeftConfig):
         )
         _require(
             self.base_model_num_labels is None
-            or (_is_int(self.base_model_num_labels) and 1 <= self.base_model_num_labels <= MAX_NUM_LABELS),
+            or (is_int(self.base_model_num_labels) and 1 <= self.base_model_num_labels <= MAX_NUM_LABELS),
             "base_model_num_labels",
             self.base_model_num_labels,
             f"None or an integer in [1, {MAX_NUM_LABELS}]",
@@ -216,6 +229,12 @@ class PromptConfigBase(PeftConfig):
                 )
         return None
 
+    @property
+    def needs_data_init(self) -> bool:
+        """A data-driven `prompt_init` that `gated_vpt.initialize_prompts` has not run yet: the prompts are
+        placeholders."""
+        return self.prompt_init in DATA_DRIVEN_PROMPT_INITS and self.prompt_init_record is None
+
     def mixed_batch_layout(self, depth: int) -> tuple:
         """What must match for two adapters' samples to share one forward in a mixed-adapter batch: the prompt
         slots and prompted blocks, and the switches that decide which per-block parameters exist. Values that only
@@ -240,7 +259,7 @@ def check_temperature_range(value: Any) -> tuple[float, float]:
     ok = (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(_is_finite(v) for v in value)
+        and all(is_finite(v) for v in value)
         and 0.0 < value[0] <= value[1]
         and MIN_TEMPERATURE <= value[0]
         and value[1] <= FLOAT32_MAX
@@ -262,7 +281,7 @@ def check_bool(value: Any, field_name: str) -> bool:
 
 def check_finite(value: Any, field_name: str) -> float:
     _require(
-        _is_finite(value) and abs(value) <= FLOAT32_MAX,
+        is_finite(value) and abs(value) <= FLOAT32_MAX,
         field_name,
         value,
         f"a finite number within float32 range (|x| <= {FLOAT32_MAX:.6g})",
