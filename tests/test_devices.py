@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 from helpers import main_output, perturb_adapter
-from methods import METHOD_CASES, method_config
+from methods import METHOD_CASES, extra_attention_keys, method_config
 from peft import PeftModel, get_peft_model
 from tiny_models import TINY_BACKBONES, pixel_values
 
@@ -132,8 +132,9 @@ def test_sdpa_runs_a_fused_kernel_with_prompts_in_the_sequence(device, precision
     assert torch.isfinite(output).all()
     depth = len(model.get_base_model().vit.layers)
     assert len(calls) == depth
-    num_prompts = model.peft_config["default"].num_prompts
-    assert all(shape[-2] == 17 + num_prompts for shape in calls)  # CLS + 16 patches + the prompts
+    config = model.peft_config["default"]
+    length = 17 + config.num_prompts + extra_attention_keys(method, config)  # CLS + 16 patches + the prompts
+    assert all(shape[-2] == length for shape in calls)
 
 
 COMPILE_CASES = [

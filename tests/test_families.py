@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import InputRecorder, main_output, perturb_adapter
-from methods import METHOD_CASES, method_config, skip_unless_any_image_size
+from methods import METHOD_CASES, extra_attention_keys, method_config, skip_unless_any_image_size
 from peft import PeftModel, get_peft_model
 from tiny_models import (
     DEPTH,
@@ -277,10 +277,11 @@ def test_attention_maps_include_the_prompt_rows_and_columns(family_id, method):
         with model.disable_adapter():
             off = model(x, output_attentions=True).attentions
     assert len(ours) == len(base) == DEPTH
+    extra = NUM_PROMPTS + extra_attention_keys(method, model.peft_config["default"])  # E²VPT: its key-value rows too
     for mine, theirs in zip(ours, base, strict=True):
         batch, heads, length, _ = theirs.shape
         assert (batch, heads) == (2, HEADS)
-        assert mine.shape == (batch, heads, length + NUM_PROMPTS, length + NUM_PROMPTS)
+        assert mine.shape == (batch, heads, length + extra, length + extra)
         torch.testing.assert_close(mine.sum(-1), torch.ones(mine.shape[:-1]))
     assert all(torch.equal(a, b) for a, b in zip(off, base, strict=True))
 

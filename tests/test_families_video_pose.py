@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 from helpers import InputRecorder, perturb_adapter
-from methods import method_config
+from methods import extra_attention_keys, method_config
 from peft import PeftModel, get_peft_model
 from tiny_models import DEPTH, HEADS, HIDDEN, OTHER_INPUT_BACKBONES
 
@@ -96,10 +96,11 @@ def test_attention_maps_include_the_prompt_rows_and_columns(family_id, method):
         ours = model(**inputs, output_attentions=True).attentions
         base = reference(**inputs, output_attentions=True).attentions
     assert len(ours) == len(base) == DEPTH
+    extra = NUM_PROMPTS + extra_attention_keys(method, model.peft_config["default"])  # E²VPT: its key-value rows too
     for mine, theirs in zip(ours, base, strict=True):
         batch, heads, length, _ = theirs.shape
         assert (batch, heads) == (2, HEADS)
-        assert mine.shape == (batch, heads, length + NUM_PROMPTS, length + NUM_PROMPTS)
+        assert mine.shape == (batch, heads, length + extra, length + extra)
 
 
 @pytest.mark.parametrize("family_id", IDS)

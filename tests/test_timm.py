@@ -296,12 +296,17 @@ def test_the_twins_agree_without_prompts():
         torch.testing.assert_close(twin(x), hf(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gpt", "cdc"])
+@pytest.mark.parametrize("method", ["gpt", "cdc", "e2vpt"])
 def test_fused_qkv_gives_what_separate_projections_give(method):
     """GPT's temperature on the query columns of timm's `qkv`, CDC's reinforcement ranking from its query and key
-    columns: the same outputs as on the HF ViT's `query` / `key`, after a training step moved every parameter."""
+    columns, E²VPT's key-value prompts in its key and value columns: the same outputs as on the HF ViT's separate
+    projections, with every scalar parameter moved off its init."""
     hf, twin = hf_vit_and_timm_twin()
-    overrides = {"gpt": {"gate_init": 0.0}, "cdc": {"aggregation_bias_init": 0.0, "reinforce_scale_init": 0.5}}[method]
+    overrides = {
+        "gpt": {"gate_init": 0.0},
+        "cdc": {"aggregation_bias_init": 0.0, "reinforce_scale_init": 0.5},
+        "e2vpt": {"share_key_value": False},
+    }[method]
     x = torch.randn(2, 3, hf.config.image_size, hf.config.image_size, generator=torch.Generator().manual_seed(3))
     outputs = []
     for host, call in ((hf, lambda m: m(pixel_values=x).logits), (twin, lambda m: m(x))):

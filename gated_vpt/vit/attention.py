@@ -61,11 +61,26 @@ class AttentionParts:
 
 
 @dataclasses.dataclass(frozen=True)
+class KeyValueParts:
+    """Where E²VPT's key-value prompts enter one block's attention: the attention module (its first argument is the
+    token sequence, `input_name`), and the modules whose outputs hold the keys and the values (for a fused qkv the
+    same module; the keys and values are its second and third `width` columns)."""
+
+    attention: nn.Module
+    input_name: str
+    key: nn.Module
+    value: nn.Module
+    width: int
+    head_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionLayout:
     """Attribute and argument names of a family's attention.
 
     Attributes:
-        query_names, key_names: Attribute names of the query / key projections (transformers 5 and earlier).
+        query_names, key_names, value_names: Attribute names of the query / key / value projections (transformers 5
+            and earlier).
         head_size_attributes: Attributes of the attention module that may hold the head size.
         head_count_attributes: Attributes (of the module or its config) that may hold the number of heads.
         fused_qkv_names: Attribute names of a fused query-key-value projection (`[q ; k ; v]` on its output's last
@@ -81,6 +96,7 @@ class AttentionLayout:
 
     query_names: tuple[str, ...] = ("q_proj", "query")
     key_names: tuple[str, ...] = ("k_proj", "key")
+    value_names: tuple[str, ...] = ("v_proj", "value")
     head_size_attributes: tuple[str, ...] = ("head_dim", "attention_head_size")
     head_count_attributes: tuple[str, ...] = ("num_attention_heads", "num_heads")
     logit_term_arguments: tuple[str, ...] = ("attention_mask", "relative_position_bias")
@@ -137,6 +153,10 @@ class AttentionLayout:
                     return width // heads
         return None
 
+    def key_value_parts(self, block: nn.Module) -> KeyValueParts | str:
+        """Where key-value prompts can join `block`'s attention (`KeyValueParts`), or why they cannot (a reason)."""
+        return _key_value_parts(self, block)
+
     def argument_names(self) -> tuple[str, ...]:
         return (*self.logit_term_arguments, *((self.rotary_argument,) if self.rotary_argument else ()))
 
@@ -177,16 +197,50 @@ class AttentionLayout:
         )
 
 
-def _argument_positions(module: nn.Module, names: tuple[str, ...]) -> dict[str, Optional[int]]:
-    """Positional index (in a forward hook's `args`) of each named parameter of `module.forward`, None if absent."""
+def _key_value_parts(layout: AttentionLayout, block: nn.Module) -> KeyValueParts | str:
+    if layout.transformed_qk(block) is not None:
+        return f"its keys are transformed by `{layout.transformed_qk(block)}` after the projection"
+    key = layout.find_projection(block, layout.key_names)
+    value = layout.find_projection(block, layout.value_names)
+    if key is not None and value is not None:
+        attention = next((m for m in block.modules() if any(c is key for c in m.children())), None)
+        if attention is None or not any(c is value for c in attention.children()):
+            return "its key and value projections are not children of one attention module"
+        width = linear_of(key).out_features
+    elif layout._fused(block) is not None:
+        attention, key, width = layout._fused(block)
+        value = key
+    else:
+        return (
+            f"no key / value projections named {layout.key_names} / {layout.value_names} or fused "
+            f"{layout.fused_qkv_names or '(none)'}"
+        )
+    if any(is_relative_position_bias(c) for c in attention.children()):
+        return "it computes a relative position bias for its own token count inside the attention"
+    names = _positional_names(attention)
+    if layout.rotary_argument and layout.rotary_argument in inspect.signature(attention.forward).parameters:
+        return f"its keys get a rotary position embedding (`{layout.rotary_argument}`) sized to the tokens"
+    head_dim = layout.head_dim(attention, width)
+    if head_dim is None or not names:
+        return "its head size or its input argument cannot be read"
+    return KeyValueParts(attention, names[0], key, value, width, head_dim)
+
+
+def _positional_names(module: nn.Module) -> list[str]:
+    """The names of `module.forward`'s positional parameters, in order."""
     try:
-        parameters = [
+        return [
             p.name
             for p in inspect.signature(module.forward).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
     except (TypeError, ValueError):
-        parameters = []
+        return []
+
+
+def _argument_positions(module: nn.Module, names: tuple[str, ...]) -> dict[str, Optional[int]]:
+    """Positional index (in a forward hook's `args`) of each named parameter of `module.forward`, None if absent."""
+    parameters = _positional_names(module)
     return {name: parameters.index(name) if name in parameters else None for name in names}
 
 

@@ -61,9 +61,12 @@ sequence. With `output_attentions=True` (eager attention) the attention maps of 
 `[prefix, prefix + N_p)`.
 
 Every family is tested on a tiny config (`tests/test_families.py`; video and pose models in
-`tests/test_families_video_pose.py`) with Gated Prompt Tuning and CDC: outputs change with the adapter and equal the
-base model's when it is disabled, hidden states and head outputs keep the base shapes, attention maps, save / load
-round trip, another image size (images), and the position of the prompts in the sequence.
+`tests/test_families_video_pose.py`) with every prompt method (the methods acting inside attention, GPT, CDC and
+E²VPT, on every family; VPT, VFPT and VAPT on one family per distinct code path): outputs change with the adapter and
+equal the base model's when it is disabled, hidden states and head outputs keep the base shapes, attention maps,
+save / load round trip, another image size (images), and the position of the prompts in the sequence. Methods that
+need something of the backbone refuse the families without it, with the reason: VAPT a patch grid, E²VPT an
+attention that can take extra keys (see [methods.md](methods.md)).
 
 Other ViTs (a transformers model type not listed here, or a plain `nn.Module`) can be described at run time with
 `gated_vpt.register_family`: see [custom_models.md](custom_models.md).
