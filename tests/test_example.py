@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from methods import METHOD_CASES
 
 pytest.importorskip("datasets")  # the example's own dependency (the `examples` extra)
 
@@ -93,7 +94,8 @@ def eval_logits(model: torch.nn.Module, dataset, collate) -> torch.Tensor:
         return model.eval()(**batch).logits
 
 
-PEFT_METHODS = ["gpt", "cdc", "vpt-shallow", "vpt-deep", "lora"]
+# every method of the case table (by its preset), VPT-shallow and LoRA
+PEFT_METHODS = [*dict.fromkeys([*(case.preset for case in METHOD_CASES.values()), "vpt-shallow", "lora"])]
 
 
 @pytest.mark.parametrize("method", [*PEFT_METHODS, "linear", "full"])

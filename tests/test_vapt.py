@@ -162,8 +162,25 @@ def test_a_kernel_larger_than_the_grid_is_refused():
 def test_another_image_size_is_refused_with_the_fix():
     model = _prompted()
     x = torch.randn(1, 3, 48, 48)
-    with pytest.raises(RuntimeError, match="patch grid"):
+    with pytest.raises(RuntimeError, match=r"patch grid.*patch_grid=\[H, W\]"):
         model(pixel_values=x, interpolate_pos_encoding=True)
+
+
+def test_an_adapter_built_for_another_image_size_runs_at_it(tmp_path):
+    model = _prompted(patch_grid=[6, 6])  # 48 px images, patch 8, on a backbone configured for 32 px
+    _randomize_generator(model)
+    assert _blocks(model)[1].vapt_token_weights["default"].shape == (3, 25)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        out = model(pixel_values=x, interpolate_pos_encoding=True).logits
+    assert torch.isfinite(out).all()
+    model.save_pretrained(tmp_path)
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    reloaded = PeftModel.from_pretrained(TINY_BACKBONES["vit"]().eval(), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixel_values=x, interpolate_pos_encoding=True).logits, out)
 
 
 @pytest.mark.parametrize(
@@ -175,6 +192,8 @@ def test_another_image_size_is_refused_with_the_fix():
         ("generator_dropout", 1.0),
         ("generator_layer_norm", "yes"),
         ("feature_residual", None),
+        ("patch_grid", [4]),
+        ("patch_grid", [0, 4]),
     ],
 )
 def test_bad_values_are_refused(field, bad):

@@ -15,16 +15,19 @@ from torch import nn
 
 import gated_vpt
 
-METHODS = ("gpt", "cdc", "vpt-shallow", "vpt-deep", "lora", "linear", "full")
-PROMPT_METHODS = ("gpt", "cdc", "vpt-shallow", "vpt-deep")
+# Every registered prompt method (gated_vpt.PRESETS: VFPT, VAPT, E²VPT, the CDC ablations, ...), the four of the
+# README first.
+_FIRST = ("gpt", "cdc", "vpt-shallow", "vpt-deep")
+PROMPT_METHODS = (*_FIRST, *sorted(set(gated_vpt.PRESETS) - set(_FIRST)))
+METHODS = (*PROMPT_METHODS, "lora", "linear", "full")
 PEFT_METHODS = (*PROMPT_METHODS, "lora")
 
 
 def prepare_model(base: nn.Module, args: argparse.Namespace, depth: int) -> nn.Module:
     """The model to train: the PEFT model of a PEFT method (with a fresh trainable head), else `base` with only its
     head (linear) or everything (full) trainable."""
-    has_cls = gated_vpt.find_prompt_site(base).cls_token_index is not None if args.method == "cdc" else True
-    config = method_config(args, depth, has_cls)
+    site = gated_vpt.find_prompt_site(base)
+    config = method_config(args, depth, site.cls_token_index is not None, _patch_grid(base, args))
     if config is not None:
         from peft import get_peft_model
 
@@ -34,15 +37,23 @@ def prepare_model(base: nn.Module, args: argparse.Namespace, depth: int) -> nn.M
     return base
 
 
-def method_config(args: argparse.Namespace, depth: int, has_cls: bool = True):
+def _patch_grid(base: nn.Module, args: argparse.Namespace) -> list[int]:
+    """The patch grid of the images at `--image-size` (VAPT's generator is sized to it)."""
+    config = getattr(base.config, "vision_config", None) or base.config
+    patch = config.patch_size[0] if isinstance(config.patch_size, (list, tuple)) else config.patch_size
+    return [args.image_size // patch] * 2
+
+
+def method_config(args: argparse.Namespace, depth: int, has_cls: bool = True, patch_grid: Optional[list] = None):
     """The PEFT config of a PEFT method (None for linear / full): for a prompt method its preset, with the prompt
     options (and GPT's gate prior, CDC's ablation flags) as fields."""
     common = dict(num_prompts=args.num_prompts, prompt_dropout=args.prompt_dropout, modules_to_save=["classifier"])
     layers = _layers(args, depth)
     if args.method in PROMPT_METHODS:
-        return gated_vpt.preset_config(
-            args.method, layers_to_transform=layers, **common, **_method_fields(args, has_cls)
-        )
+        fields = _method_fields(args, has_cls)
+        if patch_grid is not None and "patch_grid" in gated_vpt.PRESETS[args.method].config_class.__dataclass_fields__:
+            fields["patch_grid"] = patch_grid
+        return gated_vpt.preset_config(args.method, layers_to_transform=layers, **common, **fields)
     if args.method == "lora":
         from peft import LoraConfig
 

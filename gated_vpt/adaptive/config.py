@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..prompting.prompt_config import MAX_PROMPT_MAGNITUDE, ConfigError, PromptConfigBase, check_bool
 from ..prompting.registration import peft_type
@@ -27,9 +28,10 @@ class AdaptivePromptConfig(PromptConfigBase):
     R^{D x r} shared by all blocks. A_l and b_l start at zero, so every generated prompt is exactly 0 at
     initialisation. The CLS, register and previous prompt tokens are not part of the grid.
 
-    Needs the backbone's patch grid (H, W), read from its config (`image_size // patch_size`) or timm's
-    `patch_embed.grid_size`: A_l is sized H'W' = (H - K + 1)(W - K + 1), so inputs must have the adapter's image size.
-    Families whose patches form no grid (patch lists, videos, ViTMAE's shuffled patches) are refused.
+    Needs the patch grid (H, W) of the images it will see: `patch_grid`, else the backbone's own (its config's
+    `image_size // patch_size`, timm's `patch_embed.grid_size`). A_l is sized H'W' = (H - K + 1)(W - K + 1), so every
+    input must have that grid. Families whose patches form no grid (patch lists, videos, ViTMAE's shuffled patches)
+    are refused.
 
     Args:
         kernel_size: K, the side of the channel-shared convolution kernel (the paper's default 2).
@@ -39,6 +41,8 @@ class AdaptivePromptConfig(PromptConfigBase):
         generator_layer_norm: A LayerNorm (own gamma, beta per block) on the patch tokens before the convolution. The
             official code has it, the paper's formula does not (UNVERIFIED which is intended); True follows the code.
         feature_residual: ``P = G + MLP(G)`` (the code's form, default) or ``P = MLP(G)`` (the paper's formula).
+        patch_grid: ``[H, W]``, the patch grid of the training and inference images when it is not the backbone
+            config's (DINOv2's config says 518 px: at 224 px with patch 14 pass ``[16, 16]``). None: the backbone's.
         (and the fields of `PromptConfigBase`: num_prompts, prompt_dropout (on the static prompts),
         prompt_init, layers_to_transform, modules_to_save.)
     """
@@ -53,6 +57,9 @@ class AdaptivePromptConfig(PromptConfigBase):
     )
     feature_residual: bool = field(
         default=True, metadata={"help": "P = G + MLP(G) (the code); False: P = MLP(G) (the paper's formula)."}
+    )
+    patch_grid: Optional[list[int]] = field(
+        default=None, metadata={"help": "[H, W] patch grid of the images (None: the backbone config's)."}
     )
 
     def __post_init__(self) -> None:
@@ -69,6 +76,13 @@ class AdaptivePromptConfig(PromptConfigBase):
             raise ConfigError(f"`generator_dropout` must be a probability in [0, 1); got {self.generator_dropout!r}.")
         self.generator_layer_norm = check_bool(self.generator_layer_norm, "generator_layer_norm")
         self.feature_residual = check_bool(self.feature_residual, "feature_residual")
+        if self.patch_grid is not None:
+            grid = self.patch_grid
+            if not (
+                isinstance(grid, (list, tuple)) and len(grid) == 2 and all(is_int(v) and 1 <= v <= 4096 for v in grid)
+            ):
+                raise ConfigError(f"`patch_grid` must be None or [H, W], two integers in [1, 4096]; got {grid!r}.")
+            self.patch_grid = [int(v) for v in grid]
 
     def value_bound(self, parameter: str) -> float:
         # The generator chains five maps (LayerNorm, kernel, token projector, two projector matrices), so the bounds
@@ -84,4 +98,5 @@ class AdaptivePromptConfig(PromptConfigBase):
             self.projector_hidden_size,
             self.generator_layer_norm,
             self.feature_residual,
+            None if self.patch_grid is None else tuple(self.patch_grid),
         )

@@ -69,12 +69,16 @@ class AdaptivePromptBlock(VisualPromptBlock):
         patch_grid: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(base_layer, num_prefix_tokens, hidden_size, patch_size)
-        self.patch_grid = patch_grid
+        self.patch_grid = patch_grid  # the backbone's; an adapter's config may name another (`grid_of`)
         for name in self.adapter_layer_names[1:]:
             setattr(self, name, nn.ParameterDict())
         # adapter -> the block holding that adapter's shared feature projector (its first prompted block); a plain
         # dict, not a submodule: the projector is registered (and saved) once, in that block
         self.projector_owner: dict[str, AdaptivePromptBlock] = {}
+
+    def grid_of(self, config: AdaptivePromptConfig) -> tuple[int, int]:
+        """The patch grid an adapter is built for: its config's `patch_grid`, else the backbone's."""
+        return tuple(config.patch_grid) if config.patch_grid is not None else self.patch_grid
 
     def deep_prompts(self, config: AdaptivePromptConfig) -> bool:
         return False  # later blocks generate theirs
@@ -88,7 +92,7 @@ class AdaptivePromptBlock(VisualPromptBlock):
                 self.vapt_projector_down[adapter_name] = _kaiming_linear_weight(rank, width, device)
                 self.vapt_projector_up[adapter_name] = _kaiming_linear_weight(width, rank, device)
             return
-        height, grid_width = self.patch_grid
+        height, grid_width = self.grid_of(config)
         cells = (height - config.kernel_size + 1) * (grid_width - config.kernel_size + 1)
         if config.generator_layer_norm:
             self.vapt_norm_weights[adapter_name] = nn.Parameter(torch.ones(width, device=device))
@@ -105,12 +109,12 @@ class AdaptivePromptBlock(VisualPromptBlock):
     def _grid_features(self, adapter: str, config: AdaptivePromptConfig, patches: torch.Tensor) -> torch.Tensor:
         """Steps 1-2: `[B, N, D]` patch tokens -> `[B, D, H'W']` convolution features (float32)."""
         batch, count, width = patches.shape
-        height, grid_width = self.patch_grid
+        height, grid_width = self.grid_of(config)
         if count != height * grid_width:
             raise RuntimeError(
-                f"VAPT's prompt generator was built for this backbone's {height} x {grid_width} patch grid "
-                f"({height * grid_width} patches), and this input has {count} patches. Feed images of the size the "
-                "adapter was built for (the backbone config's `image_size`)."
+                f"VAPT's prompt generator was built for a {height} x {grid_width} patch grid ({height * grid_width} "
+                f"patches), and this input has {count} patches. Feed images of the size the adapter was built for, "
+                "or build it for this size with `AdaptivePromptConfig(patch_grid=[H, W])`."
             )
         tokens = patches.float()
         if adapter in self.vapt_norm_weights:

@@ -20,17 +20,17 @@ class AdaptivePromptModel(VisualPromptModel):
     tuner_layer_cls = AdaptivePromptBlock
 
     def _check_config_for_site(self, peft_config: AdaptivePromptConfig, site: PromptSite) -> None:
+        grid = peft_config.patch_grid or site.patch_grid
         if site.patch_grid is None:
             raise UnsupportedModelError(
                 f"VAPT generates prompts with a convolution over the patch grid, and this {site.family.name} backbone "
                 "has no known grid (its patches are not an H x W raster of one image, or its config has no "
                 "`image_size`). Use another prompt method for this model."
             )
-        smallest = min(site.patch_grid)
-        if peft_config.kernel_size > smallest:
+        if peft_config.kernel_size > min(grid):
             raise UnsupportedModelError(
-                f"`kernel_size` {peft_config.kernel_size} is larger than this backbone's {site.patch_grid[0]} x "
-                f"{site.patch_grid[1]} patch grid; choose a kernel_size of at most {smallest}."
+                f"`kernel_size` {peft_config.kernel_size} is larger than the {grid[0]} x {grid[1]} patch grid; "
+                f"choose a kernel_size of at most {min(grid)}."
             )
 
     def _new_block(self, block: nn.Module, site: PromptSite) -> AdaptivePromptBlock:
