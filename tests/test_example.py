@@ -300,6 +300,27 @@ def test_default_backbone_runs_on_a_few_real_images(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def test_data_driven_prompt_init_runs_before_training(tiny_model_dir, tmp_path):
+    out = tmp_path / "spt"
+    training.run(
+        quick_args(
+            tiny_model_dir,
+            out,
+            "vpt-deep",
+            "--no-linear-probe",
+            "--prompt-init",
+            "spt-mean",
+            "--prompt-init-batches",
+            "2",
+        )
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["prompt_init"] == {"method": "spt-mean", "batches": 2, "images": 16, "seed": 0}
+    assert saved["timings_s"]["prompt_init_s"] > 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["prompt_init"] == "spt-mean" and config["prompt_init_record"] == saved["prompt_init"]
+
+
 # --help
 # ---------------------------------------------------------------------------------------------------------------
 

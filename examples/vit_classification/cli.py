@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from gated_vpt import GatedPromptConfig
+from gated_vpt.prompting.prompt_config import PROMPT_INITS
 
 from .data import BUNDLED, DATASET_FORMS
 from .methods import METHODS
@@ -116,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Dropout on the prompt tokens. Not GatedPromptConfig's default {LIBRARY_PROMPT_DROPOUT:g}: the defaults "
         "sweep and the recorded default run (docs/example_run.md) used 0; "
         f"pass --prompt-dropout {LIBRARY_PROMPT_DROPOUT:g} for the library's (VPT's) value.",
+    )
+    p.add_argument(
+        "--prompt-init",
+        choices=PROMPT_INITS,
+        default="xavier",
+        help="Prompt initialisation (prompt methods): VPT's random ones, or SPT's data-driven ones (spt-*: patch "
+        "tokens of the frozen backbone, from --prompt-init-batches training batches; docs/prompt_init.md).",
+    )
+    p.add_argument(
+        "--prompt-init-batches",
+        type=int,
+        default=8,
+        help="Training batches the data-driven --prompt-init reads.",
     )
     p.add_argument(
         "--no-cross-layer",

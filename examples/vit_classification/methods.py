@@ -48,6 +48,8 @@ def method_config(args: argparse.Namespace, depth: int, has_cls: bool = True, pa
     """The PEFT config of a PEFT method (None for linear / full): for a prompt method its preset, with the prompt
     options (and GPT's gate prior, CDC's ablation flags) as fields."""
     common = dict(num_prompts=args.num_prompts, prompt_dropout=args.prompt_dropout, modules_to_save=["classifier"])
+    if args.method in PROMPT_METHODS:
+        common["prompt_init"] = getattr(args, "prompt_init", "xavier")
     layers = _layers(args, depth)
     if args.method in PROMPT_METHODS:
         fields = _method_fields(args, has_cls)

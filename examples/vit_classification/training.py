@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import gated_vpt
-from gated_vpt import gate_report, plot_gate_report, summarize_gate_report
+from gated_vpt import gate_report, initialize_prompts, plot_gate_report, summarize_gate_report
 
 from . import backbone, cli, data, methods, probe, saving
 from .precision import cpu_has_native_bf16, resolve_attention, resolve_precision
@@ -118,6 +118,23 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     # -- the method -------------------------------------------------------------------------------------------
     set_seed(args.seed)
     model = methods.prepare_model(base, args, depth)
+    prompt_init = None
+    if args.method in methods.PROMPT_METHODS and args.prompt_init.startswith("spt-"):
+        t = time.perf_counter()
+        batches = torch.utils.data.DataLoader(
+            train_ds,
+            batch_size=args.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        prompt_init = initialize_prompts(model, batches, max_batches=args.prompt_init_batches, seed=args.seed)
+        timings["prompt_init_s"] = time.perf_counter() - t
+        print(
+            f"Prompts initialised from data ({args.prompt_init}): {prompt_init['images']} images in "
+            f"{timings['prompt_init_s']:.1f} s",
+            flush=True,
+        )
     lr = cli.method_lr(args)
     trainable, total = methods.count_parameters(model)
     print(
@@ -216,6 +233,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
         "adapter_bytes": adapter_bytes,
         "adapter_files": {f.name: f.stat().st_size for f in sorted(adapter_dir.iterdir()) if f.is_file()},
         "gates": gates,
+        "prompt_init": prompt_init,
         "pushed": pushed,
         "learning_rates": learning_rates,
         "train_loss": train_output.training_loss,
