@@ -89,36 +89,35 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _family_rows(timm: bool) -> list[str]:
+    """The table rows of the Hugging Face families (matched by `model_type`) or of the timm ones (by class)."""
+    rows = []
+    for family in FAMILIES:
+        if bool(family.class_names) != timm:
+            continue
+        cells = (
+            family.name,
+            ", ".join(f"`{t}`" for t in (family.class_names if timm else family.model_types)),
+            family.prefix_tokens_text,
+            ", ".join(f"`{c}`" for c in family.example_classes),
+            f"**Refused**: {family.refusal}." if family.refusal else family.notes or "",
+        )
+        rows.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
+    return rows
+
+
 def supported_models_markdown() -> str:
     """The supported-models page (docs/supported_models.md), generated from `FAMILIES`."""
     lines = [
         SUPPORTED_MODELS_INTRO,
         "| Family | `model_type` | Prefix tokens | Tested classes | Notes |",
         "|---|---|---|---|---|",
+        *_family_rows(timm=False),
+        TIMM_MODELS_INTRO,
+        "| Family | Class | Prefix tokens | Tested models | Notes |",
+        "|---|---|---|---|---|",
+        *_family_rows(timm=True),
     ]
-    for family in FAMILIES:
-        if family.class_names:
-            continue
-        cells = (
-            family.name,
-            ", ".join(f"`{t}`" for t in family.model_types),
-            family.prefix_tokens_text,
-            ", ".join(f"`{c}`" for c in family.example_classes),
-            f"**Refused**: {family.refusal}." if family.refusal else family.notes or "",
-        )
-        lines.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
-    lines += [TIMM_MODELS_INTRO, "| Family | Class | Prefix tokens | Tested models | Notes |", "|---|---|---|---|---|"]
-    for family in FAMILIES:
-        if not family.class_names:
-            continue
-        cells = (
-            family.name,
-            ", ".join(f"`{c}`" for c in family.class_names),
-            family.prefix_tokens_text,
-            ", ".join(f"`{c}`" for c in family.example_classes),
-            f"**Refused**: {family.refusal}." if family.refusal else family.notes or "",
-        )
-        lines.append("| " + " | ".join(_markdown_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
