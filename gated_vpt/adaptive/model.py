@@ -33,14 +33,8 @@ class AdaptivePromptModel(VisualPromptModel):
                 f"choose a kernel_size of at most {min(grid)}."
             )
 
-    def _new_block(self, block: nn.Module, site: PromptSite) -> AdaptivePromptBlock:
-        return AdaptivePromptBlock(
-            block,
-            num_prefix_tokens=site.num_prefix_tokens,
-            hidden_size=site.hidden_size,
-            patch_size=site.patch_size,
-            patch_grid=site.patch_grid,
-        )
+    def _block_options(self, block: nn.Module, site: PromptSite) -> dict[str, Any]:
+        return {"patch_grid": site.patch_grid}
 
     def _create_and_replace(
         self,

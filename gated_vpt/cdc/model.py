@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..vit.backbones import PromptSite, UnsupportedModelError
@@ -46,14 +48,10 @@ class CDCPromptModel(VisualPromptModel):
                     "for this model, or give its family an `AttentionLayout` with the right names."
                 )
 
-    def _new_block(self, block: nn.Module, site: PromptSite) -> CDCPromptBlock:
-        return CDCPromptBlock(
-            block,
-            num_prefix_tokens=site.num_prefix_tokens,
-            hidden_size=site.hidden_size,
-            patch_size=site.patch_size,
-            cls_index=site.cls_token_index,
+    def _block_options(self, block: nn.Module, site: PromptSite) -> dict[str, Any]:
+        return {
+            "cls_index": site.cls_token_index,
             # Called before the block is replaced: the stack still holds it.
-            final_block=self.model.get_submodule(site.stack_name)[site.depth - 1] is block,
-            attention=site.family.attention,
-        )
+            "final_block": self.model.get_submodule(site.stack_name)[site.depth - 1] is block,
+            "attention": site.family.attention,
+        }

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..vit.backbones import PromptSite, UnsupportedModelError
@@ -35,11 +37,5 @@ class GatedPromptModel(VisualPromptModel):
                     f"{type(block).__name__} cannot take it: {why}. Set `learn_temperature=False` for this model."
                 )
 
-    def _new_block(self, block: nn.Module, site: PromptSite) -> GatedPromptBlock:
-        return GatedPromptBlock(
-            block,
-            num_prefix_tokens=site.num_prefix_tokens,
-            hidden_size=site.hidden_size,
-            patch_size=site.patch_size,
-            query_projection=site.family.attention.query_projection(block),
-        )
+    def _block_options(self, block: nn.Module, site: PromptSite) -> dict[str, Any]:
+        return {"query_projection": site.family.attention.query_projection(block)}

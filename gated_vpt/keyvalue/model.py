@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..vit.attention import KeyValueParts
@@ -39,13 +41,9 @@ class KeyValuePromptModel(VisualPromptModel):
                     "or use another prompt method for this model."
                 )
 
-    def _new_block(self, block: nn.Module, site: PromptSite) -> KeyValuePromptBlock:
+    def _block_options(self, block: nn.Module, site: PromptSite) -> dict[str, Any]:
         parts = site.family.attention.key_value_parts(block)
-        return KeyValuePromptBlock(
-            block,
-            num_prefix_tokens=site.num_prefix_tokens,
-            hidden_size=site.hidden_size,
-            patch_size=site.patch_size,
-            key_value_parts=parts if isinstance(parts, KeyValueParts) else None,
-            attention=site.family.attention,
-        )
+        return {
+            "key_value_parts": parts if isinstance(parts, KeyValueParts) else None,
+            "attention": site.family.attention,
+        }

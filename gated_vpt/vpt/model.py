@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..prompting.prompt_tuner import PromptTuner
@@ -19,5 +21,13 @@ class VisualPromptModel(PromptTuner):
 
     def _new_block(self, block: nn.Module, site: PromptSite) -> VisualPromptBlock:
         return self.tuner_layer_cls(
-            block, num_prefix_tokens=site.num_prefix_tokens, hidden_size=site.hidden_size, patch_size=site.patch_size
+            block,
+            num_prefix_tokens=site.num_prefix_tokens,
+            hidden_size=site.hidden_size,
+            patch_size=site.patch_size,
+            **self._block_options(block, site),
         )
+
+    def _block_options(self, block: nn.Module, site: PromptSite) -> dict[str, Any]:
+        """What a method's block wrapper needs of the backbone beyond the site's facts (its `__init__` keywords)."""
+        return {}
