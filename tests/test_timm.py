@@ -22,6 +22,7 @@ from gated_vpt import (
     GatedPromptConfig,
     UnsupportedModelError,
     find_prompt_site,
+    initialize_prompts,
     preset_config,
 )
 from gated_vpt.vit.timm_families import TIMM_FAMILIES
@@ -236,6 +237,22 @@ def test_bf16_backbone_keeps_fp32_adapter_weights(timm_method):
     with torch.no_grad():
         out = model(images(base).to(torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_data_driven_prompt_init_reads_the_patch_tokens_of_a_timm_model():
+    base = tiny_timm("reg4_dinov2")
+    model = get_peft_model(copy.deepcopy(base), preset_config("vpt-deep", num_prompts=3, prompt_init="spt-sample"))
+    batches = [{"pixel_values": images(base, batch=2, seed=s), "labels": torch.zeros(2)} for s in range(2)]
+    record = initialize_prompts(model, batches)
+    assert record["images"] == 4
+    first = model.base_model.model.blocks[0]
+    with torch.no_grad():
+        tokens = base.norm_pre(
+            base.patch_drop(base._pos_embed(base.patch_embed(torch.cat([b["pixel_values"] for b in batches]))))
+        )
+    patches = tokens[:, 5:].reshape(-1, tokens.shape[-1])  # after CLS and 4 registers
+    for row in first.prompts["default"].detach():
+        assert (patches == row).all(-1).any()
 
 
 # ----------------------------------------------------------------------------------------------------------------

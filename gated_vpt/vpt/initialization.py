@@ -128,10 +128,12 @@ def _run(model: nn.Module, batch: Any) -> None:
 
     inputs = {k: placed(v) for k, v in inputs.items()}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if torch.is_tensor(batch) and not hasattr(getattr(base, "config", None), "model_type"):
-        model(inputs["pixel_values"])  # a timm or plain module: images positionally
-    else:
+    if hasattr(getattr(base, "config", None), "model_type"):
         model(**inputs)
+    elif "pixel_values" in inputs:
+        model(inputs["pixel_values"])  # a timm or plain module: the images, positionally
+    else:
+        raise TypeError(f"A batch for {type(base).__name__} (not a transformers model) needs `pixel_values`.")
 
 
 def initialize_prompts(
