@@ -25,6 +25,7 @@ from gated_vpt import (
     initialize_prompts,
     preset_config,
 )
+from gated_vpt.prompting.registration import registered_prompt_methods
 from gated_vpt.vit.timm_families import TIMM_FAMILIES
 
 timm = pytest.importorskip("timm", reason="timm is not installed (CI's newest-releases leg installs it)")
@@ -132,8 +133,8 @@ def test_each_method_at_its_defaults_trains_saves_and_reloads_bit_identically(va
         assert not torch.allclose(trained, base(x))
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    prefix = METHOD_CASES[timm_method].preset.split("-")[0]
-    assert saved and all("head" in k or f"{prefix if prefix != 'vpt' else 'vpt'}_" in k for k in saved), list(saved)
+    prefix = registered_prompt_methods()[METHOD_CASES[timm_method].peft_type][1]
+    assert saved and all("head" in k or prefix in k for k in saved), list(saved)
     # a small file: the prompts and the head, not the backbone
     assert sum(t.numel() for t in saved.values()) < sum(p.numel() for p in base.parameters()) / 5
 

@@ -118,7 +118,7 @@ class AttentionLayout:
         qkv = self.find_projection(block, self.fused_qkv_names) if self.fused_qkv_names else None
         if qkv is None or linear_of(qkv).out_features % 3:
             return None
-        attention = next((m for m in block.modules() if any(c is qkv for c in m.children())), None)
+        attention = _parent_of(block, qkv)
         return None if attention is None else (attention, qkv, linear_of(qkv).out_features // 3)
 
     def transformed_qk(self, block: nn.Module) -> Optional[str]:
@@ -171,12 +171,12 @@ class AttentionLayout:
         query_columns = key_columns = None
         if query is not None and query.columns is None and key is not None:
             query = query.module
-            attention = next((m for m in block.modules() if any(c is query for c in m.children())), None)
+            attention = _parent_of(block, query)
             if attention is None or not any(c is key for c in attention.children()):
                 return None
             width = linear_of(query).out_features
-        elif self._fused(block) is not None:
-            attention, query, width = self._fused(block)
+        elif (fused := self._fused(block)) is not None:
+            attention, query, width = fused
             key, query_columns, key_columns = query, slice(0, width), slice(width, 2 * width)
         else:
             return None
@@ -197,18 +197,23 @@ class AttentionLayout:
         )
 
 
+def _parent_of(block: nn.Module, child: nn.Module) -> Optional[nn.Module]:
+    """The module of `block` that holds `child` as a direct child (the attention module of a projection)."""
+    return next((m for m in block.modules() if any(c is child for c in m.children())), None)
+
+
 def _key_value_parts(layout: AttentionLayout, block: nn.Module) -> KeyValueParts | str:
-    if layout.transformed_qk(block) is not None:
-        return f"its keys are transformed by `{layout.transformed_qk(block)}` after the projection"
+    if (transformed := layout.transformed_qk(block)) is not None:
+        return f"its keys are transformed by `{transformed}` after the projection"
     key = layout.find_projection(block, layout.key_names)
     value = layout.find_projection(block, layout.value_names)
     if key is not None and value is not None:
-        attention = next((m for m in block.modules() if any(c is key for c in m.children())), None)
+        attention = _parent_of(block, key)
         if attention is None or not any(c is value for c in attention.children()):
             return "its key and value projections are not children of one attention module"
         width = linear_of(key).out_features
-    elif layout._fused(block) is not None:
-        attention, key, width = layout._fused(block)
+    elif (fused := layout._fused(block)) is not None:
+        attention, key, width = fused
         value = key
     else:
         return (
