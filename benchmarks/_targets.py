@@ -9,15 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-TRAIN_TARGETS = {"gpt": 1.10, "cdc": 1.20}  # training step / floor
-INFERENCE_TARGET = 1.05  # inference / floor, for the prompt methods
+# training step / floor: GPT and CDC from issue #17, the methods built on VPT since 2023 from issue #34
+TRAIN_TARGETS = {"gpt": 1.10, "cdc": 1.20, "vfpt": 1.15, "vapt": 1.15, "e2vpt": 1.15}
+INFERENCE_TARGET = 1.05  # inference / floor, for GPT and CDC
+INFERENCE_TARGETS = {"vfpt": 1.10, "vapt": 1.10, "e2vpt": 1.10}  # the newer methods' own inference targets
 
 
 def target(method: str, key: str) -> Optional[float]:
     """The target of `method`'s "train" or "infer" ratio, None for the references (LoRA, full fine-tuning, ...)."""
     if method not in TRAIN_TARGETS:
         return None
-    return INFERENCE_TARGET if key == "infer" else TRAIN_TARGETS[method]
+    return INFERENCE_TARGETS.get(method, INFERENCE_TARGET) if key == "infer" else TRAIN_TARGETS[method]
+
+
+def targets_text(sign: str = "×") -> str:
+    """The targets, as a sentence for the pages."""
+    newer = sorted(INFERENCE_TARGETS)
+    return (
+        f"Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}{sign}, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}{sign}, "
+        f"inference ≤ {INFERENCE_TARGET:.2f}{sign}; {', '.join(m.upper() for m in newer)}: training step ≤ "
+        f"{TRAIN_TARGETS[newer[0]]:.2f}{sign}, inference ≤ {INFERENCE_TARGETS[newer[0]]:.2f}{sign}."
+    )
 
 
 def verdict(result: dict[str, Any], key: str, limit: float) -> str:

@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 import torch
 from _runs import code_version, cpu_name, example_module  # benchmarks/_runs.py
-from _targets import INFERENCE_TARGET, TRAIN_TARGETS, ratio_text, target, verdict  # benchmarks/_targets.py
+from _targets import TRAIN_TARGETS, ratio_text, target, targets_text, verdict  # benchmarks/_targets.py
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -56,9 +56,11 @@ import gated_vpt
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIZES = {"ViT-S": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
          "ViT-B": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)}
-PROMPT_METHODS = ("gpt", "vpt-deep", "cdc-no-ar", "cdc")  # gated_vpt.PRESETS names
+PROMPT_METHODS = ("gpt", "vpt-deep", "cdc-no-ar", "cdc", "vfpt", "vapt", "e2vpt")  # gated_vpt.PRESETS names
 PRECISIONS = ("fp32", "bf16")
-MAIN_METHODS = ("floor", "gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full")
+MAIN_METHODS = ("floor", "gpt", "cdc", "cdc-no-ar", "vpt-deep", "vfpt", "vapt", "e2vpt", "lora", "full")
+# The data-driven initialisations timed (seconds per image of `gated_vpt.initialize_prompts`, VPT-deep, 10 prompts)
+PROMPT_INITS = ("spt-sample", "vipamin")
 EPOCH_METHODS = ("gpt", "lora", "full")
 TRAIN_IMAGES = 1000  # the training split of the example's default dataset (the bundled EuroSAT subset, VTAB-1k)
 FORMAT = 2  # of the .json record; records without "format" are the fp32-only (or GPU bf16-only) first one
@@ -298,6 +300,35 @@ def time_models(builders: dict[str, Callable[[], nn.Module]], image_size: int, b
     return results
 
 
+INIT_BATCHES = 4  # batches of the benchmark's batch size each timed init pass reads
+
+
+def time_prompt_inits(size: str, image_size: int, batch_size: int, rounds: int, device: torch.device,
+                      autocast: Callable, floor_per_image: float, attention: Optional[str] = None,
+                      **shape: Any) -> dict[str, dict]:
+    """Seconds per image of `gated_vpt.initialize_prompts` (VPT-deep, 10 prompts, INIT_BATCHES batches) for each of
+    PROMPT_INITS, the median of `rounds` runs interleaved like the training steps, and its ratio to the floor's
+    inference per image (the pass is one prompt-free forward plus the init's own work)."""
+    batches = [{"pixel_values": torch.randn(batch_size, 3, image_size, image_size, device=device)}
+               for _ in range(INIT_BATCHES)]
+    models = {}
+    for init in PROMPT_INITS:
+        model = backbone(size, image_size, attention, **shape)
+        config = gated_vpt.preset_config("vpt-deep", num_prompts=10, prompt_init=init, modules_to_save=["classifier"])
+        models[init] = get_peft_model(model, config).to(device)
+    times = {init: [] for init in models}
+    for round_ in range(rounds + 1):  # the first round warms up
+        for init, model in models.items():
+            with autocast():
+                seconds = timed(lambda m=model, r=round_: gated_vpt.initialize_prompts(m, batches, seed=r), device)
+            if round_:
+                times[init].append(seconds)
+    images = INIT_BATCHES * batch_size
+    return {init: {"seconds_per_image": statistics.median(t) / images, "images": images,
+                   "ratio_to_floor_inference": statistics.median(t) / images / floor_per_image}
+            for init, t in times.items()}
+
+
 def paired_ratios(times: Sequence[float], floor: Sequence[float], key: str) -> dict[str, Any]:
     """The ratio to the floor of each round (both timed in the same round, so a slow spell of the machine divides
     out), their median and quartiles: `{key}_ratio_to_floor` and `{key}_ratio_quartiles` ([q1, q3], the spread a
@@ -339,6 +370,12 @@ def measure_precision(precision: str, plan: dict[str, Any], job: dict[str, Any],
         step(f"{size}, 10 prompts, {len(MAIN_METHODS)} methods x {rounds} rounds")
         block["num_prompts_10"][size] = compare(MAIN_METHODS, size, image_size, batch_size, 10, rounds, device,
                                                 autocast, attention, **shape)
+    block["prompt_init"] = {}
+    for size in plan["sizes"]:
+        step(f"{size}, prompt init {', '.join(PROMPT_INITS)} x {sweep_rounds} rounds")
+        floor_per_image = block["num_prompts_10"][size]["floor"]["infer_s"] / batch_size
+        block["prompt_init"][size] = time_prompt_inits(size, image_size, batch_size, sweep_rounds, device, autocast,
+                                                       floor_per_image, attention, **shape)
     for num_prompts in plan["prompts_sweep"]:
         step(f"{sweep_size}, {num_prompts} prompts, {sweep_rounds} rounds")
         block["num_prompts_sweep"][num_prompts] = compare(["floor", "gpt", "cdc"], sweep_size, image_size, batch_size,
@@ -454,13 +491,12 @@ def target_mark(method: str, result: dict, inference: bool = False) -> str:
     return "" if limit is None else MARKS[verdict(result, key, limit)]
 
 
-TARGETS_LINE = (f"Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}×, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}×, "
-                f"inference ≤ {INFERENCE_TARGET:.2f}×.")
+TARGETS_LINE = targets_text()
 FLOOR_LINE = ("Ratios are to the *floor*: the frozen backbone's forward + input-gradient backward on a sequence that "
               "already carries the same extra tokens.")
-MARKS_LINE = ("✓ / ✗: within / above the target (GPT, CDC only; the others are references); ≈: the median is above it "
-              "but a quarter of the rounds or more is within it, so round-to-round noise can explain the miss. "
-              "[q1–q3]: the quartiles of the per-round ratios.")
+MARKS_LINE = ("✓ / ✗: within / above the target (GPT, CDC, VFPT, VAPT, E²VPT; the others are references); ≈: the "
+              "median is above it but a quarter of the rounds or more is within it, so round-to-round noise can "
+              "explain the miss. [q1–q3]: the quartiles of the per-round ratios.")
 
 
 def main_table_lines(heading: str, results: dict[str, dict]) -> list[str]:
@@ -503,6 +539,19 @@ def batch_sweep_lines(heading: str, sweep: dict) -> list[str]:
     for bs, r in sweep.items():
         lines.append(f"| {bs} | {r['floor']['train_images_per_s']:.1f} | {r['gpt']['train_images_per_s']:.1f} | "
                      f"{ratio_text(r['gpt'], 'train')} |")
+    return lines
+
+
+def prompt_init_lines(heading: str, inits: dict, rounds: int) -> list[str]:
+    first = next(iter(inits.values()))
+    lines = [heading, "",
+             f"`gated_vpt.initialize_prompts` over {next(iter(first.values()))['images']} images, median of {rounds} "
+             "runs: seconds per image, and that time over the floor's inference time per image (the pass is one "
+             "prompt-free forward plus the initialisation's own work).", "",
+             "| backbone | init | seconds per image | ratio to floor inference |", "|---|---|---|---|"]
+    for size, table in inits.items():
+        for init, r in table.items():
+            lines.append(f"| {size} | {init} | {r['seconds_per_image']:.4f} | {r['ratio_to_floor_inference']:.2f} |")
     return lines
 
 
@@ -553,6 +602,9 @@ def render(report: dict) -> str:
         lines += prompts_sweep_lines(f"### Number of prompts ({sweep_size})", block["num_prompts_sweep"],
                                      s["sweep_rounds"])
         lines += [""] + batch_sweep_lines(f"### Batch size ({sweep_size}, 10 prompts)", block["batch_size_sweep"])
+        if block.get("prompt_init"):
+            lines += [""] + prompt_init_lines("### Data-driven prompt initialisation (VPT-deep, 10 prompts)",
+                                              block["prompt_init"], s["sweep_rounds"])
         lines.append("")
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import json
 import pathlib
 from typing import Any, Optional
 
-from _targets import INFERENCE_TARGET, TRAIN_TARGETS, ratio_text, target, verdict  # benchmarks/_targets.py
+from _targets import ratio_text, target, targets_text, verdict  # benchmarks/_targets.py
 from vtab_accuracy.page import epochs_text  # benchmarks/vtab_accuracy: accuracy.py's code
 from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES
 from vtab_accuracy.summary import mean_std, planned
@@ -131,8 +131,7 @@ def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
 
 FLOOR_TEXT = (
     "The floor is the frozen backbone's forward + input-gradient backward on a sequence that already carries the "
-    f"prompt tokens. Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}x, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}x, "
-    f"inference ≤ {INFERENCE_TARGET:.2f}x (prompt methods)."
+    f"prompt tokens. {targets_text('x')}"
 )
 PAIRED_TEXT = (
     "A ratio is the median of the per-round ratios (method and floor timed in the same round), [q1–q3] their "

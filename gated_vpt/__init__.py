@@ -16,7 +16,7 @@ from .io.hub import from_pretrained, push_adapter_to_hub
 from .io.patches import install_peft_model_patches
 from .prompting.diagnostics import gate_report, plot_gate_report, summarize_gate_report
 from .prompting.presets import PRESETS, preset_config
-from .prompting.prompt_config import ConfigError
+from .prompting.prompt_config import ConfigError, VipaminConfig
 from .prompting.prompt_layer import MergeNotSupportedError
 from .prompting.registration import register
 from .vit.attention import AttentionLayout
@@ -55,6 +55,7 @@ __all__ = [
     "MergeNotSupportedError",
     "PRESETS",
     "UnsupportedModelError",
+    "VipaminConfig",
     "find_prompt_site",
     "from_pretrained",
     "gate_report",

@@ -300,25 +300,30 @@ def test_default_backbone_runs_on_a_few_real_images(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def test_data_driven_prompt_init_runs_before_training(tiny_model_dir, tmp_path):
-    out = tmp_path / "spt"
+@pytest.mark.parametrize(
+    ("init", "options", "recorded"),
+    [
+        ("spt-mean", [], {}),
+        (
+            "vipamin",
+            ["--vipamin-top-k", "4", "--vipamin-orthogonal-weight", "0.25"],
+            {"top_k": 4, "orthogonal_weight": 0.25, "average_heads": True, "code_compat": False},
+        ),
+    ],
+)
+def test_data_driven_prompt_init_runs_before_training(tiny_model_dir, tmp_path, init, options, recorded):
+    out = tmp_path / init
     training.run(
         quick_args(
-            tiny_model_dir,
-            out,
-            "vpt-deep",
-            "--no-linear-probe",
-            "--prompt-init",
-            "spt-mean",
-            "--prompt-init-batches",
-            "2",
+            tiny_model_dir, out, "vpt-deep", "--no-linear-probe", "--prompt-init", init, "--prompt-init-batches", "2",
+            *options,
         )
-    )
+    )  # fmt: skip
     saved = json.loads((out / "results.json").read_text())
-    assert saved["prompt_init"] == {"method": "spt-mean", "batches": 2, "images": 16, "seed": 0}
+    assert saved["prompt_init"] == {"method": init, "batches": 2, "images": 16, "seed": 0, **recorded}
     assert saved["timings_s"]["prompt_init_s"] > 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert config["prompt_init"] == "spt-mean" and config["prompt_init_record"] == saved["prompt_init"]
+    assert config["prompt_init"] == init and config["prompt_init_record"] == saved["prompt_init"]
 
 
 # --help

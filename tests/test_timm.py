@@ -21,6 +21,7 @@ from gated_vpt import (
     CDCPromptConfig,
     GatedPromptConfig,
     UnsupportedModelError,
+    VipaminConfig,
     find_prompt_site,
     initialize_prompts,
     preset_config,
@@ -342,6 +343,26 @@ def test_fused_qkv_gives_what_separate_projections_give(method):
         with torch.no_grad():
             outputs.append(call(model))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("orthogonal_weight", [0.0, 0.5, 1.0])
+def test_vipamin_reads_the_fused_qkv_as_the_separate_projections(orthogonal_weight):
+    """VIPAMIN's keys (the second third of `qkv`), value map (the last third) and attention output (the input of
+    `attn.proj`) on timm give the prompts the HF ViT's `k_proj` / `v_proj` / `o_proj` give."""
+    hf, twin = hf_vit_and_timm_twin()
+    batches = [torch.randn(3, 3, hf.config.image_size, hf.config.image_size, generator=torch.Generator().manual_seed(s))
+               for s in range(2)]  # fmt: skip
+    prompts = []
+    for host in (hf, twin):
+        torch.manual_seed(0)
+        settings = VipaminConfig(top_k=2, orthogonal_weight=orthogonal_weight)
+        model = get_peft_model(copy.deepcopy(host), preset_config("vpt-deep", num_prompts=3, prompt_init="vipamin",
+                                                                  vipamin_config=settings))  # fmt: skip
+        initialize_prompts(model, batches, seed=1)
+        prompts.append([m.vpt_prompts["default"].detach() for m in model.modules() if hasattr(m, "vpt_prompts")])
+    assert len(prompts[0]) == hf.config.num_hidden_layers
+    for hf_prompts, timm_prompts in zip(*prompts, strict=True):
+        torch.testing.assert_close(timm_prompts, hf_prompts, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Optional
 
-from gated_vpt import GatedPromptConfig
+from gated_vpt import GatedPromptConfig, VipaminConfig
 from gated_vpt.prompting.prompt_config import PROMPT_INITS
 
 from .data import BUNDLED, DATASET_FORMS
@@ -122,8 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-init",
         choices=PROMPT_INITS,
         default="xavier",
-        help="Prompt initialisation (prompt methods): VPT's random ones, or SPT's data-driven ones (spt-*: patch "
-        "tokens of the frozen backbone, from --prompt-init-batches training batches; docs/prompt_init.md).",
+        help="Prompt initialisation (prompt methods): VPT's random ones, SPT's data-driven ones (spt-*: patch "
+        "tokens of the frozen backbone) or VIPAMIN's (vipamin: matched to the patch tokens, with values orthogonal "
+        "to the attention output), from --prompt-init-batches training batches; docs/prompt_init.md.",
+    )
+    p.add_argument(
+        "--vipamin-top-k",
+        type=int,
+        default=VipaminConfig.top_k,
+        help="--prompt-init vipamin: patch tokens each prompt is matched to.",
+    )
+    p.add_argument(
+        "--vipamin-orthogonal-weight",
+        type=float,
+        default=VipaminConfig.orthogonal_weight,
+        help="--prompt-init vipamin: share (lambda) of the orthogonalising module's prompt.",
     )
     p.add_argument(
         "--prompt-init-batches",

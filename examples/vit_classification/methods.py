@@ -50,6 +50,10 @@ def method_config(args: argparse.Namespace, depth: int, has_cls: bool = True, pa
     common = dict(num_prompts=args.num_prompts, prompt_dropout=args.prompt_dropout, modules_to_save=["classifier"])
     if args.method in PROMPT_METHODS:
         common["prompt_init"] = getattr(args, "prompt_init", "xavier")
+        if common["prompt_init"] == "vipamin":
+            common["vipamin_config"] = gated_vpt.VipaminConfig(
+                top_k=args.vipamin_top_k, orthogonal_weight=args.vipamin_orthogonal_weight
+            )
     layers = _layers(args, depth)
     if args.method in PROMPT_METHODS:
         fields = _method_fields(args, has_cls)

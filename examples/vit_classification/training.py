@@ -25,6 +25,7 @@ from torch import nn
 
 import gated_vpt
 from gated_vpt import gate_report, initialize_prompts, plot_gate_report, summarize_gate_report
+from gated_vpt.prompting.prompt_config import DATA_DRIVEN_PROMPT_INITS
 
 from . import backbone, cli, data, methods, probe, saving
 from .precision import cpu_has_native_bf16, resolve_attention, resolve_precision
@@ -119,7 +120,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Run:
     set_seed(args.seed)
     model = methods.prepare_model(base, args, depth)
     prompt_init = None
-    if args.method in methods.PROMPT_METHODS and args.prompt_init.startswith("spt-"):
+    if args.method in methods.PROMPT_METHODS and args.prompt_init in DATA_DRIVEN_PROMPT_INITS:
         t = time.perf_counter()
         batches = torch.utils.data.DataLoader(
             train_ds,

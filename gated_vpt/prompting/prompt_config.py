@@ -8,7 +8,7 @@ value is reported before any model is touched.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
@@ -20,9 +20,9 @@ from ..vit.backbone_record import backbone_record_problem
 # A hostile or mistyped adapter_config.json must not make us allocate gigabytes: ViTs see at most a few thousand
 # tokens, and the papers use at most a few hundred prompts.
 MAX_NUM_PROMPTS = 4096
-# Data-driven initialisations (SPT, ICML 2024): the prompts are placeholders until `gated_vpt.initialize_prompts`
-# sets them from a pass over training images.
-DATA_DRIVEN_PROMPT_INITS = ("spt-sample", "spt-mean", "spt-max")
+# Data-driven initialisations (SPT, ICML 2024; VIPAMIN, NeurIPS 2025): the prompts are placeholders until
+# `gated_vpt.initialize_prompts` sets them from a pass over training images.
+DATA_DRIVEN_PROMPT_INITS = ("spt-sample", "spt-mean", "spt-max", "vipamin")
 PROMPT_INITS = ("xavier", "normal", *DATA_DRIVEN_PROMPT_INITS)
 MAX_INIT_RECORD_ENTRIES = 16
 # Recorded for the model card only; bounds a hostile file's value like every other field.
@@ -60,8 +60,72 @@ def _is_init_record(value: Any) -> bool:
         isinstance(value, dict)
         and len(value) <= MAX_INIT_RECORD_ENTRIES
         and all(isinstance(k, str) and len(k) <= 64 for k in value)
-        and all(is_finite(v) or (isinstance(v, str) and len(v) <= 200) for v in value.values())
+        and all(is_finite(v) or isinstance(v, bool) or (isinstance(v, str) and len(v) <= 200) for v in value.values())
     )
+
+
+@dataclass
+class VipaminConfig:
+    """The settings of VIPAMIN's data-driven initialisation (`prompt_init="vipamin"`; Park & Chung, NeurIPS 2025;
+    docs/prompt_init.md), the sub-config of a prompt config as PEFT's `EvaConfig` is of `LoraConfig`. The paper tunes
+    `top_k` and `orthogonal_weight` per task on the validation split (grids {2, 8, 32, 128} and {0, 0.5, 1}).
+
+    Args:
+        top_k: Matching: each prompt starts as the mean of the k batch-mean patch tokens whose keys are most similar
+            to its random init's key (clipped to the number of patch tokens; the record says what was used).
+        orthogonal_weight: lambda in [0, 1]: the share of the orthogonalising module's prompt (whose value is
+            orthogonal to every row of the block's attention output) in the final init; 0 = matching only.
+        average_heads: Compare keys averaged over heads, as the official code does (the paper does not say);
+            False compares the concatenated keys.
+        code_compat: Map the projected values back through the pseudo-inverse of the *stored* value weight, as the
+            official code does (its value is then not orthogonal to the attention output); False (the paper's
+            intent) uses the pseudo-inverse of the value map itself.
+    """
+
+    top_k: int = 32
+    orthogonal_weight: float = 0.5
+    average_heads: bool = True
+    code_compat: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            is_int(self.top_k) and 1 <= self.top_k <= 1_000_000,
+            "vipamin_config.top_k",
+            self.top_k,
+            "an integer in [1, 1000000]",
+        )
+        _require(
+            is_real(self.orthogonal_weight) and 0.0 <= self.orthogonal_weight <= 1.0,
+            "vipamin_config.orthogonal_weight",
+            self.orthogonal_weight,
+            "a number in [0, 1]",
+        )
+        self.orthogonal_weight = float(self.orthogonal_weight)
+        for name in ("average_heads", "code_compat"):
+            _require(
+                isinstance(getattr(self, name), bool), f"vipamin_config.{name}", getattr(self, name), "True or False"
+            )
+
+
+def _vipamin_config(value: Any, prompt_init: str) -> Optional[VipaminConfig]:
+    """`vipamin_config` as given (a `VipaminConfig`, or the dict a saved adapter_config.json holds), checked."""
+    if value is None:
+        return VipaminConfig() if prompt_init == "vipamin" else None
+    if prompt_init != "vipamin":
+        raise ConfigError(
+            f'`vipamin_config` is set, but `prompt_init` is {short_repr(prompt_init)}: set `prompt_init="vipamin"` '
+            "to use it, or leave `vipamin_config` None."
+        )
+    if isinstance(value, VipaminConfig):
+        return value
+    known = [f.name for f in fields(VipaminConfig)]
+    _require(
+        isinstance(value, dict) and all(isinstance(k, str) and k in known for k in value),
+        "vipamin_config",
+        value,
+        f"None, a VipaminConfig, or a dict with keys among {known}",
+    )
+    return VipaminConfig(**value)
 
 
 @dataclass
@@ -75,7 +139,11 @@ class PromptConfigBase(PeftConfig):
             data-driven initialisation from SPT (Wang et al., ICML 2024), set by `gated_vpt.initialize_prompts(model,
             batches)` before training: `"spt-sample"` (each prompt a patch token drawn at random), `"spt-mean"` /
             `"spt-max"` (each prompt a mean / max of consecutive patch tokens of one image), from the input of the
-            block that owns the prompts, in the prompt-free model (docs/prompt_init.md).
+            block that owns the prompts, in the prompt-free model; or `"vipamin"` (VIPAMIN, Park & Chung, NeurIPS
+            2025: prompts matched to the patch tokens their keys resemble, mixed with prompts whose values are
+            orthogonal to the block's attention output; see `vipamin_config`) (docs/prompt_init.md).
+        vipamin_config: The settings of `prompt_init="vipamin"` (a `VipaminConfig`; its defaults when None). Only
+            with that init.
         prompt_init_record: Filled in by `gated_vpt.initialize_prompts`: what the data-driven initialisation did
             (method, images, batches, seed). Leave it None.
         layers_to_transform: Indices of the prompted blocks, a contiguous range (an int selects one block). Prompts
@@ -99,6 +167,9 @@ class PromptConfigBase(PeftConfig):
     num_prompts: int = field(default=10, metadata={"help": "Number of prompt tokens."})
     prompt_dropout: float = field(default=0.1, metadata={"help": "Dropout on the inserted prompt tokens."})
     prompt_init: str = field(default="xavier", metadata={"help": f"Prompt initialisation, one of {PROMPT_INITS}."})
+    vipamin_config: Optional[VipaminConfig] = field(
+        default=None, metadata={"help": "Settings of prompt_init='vipamin' (VipaminConfig); its defaults when None."}
+    )
     prompt_init_record: Optional[dict] = field(
         default=None, metadata={"help": "Filled in by gated_vpt.initialize_prompts: what the data-driven init did."}
     )
@@ -144,6 +215,7 @@ class PromptConfigBase(PeftConfig):
             "a probability in [0, 1)",
         )
         _require(self.prompt_init in PROMPT_INITS, "prompt_init", self.prompt_init, f"one of {PROMPT_INITS}")
+        self.vipamin_config = _vipamin_config(self.vipamin_config, self.prompt_init)
         _require(
             self.prompt_init_record is None or _is_init_record(self.prompt_init_record),
             "prompt_init_record",

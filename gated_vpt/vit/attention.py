@@ -157,6 +157,12 @@ class AttentionLayout:
         """Where key-value prompts can join `block`'s attention (`KeyValueParts`), or why they cannot (a reason)."""
         return _key_value_parts(self, block)
 
+    def key_value_projections(self, block: nn.Module) -> KeyValueParts | str:
+        """`block`'s key and value projections (`KeyValueParts`; for a fused qkv its second and third `width`
+        columns), or why they cannot be found (a reason). Unlike `key_value_parts`, says nothing about whether extra
+        keys could join the attention."""
+        return _key_value_projections(self, block)
+
     def argument_names(self) -> tuple[str, ...]:
         return (*self.logit_term_arguments, *((self.rotary_argument,) if self.rotary_argument else ()))
 
@@ -202,9 +208,7 @@ def _parent_of(block: nn.Module, child: nn.Module) -> Optional[nn.Module]:
     return next((m for m in block.modules() if any(c is child for c in m.children())), None)
 
 
-def _key_value_parts(layout: AttentionLayout, block: nn.Module) -> KeyValueParts | str:
-    if (transformed := layout.transformed_qk(block)) is not None:
-        return f"its keys are transformed by `{transformed}` after the projection"
+def _key_value_projections(layout: AttentionLayout, block: nn.Module) -> KeyValueParts | str:
     key = layout.find_projection(block, layout.key_names)
     value = layout.find_projection(block, layout.value_names)
     if key is not None and value is not None:
@@ -220,15 +224,24 @@ def _key_value_parts(layout: AttentionLayout, block: nn.Module) -> KeyValueParts
             f"no key / value projections named {layout.key_names} / {layout.value_names} or fused "
             f"{layout.fused_qkv_names or '(none)'}"
         )
-    if any(is_relative_position_bias(c) for c in attention.children()):
-        return "it computes a relative position bias for its own token count inside the attention"
     names = _positional_names(attention)
-    if layout.rotary_argument and layout.rotary_argument in inspect.signature(attention.forward).parameters:
-        return f"its keys get a rotary position embedding (`{layout.rotary_argument}`) sized to the tokens"
     head_dim = layout.head_dim(attention, width)
     if head_dim is None or not names:
         return "its head size or its input argument cannot be read"
     return KeyValueParts(attention, names[0], key, value, width, head_dim)
+
+
+def _key_value_parts(layout: AttentionLayout, block: nn.Module) -> KeyValueParts | str:
+    if (transformed := layout.transformed_qk(block)) is not None:
+        return f"its keys are transformed by `{transformed}` after the projection"
+    parts = _key_value_projections(layout, block)
+    if isinstance(parts, str):
+        return parts
+    if any(is_relative_position_bias(c) for c in parts.attention.children()):
+        return "it computes a relative position bias for its own token count inside the attention"
+    if layout.rotary_argument and layout.rotary_argument in inspect.signature(parts.attention.forward).parameters:
+        return f"its keys get a rotary position embedding (`{layout.rotary_argument}`) sized to the tokens"
+    return parts
 
 
 def _positional_names(module: nn.Module) -> list[str]:

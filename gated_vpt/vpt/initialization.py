@@ -1,5 +1,6 @@
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""Data-driven prompt initialisation (SPT: Wang et al., "Revisiting the Power of Prompt for Visual Tuning", ICML 2024).
+"""Data-driven prompt initialisation: SPT (Wang et al., "Revisiting the Power of Prompt for Visual Tuning", ICML 2024)
+and VIPAMIN (Park & Chung, NeurIPS 2025; its maths in `vipamin.py`).
 
 `initialize_prompts(model, batches)` runs the *prompt-free* model (the adapter disabled, eval mode, no gradient) over
 the batches, and sets every prompt parameter of the adapter from the patch tokens entering the block that owns it:
@@ -12,8 +13,12 @@ ones (VPT-deep, CDC, VFPT). CLS, distillation and register tokens are never used
   rest, as the official code does); each window is mean / max pooled, and N_p of the pooled tokens of all images are
   drawn uniformly without replacement.
 
-Streaming: the draw is a reservoir (every candidate gets a random key, the N_p smallest keys are kept), so memory is
-N_p tokens per block plus one batch, whatever the number of batches. Deterministic given `seed` and the batches.
+- `vipamin`: matching and orthogonalising from batch means of the block's inputs, keys and attention output (see
+  `gated_vpt.vpt.vipamin`); settings in the config's `vipamin_config`.
+
+Streaming: SPT's draw is a reservoir (every candidate gets a random key, the N_p smallest keys are kept), so memory is
+N_p tokens per block plus one batch, whatever the number of batches; VIPAMIN keeps sums of `[T, D]` per block.
+Deterministic given `seed` and the batches.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 
 from ..prompting.prompt_config import DATA_DRIVEN_PROMPT_INITS
 from .layer import VisualPromptBlock
+from .vipamin import vipamin_statistics
 
 
 class _Reservoir:
@@ -173,19 +179,13 @@ def initialize_prompts(
         raise ValueError(f"`max_batches` must be a positive integer or None; got {max_batches!r}.")
     owners = [b for b in blocks if adapter in b.prompts]
     generator = torch.Generator().manual_seed(int(seed))
-    reservoirs = {id(b): _Reservoir(config.num_prompts, generator) for b in owners}
-    mode = config.prompt_init.removeprefix("spt-")
-
-    def capture(block: VisualPromptBlock, args: tuple, kwargs: dict) -> None:
-        hidden_states = args[0] if args else kwargs["hidden_states"]
-        patches = hidden_states[:, block.num_prefix_tokens :]
-        if mode == "sample":
-            candidates = patches.reshape(-1, patches.shape[-1])
-        else:
-            candidates = window_pool(patches.float(), config.num_prompts, mode).reshape(-1, patches.shape[-1])
-        reservoirs[id(block)].offer(candidates)
-
-    handles = [b.register_forward_pre_hook(capture, with_kwargs=True) for b in owners]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if config.prompt_init == "vipamin":
+        statistics = vipamin_statistics(base, owners, config.num_prompts)
+        handles = [h for s in statistics for h in s.handles]
+    else:
+        reservoirs = {id(b): _Reservoir(config.num_prompts, generator) for b in owners}
+        handles = [b.register_forward_pre_hook(_spt_candidates(config, reservoirs), with_kwargs=True) for b in owners]
     images = used = 0
     try:
         with _prompt_free(model):
@@ -200,18 +200,51 @@ def initialize_prompts(
     finally:
         for handle in handles:
             handle.remove()
-    for block in owners:
-        reservoir = reservoirs[id(block)]
-        if reservoir.rows is None or reservoir.rows.shape[0] < config.num_prompts:
-            index = block.prompt_roles[adapter].index
-            raise ValueError(
-                f"initialize_prompts saw {reservoir.seen} candidate tokens for block {index} and needs "
-                f"{config.num_prompts} (num_prompts): pass more batches."
-            )
-    with torch.no_grad():
-        for block in owners:
-            parameter = block.prompts[adapter]
-            parameter.copy_(reservoirs[id(block)].rows.to(device=parameter.device, dtype=parameter.dtype))
     record = {"method": config.prompt_init, "batches": used, "images": images, "seed": int(seed)}
+    if config.prompt_init == "vipamin":
+        values, top_ks = [], set()
+        for block_statistics in statistics:
+            prompts, top_k = block_statistics.prompts(config.vipamin_config, generator)
+            values.append(prompts)
+            top_ks.add(top_k)
+        settings = config.vipamin_config
+        record.update(
+            top_k=min(top_ks),
+            orthogonal_weight=settings.orthogonal_weight,
+            average_heads=settings.average_heads,
+            code_compat=settings.code_compat,
+        )
+    else:
+        values = []
+        for block in owners:
+            reservoir = reservoirs[id(block)]
+            if reservoir.rows is None or reservoir.rows.shape[0] < config.num_prompts:
+                index = block.prompt_roles[adapter].index
+                raise ValueError(
+                    f"initialize_prompts saw {reservoir.seen} candidate tokens for block {index} and needs "
+                    f"{config.num_prompts} (num_prompts): pass more batches."
+                )
+            values.append(reservoir.rows)
+    with torch.no_grad():
+        for block, value in zip(owners, values, strict=True):
+            parameter = block.prompts[adapter]
+            parameter.copy_(value.to(device=parameter.device, dtype=parameter.dtype))
     config.prompt_init_record = record
     return dict(record)
+
+
+def _spt_candidates(config: Any, reservoirs: dict) -> Any:
+    """The pre-hook offering a block's SPT candidates (its input's patch tokens, or their pooled windows) to its
+    reservoir."""
+    mode = config.prompt_init.removeprefix("spt-")
+
+    def capture(block: VisualPromptBlock, args: tuple, kwargs: dict) -> None:
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        patches = hidden_states[:, block.num_prefix_tokens :]
+        if mode == "sample":
+            candidates = patches.reshape(-1, patches.shape[-1])
+        else:
+            candidates = window_pool(patches.float(), config.num_prompts, mode).reshape(-1, patches.shape[-1])
+        reservoirs[id(block)].offer(candidates)
+
+    return capture
