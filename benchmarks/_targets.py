@@ -13,6 +13,7 @@ from typing import Any, Optional
 TRAIN_TARGETS = {"gpt": 1.10, "cdc": 1.20, "vfpt": 1.15, "vapt": 1.15, "e2vpt": 1.15}
 INFERENCE_TARGET = 1.05  # inference / floor, for GPT and CDC
 INFERENCE_TARGETS = {"vfpt": 1.10, "vapt": 1.10, "e2vpt": 1.10}  # the newer methods' own inference targets
+NAMES = {"vfpt": "VFPT", "vapt": "VAPT", "e2vpt": "E²VPT"}
 
 
 def target(method: str, key: str) -> Optional[float]:
@@ -24,10 +25,10 @@ def target(method: str, key: str) -> Optional[float]:
 
 def targets_text(sign: str = "×") -> str:
     """The targets, as a sentence for the pages."""
-    newer = sorted(INFERENCE_TARGETS)
+    newer = list(INFERENCE_TARGETS)
     return (
         f"Targets: GPT training step ≤ {TRAIN_TARGETS['gpt']:.2f}{sign}, CDC ≤ {TRAIN_TARGETS['cdc']:.2f}{sign}, "
-        f"inference ≤ {INFERENCE_TARGET:.2f}{sign}; {', '.join(m.upper() for m in newer)}: training step ≤ "
+        f"inference ≤ {INFERENCE_TARGET:.2f}{sign}; {', '.join(NAMES[m] for m in newer)}: training step ≤ "
         f"{TRAIN_TARGETS[newer[0]]:.2f}{sign}, inference ≤ {INFERENCE_TARGETS[newer[0]]:.2f}{sign}."
     )
 

@@ -25,7 +25,7 @@ from vtab_accuracy.protocol import ABLATIONS, LABELS, TITLES
 from vtab_accuracy.summary import mean_std, planned
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-COST_METHODS = ("gpt", "cdc", "cdc-no-ar", "vpt-deep", "lora", "full")
+COST_METHODS = ("gpt", "cdc", "cdc-no-ar", "vpt-deep", "vfpt", "vapt", "e2vpt", "lora", "full")
 
 
 def load(path: pathlib.Path) -> Optional[dict[str, Any]]:

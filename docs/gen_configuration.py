@@ -12,6 +12,7 @@ from pathlib import Path
 from peft.config import PeftConfig
 
 import gated_vpt  # noqa: F401  (registers the methods)
+from gated_vpt import VipaminConfig
 from gated_vpt.prompting.registration import registered_prompt_methods
 
 OUT = Path(__file__).with_name("configuration.md")
@@ -51,6 +52,8 @@ def render() -> str:
     for config_cls in CONFIGS:
         doc = inspect.cleandoc(config_cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
         parts += ["", f"## `{config_cls.__name__}`", "", doc, "", _table(config_cls)]
+    doc = inspect.cleandoc(VipaminConfig.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+    parts += ["", "## `VipaminConfig` (the `vipamin_config` of every config above)", "", doc, "", _table(VipaminConfig)]
     return "\n".join(parts) + "\n"
 
 

@@ -166,3 +166,22 @@ def test_method_packages_are_found_and_each_registers_itself():
         package = getattr(gated_vpt, method)
         config_cls = next(v for k, v in vars(package).items() if k.endswith("Config") and isinstance(v, type))
         assert config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.values()
+
+
+def test_every_registered_method_has_its_page():
+    """docs/methods/ holds one page per prompt method registered by this package, naming its config class, its PEFT
+    type and its folder, and docs/methods.md links every page."""
+    from gated_vpt.prompting.registration import registered_prompt_methods
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    pages = {page.name: page.read_text() for page in (docs / "methods").glob("*.md")}
+    index = (docs / "methods.md").read_text()
+    for peft_type, (config_cls, _) in registered_prompt_methods().items():
+        if not config_cls.__module__.startswith("gated_vpt."):
+            continue
+        folder = config_cls.__module__.split(".")[1]
+        naming = [name for name, text in pages.items() if f"`{config_cls.__name__}`" in text.split("\n\n")[1]]
+        assert len(naming) == 1, f"{config_cls.__name__} needs exactly one page in docs/methods/ naming it on top"
+        text = pages[naming[0]]
+        assert f"`{peft_type}`" in text and f"`gated_vpt/{folder}/`" in text, naming[0]
+        assert f"(methods/{naming[0]})" in index, f"docs/methods.md does not link methods/{naming[0]}"

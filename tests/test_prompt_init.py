@@ -33,12 +33,13 @@ def _owners(model):
     return [m for m in model.modules() if hasattr(m, "prompts") and "default" in m.prompts]
 
 
-def _prompt_free_block_inputs(model, batches):
-    """Each prompt-owning block's input in the prompt-free model, per batch (the candidates SPT draws from)."""
+def _prompt_free_inputs(model, batches, module_of=lambda block: block):
+    """The input of `module_of(block)` for each prompt-owning block, in the prompt-free model, per batch: by default
+    the block's own input (the candidates SPT draws from)."""
     owners = _owners(model)
     seen = {id(b): [] for b in owners}
     handles = [
-        b.register_forward_pre_hook(lambda m, args, kwargs: seen[id(m)].append(args[0].detach()), with_kwargs=True)
+        module_of(b).register_forward_pre_hook(lambda m, args, block=b: seen[id(block)].append(args[0].detach()))
         for b in owners
     ]
     with model.disable_adapter(), torch.no_grad():
@@ -53,7 +54,7 @@ def _prompt_free_block_inputs(model, batches):
 def test_spt_sample_draws_every_prompt_from_the_patch_tokens_of_its_block(method, backbone):
     model = _model(method, backbone, prompt_init="spt-sample")
     batches = _batches()
-    owners, inputs = _prompt_free_block_inputs(model, batches)
+    owners, inputs = _prompt_free_inputs(model, batches)
     prefix = find_prompt_site(model.base_model.model).num_prefix_tokens
     record = initialize_prompts(model, batches)
     assert record == {"method": "spt-sample", "batches": 3, "images": 12, "seed": 0}
@@ -74,7 +75,7 @@ def test_spt_sample_draws_every_prompt_from_the_patch_tokens_of_its_block(method
 def test_spt_pooling_windows_are_consecutive_raster_tokens_of_one_image(mode):
     model = _model("vpt", prompt_init=f"spt-{mode}", num_prompts=5)  # 4 windows of 4 tokens over the 16 patches
     batches = _batches(2)
-    owners, inputs = _prompt_free_block_inputs(model, batches)
+    owners, inputs = _prompt_free_inputs(model, batches)
     initialize_prompts(model, batches)
     for block in owners:
         patches = torch.cat([x[:, 1:] for x in inputs[id(block)]]).float()  # [images, 16, D]
@@ -176,7 +177,7 @@ def _vipamin(method: str = "vpt", backbone: str = "vit", num_prompts: int = 3, *
 
 def _mean_block_inputs(model, batches):
     """Each prompt-owning block's prompt-free input averaged over every image (VIPAMIN's E0), `[T, D]`."""
-    owners, inputs = _prompt_free_block_inputs(model, batches)
+    owners, inputs = _prompt_free_inputs(model, batches)
     return owners, {id(b): torch.cat(inputs[id(b)]).double().mean(dim=0) for b in owners}
 
 
@@ -212,19 +213,7 @@ def test_vipamin_matching_over_every_patch_gives_one_prompt_the_patch_mean():
 
 def _attention_outputs_before_projection(model, batches):
     """The tiny ViT's per-block attention output before `o_proj`, averaged over images (VIPAMIN's O), by block."""
-    owners = _owners(model)
-    seen = {id(b): [] for b in owners}
-    handles = [
-        b.base_layer.attention.o_proj.register_forward_pre_hook(
-            lambda m, args, block=b: seen[id(block)].append(args[0].detach())
-        )
-        for b in owners
-    ]
-    with model.disable_adapter(), torch.no_grad():
-        for batch in batches:
-            model(pixel_values=batch["pixel_values"])
-    for handle in handles:
-        handle.remove()
+    owners, seen = _prompt_free_inputs(model, batches, lambda block: block.base_layer.attention.o_proj)
     return {id(b): torch.cat(seen[id(b)]).double().mean(dim=0) for b in owners}
 
 

@@ -41,6 +41,9 @@ LABELS = {
     "vpt-deep": "VPT-deep",
     "gpt": "GPT",
     "cdc": "CDC",
+    "vfpt": "VFPT",
+    "vapt": "VAPT",
+    "e2vpt": "E²VPT",
 }
 THE = {"linear-probe": "the linear probe"}  # in sentences
 ABLATIONS = {  # name: (the example's flag, what it is)

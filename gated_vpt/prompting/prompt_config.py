@@ -82,10 +82,14 @@ class VipaminConfig:
             intent) uses the pseudo-inverse of the value map itself.
     """
 
-    top_k: int = 32
-    orthogonal_weight: float = 0.5
-    average_heads: bool = True
-    code_compat: bool = False
+    top_k: int = field(default=32, metadata={"help": "Matching: patch tokens each prompt is the mean of."})
+    orthogonal_weight: float = field(
+        default=0.5, metadata={"help": "lambda in [0, 1]: the orthogonalising module's share of the init."}
+    )
+    average_heads: bool = field(default=True, metadata={"help": "Compare head-averaged keys (official code)."})
+    code_compat: bool = field(
+        default=False, metadata={"help": "Map back through the stored value weight's pseudo-inverse (official code)."}
+    )
 
     def __post_init__(self) -> None:
         _require(
