@@ -11,8 +11,8 @@ The model is transformers' ``UperNetForSemanticSegmentation`` whose ``backbone``
 maps, ``reshape_hidden_states=True``). UperNet is used rather than ``DPTForSemanticSegmentation`` because it builds
 from a config with any DINOv2 backbone config, and its heads are two plainly named modules. gated-vpt finds the
 DINOv2 block stack inside the backbone by structure; the feature maps the backbone hands to the UperNet decoder are
-prompt-free (same shapes as without prompts). Trained: the prompts (``GatedPromptConfig`` for ``--method gpt``,
-``CDCPromptConfig`` for ``--method cdc``) and the whole decoder: ``modules_to_save=["decode_head",
+prompt-free (same shapes as without prompts). Trained: the prompts of ``--method``, any of gated-vpt's presets
+(``gated_vpt.PRESETS``: VPT, GPT, CDC, VFPT, VAPT, E²VPT), and the whole decoder: ``modules_to_save=["decode_head",
 "auxiliary_head"]``. The DINOv2 backbone stays frozen.
 
 Model (``--model``): by default a tiny random DINOv2 (width 32, 4 blocks, patch 8) is built from a config, which
@@ -47,8 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from transformers import Dinov2Backbone, Dinov2Config, UperNetConfig, UperNetForSemanticSegmentation  # noqa: E402
 
-import gated_vpt  # noqa: E402,F401  (registers the tuner types with PEFT)
-from gated_vpt import CDCPromptConfig, GatedPromptConfig  # noqa: E402
+import gated_vpt  # noqa: E402  (importing it registers the tuner types with PEFT)
 
 NUM_LABELS = 4  # background, rectangle, disc, triangle
 CLASS_NAMES = ("background", "rectangle", "disc", "triangle")
@@ -133,11 +132,8 @@ def build_base_model(
 
 
 def prompt_config(method: str, num_prompts: int):
-    if method == "gpt":
-        return GatedPromptConfig(num_prompts=num_prompts, modules_to_save=list(HEADS))
-    if method == "cdc":
-        return CDCPromptConfig(num_prompts=num_prompts, attentive_reinforcement=False, modules_to_save=list(HEADS))
-    raise ValueError(f"unknown --method {method!r} (gpt or cdc)")
+    """gated-vpt's named preset `method` (`gated_vpt.PRESETS`), training the decoder too."""
+    return gated_vpt.preset_config(method, num_prompts=num_prompts, modules_to_save=list(HEADS))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,7 +181,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--method", choices=["gpt", "cdc"], default="gpt", help="GatedPromptConfig (gpt) or CDCPromptConfig")
+    p.add_argument("--method", choices=sorted(gated_vpt.PRESETS), default="gpt", help="gated-vpt's preset to train")
     p.add_argument(
         "--model",
         default=None,

@@ -1,5 +1,6 @@
-"""examples/semantic_segmentation.py end to end on a tiny UperNet + DINOv2 model: the loss drops, the adapter saves and
-reloads to identical logits, and the prompts leave the output and feature-map shapes of the base model unchanged.
+"""examples/semantic_segmentation.py end to end on a tiny UperNet + DINOv2 model, for every method (its preset): the
+loss drops, the adapter saves and reloads to identical logits, and the prompts leave the output and feature-map shapes
+of the base model unchanged.
 
 The script's `main(argv)` is imported, not spawned. One training run is shared by the module's tests."""
 
@@ -10,6 +11,7 @@ import json
 import pytest
 import semantic_segmentation as example  # examples/semantic_segmentation.py (examples/ is on sys.path: conftest.py)
 import torch
+from methods import METHOD_CASES
 
 import gated_vpt
 
@@ -17,7 +19,7 @@ IMAGE_SIZE = 32
 SEED = 0
 
 
-@pytest.fixture(scope="module", params=["gpt", "cdc"])
+@pytest.fixture(scope="module", params=sorted(case.preset for case in METHOD_CASES.values()))
 def run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"seg_{request.param}")
     argv = [
