@@ -320,6 +320,22 @@ CASES: list[Case] = [
     _config_case("temperature-range-zero", "`temperature_range` is `[0, 1]`", _edit_config(temperature_range=[0, 1])),
     _config_case("gate-init-huge", "`gate_init` is `1e308` (overflows float32)", _edit_config(gate_init=1e308)),
     _config_case("use-gates-string", '`use_gates` is `"yes"`', _edit_config(use_gates="yes")),
+    _config_case("prompt-init-unknown", '`prompt_init` is `"kmeans"`', _edit_config(prompt_init="kmeans")),
+    _config_case(
+        "vipamin-config-without-vipamin",
+        '`vipamin_config` is set while `prompt_init` is `"xavier"`',
+        _edit_config(vipamin_config={"top_k": 8}),
+    ),
+    _config_case(
+        "vipamin-config-bad-value",
+        "`vipamin_config.orthogonal_weight` is `2`",
+        _edit_config(prompt_init="vipamin", vipamin_config={"orthogonal_weight": 2}),
+    ),
+    _config_case(
+        "vipamin-config-unknown-key",
+        "`vipamin_config` holds an unknown key",
+        _edit_config(prompt_init="vipamin", vipamin_config={"top_k": 8, "rank": 3}),
+    ),
     _config_case(
         "layers-not-contiguous", "`layers_to_transform` is `[1, 3]`", _edit_config(layers_to_transform=[1, 3])
     ),
