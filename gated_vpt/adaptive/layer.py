@@ -126,9 +126,9 @@ class AdaptivePromptBlock(VisualPromptBlock):
         kernel = self._value(self.vapt_kernels, adapter)  # [K, K], or [B, K, K] in a mixed batch
         size = kernel.shape[-1]
         out_h, out_w = height - size + 1, grid_width - size + 1
-        # One grouped convolution over every (sample, channel) map, each with its sample's kernel: one kernel call
-        # for a single adapter and a mixed batch alike (2.5x faster than K^2 shifted multiply-adds, forward and
-        # backward, on the 7 x 7 grids of a ViT-S at 112 px).
+        # One grouped convolution over every (sample, channel) map, each with its sample's kernel: one kernel call,
+        # the same for a single adapter and a mixed batch, instead of K^2 multiply-adds of shifted views that each
+        # keep a full-size temporary for backward.
         taps = kernel.expand(batch, size, size) if kernel.dim() == 2 else kernel
         taps = taps[:, None].expand(batch, width, size, size).reshape(batch * width, 1, size, size)
         features = functional.conv2d(grid.reshape(1, batch * width, height, grid_width), taps, groups=batch * width)
