@@ -11,9 +11,8 @@ of the rounds are above it (≈ marks a median above it that the spread of the r
 
 Each precision is measured in turn, with all its tables: fp32, and bf16 (`torch.autocast(device, torch.bfloat16)`
 over fp32 parameters, as the example's `--precision bf16` runs). The backbones (and the floor, which wraps the same
-backbone) compute attention with the example's rule (examples/vit_classification/precision.py `resolve_attention`):
-eager for bf16 on a CPU, where torch's flash-attention backward is slow in bf16, SDPA otherwise; each record says
-which kernel it used.
+backbone) compute attention with the example's rule (`gated_vpt.fast_attention_implementation`): eager for bf16 on a
+CPU, where torch's flash-attention backward is slow in bf16, SDPA otherwise; each record says which kernel it used.
 
 Also measured: activation memory (bytes of tensors saved for backward, via saved-tensor hooks: deterministic,
 the part of training memory that prompt tuning changes; in bf16 the bf16 copies of the weights that autocast saves
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from _runs import code_version, cpu_name, example_module  # benchmarks/_runs.py
+from _runs import code_version, cpu_name, example  # benchmarks/_runs.py
 from _targets import TRAIN_TARGETS, ratio_text, target, targets_text, verdict  # benchmarks/_targets.py
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -63,7 +62,7 @@ MAIN_METHODS = ("floor", "gpt", "cdc", "cdc-no-ar", "vpt-deep", "vfpt", "vapt", 
 PROMPT_INITS = ("spt-sample", "vipamin")
 EPOCH_METHODS = ("gpt", "lora", "full")
 TRAIN_IMAGES = 1000  # the training split of the example's default dataset (the bundled EuroSAT subset, VTAB-1k)
-FORMAT = 2  # of the .json record; records without "format" are the fp32-only (or GPU bf16-only) first one
+FORMAT = 2  # of the .json record (every committed record is format 2: one block per precision, the epoch job)
 # What is measured, per mode: the ViTs of the main table, the number-of-prompts sweep (on the first size) and the
 # batch-size sweep. --smoke runs a tiny plan (and a tiny epoch job, EPOCH_JOB_SMOKE) that only checks the script.
 PLANS = {
@@ -151,11 +150,11 @@ def build(method: str, size: str, image_size: int, num_prompts: int, attention: 
 
 
 def epoch_job(smoke: bool = False) -> dict[str, Any]:
-    """The example's main job (its defaults, examples/vit_classification/cli.py): DINOv2 ViT-S/14 (random init with its
+    """The example's main job (the defaults of examples/image_classification.py): DINOv2 ViT-S/14 (random init with its
     dims) at the default image size and batch size, the default number of prompts, 1,000 training images."""
-    cli = example_module("cli")
-    job = dict(model="Dinov2ForImageClassification", **EPOCH_BACKBONE, image_size=cli.DEFAULT_IMAGE_SIZE,
-               batch_size=cli.DEFAULT_BATCH_SIZE, num_prompts=cli.DEFAULT_NUM_PROMPTS, train_images=TRAIN_IMAGES,
+    defaults = example().parse_args([])
+    job = dict(model="Dinov2ForImageClassification", **EPOCH_BACKBONE, image_size=defaults.image_size,
+               batch_size=defaults.batch_size, num_prompts=defaults.num_prompts, train_images=TRAIN_IMAGES,
                methods=list(EPOCH_METHODS))
     if smoke:
         job.update(EPOCH_JOB_SMOKE)
@@ -164,17 +163,18 @@ def epoch_job(smoke: bool = False) -> dict[str, Any]:
 
 
 def build_example(method: str, job: dict[str, Any], attention: Optional[str] = None) -> nn.Module:
-    """`method` as the example builds it (its own `methods.prepare_model`, with the command line's defaults for
-    `--method method`) on a random-init Dinov2ForImageClassification of the job's dims."""
-    cli, methods = example_module("cli"), example_module("methods")
+    """`method` as the example builds it (its own `peft_config`, with the command line's defaults for `--method
+    method`; full: every parameter trains) on a random-init Dinov2ForImageClassification of the job's dims."""
+    ex = example()
     config = Dinov2Config(hidden_size=job["hidden_size"], num_attention_heads=job["num_attention_heads"],
                           num_hidden_layers=job["num_hidden_layers"], mlp_ratio=job["mlp_ratio"],
                           patch_size=job["patch_size"], image_size=job["image_size"], num_labels=10,
                           **({} if attention is None else {"attn_implementation": attention}))
     torch.manual_seed(0)
     base = checked(Dinov2ForImageClassification(config), attention)
-    args = cli.parse_args(["--method", method, "--num-prompts", str(job["num_prompts"])])
-    return methods.prepare_model(base, args, job["num_hidden_layers"])
+    args = ex.parse_args(["--method", method, "--num-prompts", str(job["num_prompts"])])
+    peft_config = ex.peft_config(args, base, job["num_hidden_layers"], job["patch_size"])
+    return base if peft_config is None else get_peft_model(base, peft_config)
 
 
 def sync(device: torch.device) -> None:
@@ -349,11 +349,12 @@ def measure_precision(precision: str, plan: dict[str, Any], job: dict[str, Any],
                       device: torch.device, attention_request: str = "auto",
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every table in one precision: the main 10-prompt table per size, the sweeps and the epoch job."""
-    precision_mod = example_module("precision")
-    attention = precision_mod.resolve_attention(attention_request, device.type, precision)
+    attention = attention_request
+    if attention == "auto":
+        attention = gated_vpt.fast_attention_implementation(device.type, precision)
 
-    def autocast():
-        return precision_mod.autocast(device.type, precision)
+    def autocast():  # as the example runs: bf16 autocast over fp32 parameters, or none
+        return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
     shape = dict(patch_size=plan["patch_size"], depth=plan["depth"], sizes=plan["sizes"])
     image_size, batch_size = plan["image_size"], plan["batch_size"]
@@ -424,7 +425,7 @@ def run(mode: str = "cpu", precisions: Optional[Sequence[str]] = None, rounds: O
                 "date": datetime.date.today().isoformat(), "commit": code_version(),
                 "command": command or "python benchmarks/cost.py"}
     if not gpu:
-        settings["cpu_native_bf16"] = example_module("precision").cpu_has_native_bf16()
+        settings["cpu_native_bf16"] = gated_vpt.has_native_bf16("cpu")
         if "bf16" in precisions and not settings["cpu_native_bf16"]:
             log("[cost] note: this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 is emulated, expect it slow")
     if smoke:
@@ -556,8 +557,6 @@ def prompt_init_lines(heading: str, inits: dict, rounds: int) -> list[str]:
 
 
 def render(report: dict) -> str:
-    if "precisions" not in report:  # the first format: one precision, no epoch job
-        return render_first_format(report)
     s, blocks = report["settings"], report["precisions"]
     precisions = list(blocks)
     sizes = list(s["sizes"])
@@ -566,7 +565,7 @@ def render(report: dict) -> str:
     nets = " and ".join(f"{size}/{s['patch_size']}" for size in sizes)
     used = ", ".join(f"{p} {b['attn_implementation']}" for p, b in blocks.items())
     if s["attn_implementation"] == "auto":
-        attention = ("the example's rule (`resolve_attention` in examples/vit_classification/precision.py): eager for "
+        attention = ("the example's rule (`gated_vpt.fast_attention_implementation`): eager for "
                      "bf16 on a CPU, where the backward of torch's flash-attention kernel (what SDPA picks) is several "
                      f"times slower in bf16 than in fp32, SDPA otherwise; here {used}")
     else:
@@ -644,10 +643,10 @@ def epoch_lines(job: dict, blocks: dict, rounds: int, both: bool) -> list[str]:
     ps = list(blocks)
     lines = [
         "## Time of one epoch of the main job", "",
-        f"The example's default run (examples/vit_classification/cli.py): DINOv2 ViT-S/14 at {job['image_size']} px, "
+        f"The example's default run (examples/image_classification.py): DINOv2 ViT-S/14 at {job['image_size']} px, "
         f"batch {job['batch_size']}, {job['train_images']:,} training images = {job['steps_per_epoch']} steps per "
         f"epoch, {job['num_prompts']} prompts for GPT; LoRA r=8 on the query/value projections; full fine-tuning. "
-        "Each is built by the example's own `methods.prepare_model` (its command-line defaults) on a random-init "
+        "Each is built by the example's own `peft_config` (its command-line defaults) on a random-init "
         f"`{job['model']}` with ViT-S/14's dims ({job['hidden_size']} hidden, {job['num_attention_heads']} heads, "
         f"{job['num_hidden_layers']} blocks, MLP ×{job['mlp_ratio']}). One epoch = the median training step "
         f"(forward + backward, median of {rounds} interleaved rounds) × {job['steps_per_epoch']}: no optimizer "
@@ -669,28 +668,6 @@ def epoch_lines(job: dict, blocks: dict, rounds: int, both: bool) -> list[str]:
     return lines
 
 
-def render_first_format(report: dict) -> str:
-    """The page of a first-format record (one precision, no epoch job), as it was rendered then."""
-    s = report["settings"]
-    lines = [
-        "# Cost of prompt tuning: measured",
-        "",
-        f"Produced by `{s['command']}` on **{s['machine']}**, {s.get('date', 'date not recorded')} "
-        f"({s['mode']} mode: {s['image_size']} px, patch "
-        f"{s['patch_size']}, batch {s['batch_size']}, median of {s['rounds']} interleaved rounds, random-init "
-        f"ViT-S/16 and ViT-B/16 of 12 blocks — cost does not depend on the weights). {FLOOR_LINE} {TARGETS_LINE} "
-        "Activation memory is the bytes autograd saves for backward in one step.",
-        "",
-    ]
-    for size, results in report["num_prompts_10"].items():
-        lines += main_table_lines(f"## {size}, 10 prompts", results)
-    lines += [MARKS_LINE, ""]
-    lines += prompts_sweep_lines("## Number of prompts (ViT-S)", report["num_prompts_sweep"], max(5, s["rounds"] // 2))
-    lines += [""] + batch_sweep_lines("## Batch size (ViT-S, 10 prompts)", report["batch_size_sweep"])
-    lines.append("")
-    return "\n".join(lines)
-
-
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -698,8 +675,6 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    if "precisions" not in report:
-        return plot_first_format(report, path, plt)
     blocks, s = report["precisions"], report["settings"]
     sweep_size = next(iter(s["sizes"]))
     styles = {"fp32": "-", "bf16": "--"}
@@ -741,32 +716,6 @@ def plot(report: dict, path: Path) -> None:
     axes[2].legend(handles=[Patch(facecolor="white", edgecolor="black", hatch="//" if p == "bf16" else None, label=p)
                             for p in blocks], fontsize=7)
     fig.suptitle(s["machine"] + (" (smoke test)" if s.get("smoke") else ""), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_first_format(report: dict, path: Path, plt) -> None:
-    sweep = report["num_prompts_sweep"]
-    prompts = [int(n) for n in sweep]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for method in ("floor", "gpt", "cdc"):
-        axes[0].plot(prompts, [sweep[n][method]["train_step_s"] for n in sweep], marker="o", label=method)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("number of prompts")
-    axes[0].set_ylabel("training step (s)")
-    axes[0].set_title("ViT-S: cost vs number of prompts")
-    axes[0].legend()
-    for method in ("gpt", "cdc"):
-        axes[1].plot(prompts, [sweep[n][method]["train_ratio_to_floor"] for n in sweep], marker="o", label=method)
-    axes[1].axhline(TRAIN_TARGETS["gpt"], color="C1", ls="--", lw=0.8)
-    axes[1].axhline(TRAIN_TARGETS["cdc"], color="C2", ls="--", lw=0.8)
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("number of prompts")
-    axes[1].set_ylabel("ratio to floor")
-    axes[1].set_title("training step / floor (dashed: targets)")
-    axes[1].legend()
-    fig.suptitle(report["settings"]["machine"], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -115,13 +115,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Settings run in parallel, one torch thread each.")
     args = parser.parse_args(argv)
 
-    example_cli = _runs.example_module("cli")  # the example's command line and its defaults
-    defaults = (
-        example_cli.DEFAULT_IMAGE_SIZE,
-        example_cli.DEFAULT_EPOCHS,
-        example_cli.DEFAULT_BATCH_SIZE,
-        example_cli.DEFAULT_NUM_PROMPTS,
-    )
+    example_defaults = _runs.example().parse_args([])  # the example's command line and its defaults
+    defaults = (example_defaults.image_size, example_defaults.epochs, example_defaults.batch_size,
+                example_defaults.num_prompts)
     if defaults != (IMAGE_SIZE, 8, BATCH_SIZE, NUM_PROMPTS):
         print(f"warning: the example's defaults {defaults} differ from this sweep's fixed values", file=sys.stderr)
     if args.model is None:  # convert the backbone once, before the workers start

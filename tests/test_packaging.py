@@ -49,3 +49,38 @@ def test_every_core_dependency_is_bounded_above_except_torch():
 def test_installed_versions_lie_in_the_declared_ranges():
     for requirement in _requirements("options", "install_requires"):
         assert requirement.specifier.contains(Version(version(requirement.name)), prereleases=True), requirement
+
+
+def test_the_wheel_ships_the_bundled_eurosat_subset(tmp_path):
+    """The example's default data comes with the package (package_data), so a user who installs gated-vpt and copies
+    examples/image_classification.py alone has it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import pytest
+
+    pytest.importorskip("setuptools", minversion="70.1")  # builds wheels itself (no `wheel` package needed)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(REPO),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("gated_vpt-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+    shipped = REPO / "gated_vpt" / "contrib" / "eurosat_vtab1k.npz"
+    assert sizes["gated_vpt/contrib/eurosat_vtab1k.npz"] == shipped.stat().st_size
+    assert "gated_vpt/contrib/eurosat.py" in sizes and "gated_vpt/precision.py" in sizes

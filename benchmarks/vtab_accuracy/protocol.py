@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from dataclasses import dataclass
 from typing import Optional
 
 import _runs  # benchmarks/_runs.py
@@ -18,7 +17,8 @@ REPO = _runs.REPO
 DOCS = REPO / "docs"
 CACHE = pathlib.Path.home() / ".cache" / "gated_vpt" / "benchmarks" / "accuracy"
 SHARED_DATA = REPO.parent / "shared" / "data"
-BUNDLED = REPO / "examples" / "data" / "eurosat_vtab1k.npz"
+RESULTS = REPO / "benchmarks" / "results"  # accuracy-<mode>/<run>.json: every finished run's results.json, committed
+BUNDLED = REPO / "gated_vpt" / "contrib" / "eurosat_vtab1k.npz"  # the example's default data (`eurosat-vtab1k`)
 BUNDLED_TEST = 1000  # test images of the bundled EuroSAT subset
 DATASETS = ("eurosat", "cifar10")
 TITLES = {"eurosat": "EuroSAT", "cifar10": "CIFAR-10"}
@@ -29,33 +29,22 @@ TRAIN_PER_CLASS, VAL_PER_CLASS = 80, 20
 # epochs: the convergence check that picks the epochs; precision: bf16 against fp32 on val; selection: learning rates
 # (and GPT's own knobs); main, ablations, sweep: the test-split runs with what was chosen.
 STAGES = ("epochs", "precision", "selection", "main", "ablations", "sweep")
-RESULTS = REPO / "benchmarks" / "results"  # accuracy-<mode>/<run>.json: every finished run's results.json, committed
 PROMPT_METHODS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
 METHODS = ("full", "lora", *PROMPT_METHODS)
-BASELINES = ("linear-probe", "full", "lora", "vpt-shallow", "vpt-deep")
-LABELS = {
-    "linear-probe": "linear probe",
-    "full": "full fine-tuning",
-    "lora": "LoRA",
-    "vpt-shallow": "VPT-shallow",
-    "vpt-deep": "VPT-deep",
-    "gpt": "GPT",
-    "cdc": "CDC",
-    "vfpt": "VFPT",
-    "vapt": "VAPT",
-    "e2vpt": "E²VPT",
-}
+LABELS = {"linear-probe": "linear probe", "full": "full fine-tuning", "lora": "LoRA", "vpt-shallow": "VPT-shallow",
+          "vpt-deep": "VPT-deep", "gpt": "GPT", "cdc": "CDC", "vfpt": "VFPT", "vapt": "VAPT", "e2vpt": "E²VPT"}
 THE = {"linear-probe": "the linear probe"}  # in sentences
-ABLATIONS = {  # name: (the example's flag, what it is)
-    "no-ar": ("--no-reinforcement", "CDC without attentive reinforcement"),
-    "static-aggregation": ("--static-aggregation", "CDC with static aggregation"),
-    "no-cross-layer": ("--no-cross-layer", "CDC without cross-layer connections (AR kept)"),
-}
+# name (in run names, hence fixed): (the example's --method, a gated_vpt preset; what it is)
+ABLATIONS = {"no-ar": ("cdc-no-ar", "CDC without attentive reinforcement"),
+             "static-aggregation": ("cdc-static-aggregation", "CDC with static aggregation"),
+             "no-cross-layer": ("cdc-no-cross-layer", "CDC without cross-layer connections (AR kept)")}
 DEPTH = 12  # blocks of ViT-S
 QUICK_TITLE = ", QUICK SMOKE TEST: these numbers measure nothing"
+LR_GRIDS = {**dict.fromkeys(PROMPT_METHODS, (3e-3, 1e-2, 3e-2)), "lora": (3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4)}
+GPT_KNOBS = {"gate_init": (5.0, 3.0, 1.0), "num_prompts": (10, 5, 20)}
 
 
-@dataclass
+@dataclasses.dataclass
 class Settings:
     image_size: int
     # None: chosen per dataset by stage "epochs" -- the first candidate E where training 2E epochs moves the mean val
@@ -77,7 +66,7 @@ class Settings:
     converged_points: float = 1.0
     precision: str = "auto"  # the example's --precision for every run, except where `dataset_precision` says
     # dataset -> its runs' --precision where it is not `precision`. One precision, and one kind of device, per dataset
-    # (plan.Plan.conditions_conflict): a dataset's methods sit in one table, so they must train alike.
+    # (accuracy.py refuses to mix them): a dataset's methods sit in one table, so they must train alike.
     dataset_precision: dict[str, str] = dataclasses.field(default_factory=dict)
     # dataset -> (method, epochs) runs on val, at the method's middle learning rate and over every seed, also made in
     # the other precision (fp32; the settings' precision where the dataset is in fp32): stage "precision"
@@ -86,27 +75,18 @@ class Settings:
     # keeps ties): the example's --gate-init and --num-prompts
     gpt_knobs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     eval_batch_size: int = 64
+    # The committed runs' DataLoader workers, kept in the record's settings; the example no longer takes the option.
     num_workers: int = 0
     max_samples: Optional[int] = None  # --quick: train and evaluate on this many images only
     methods: tuple[str, ...] = METHODS  # "gpt" carries the linear probe
     ablations: tuple[str, ...] = tuple(ABLATIONS)
 
 
-def _grids(prompt: tuple, lora: tuple, full: tuple) -> dict[str, tuple[float, ...]]:
-    return {**dict.fromkeys(PROMPT_METHODS, prompt), "lora": lora, "full": full}
-
-
 MODES = {
     "cpu": Settings(
-        image_size=98,
-        epochs=None,
-        batch_size=16,
-        num_prompts=10,
+        image_size=98, epochs=None, batch_size=16, num_prompts=10,
         head_lr=1e-2,  # the example's default, chosen by benchmarks/example_defaults_sweep.py
-        seeds=(0, 1, 2),
-        sweep_seeds=(0,),
-        sweep_blocks=(1, 3, 5, 7, 9, 11),
-        lr_grids=_grids((3e-3, 1e-2, 3e-2), (3e-4, 1e-3, 3e-3), (1e-5, 3e-5, 1e-4)),
+        seeds=(0, 1, 2), sweep_seeds=(0,), sweep_blocks=(1, 3, 5, 7, 9, 11), lr_grids=LR_GRIDS,
         test_images={"eurosat": BUNDLED_TEST, "cifar10": 1000},
         # Both datasets train in fp32, which every CPU gives: `auto` is bf16 only on a CPU with AVX512-BF16 or AMX,
         # and the study's sittings also land on CPUs without it (where bf16 is emulated, many times slower), which
@@ -116,22 +96,12 @@ MODES = {
         # their bf16 (`auto`) twins: on EuroSAT GPT at 4 epochs, on CIFAR-10 the first pair of its epoch check.
         dataset_precision={"eurosat": "fp32", "cifar10": "fp32"},
         precision_check={"eurosat": (("gpt", 4),), "cifar10": (("gpt", 4), ("gpt", 8), ("lora", 4), ("lora", 8))},
-        gpt_knobs={"gate_init": (5.0, 3.0, 1.0), "num_prompts": (10, 5, 20)},
+        gpt_knobs=GPT_KNOBS,
     ),
     "gpu": Settings(
-        image_size=224,
-        epochs=20,
-        batch_size=64,
-        num_prompts=10,
-        head_lr=1e-2,
-        seeds=(0, 1, 2),
-        sweep_seeds=(0, 1, 2),
-        sweep_blocks=tuple(range(1, DEPTH + 1)),
-        lr_grids=_grids((3e-3, 1e-2, 3e-2), (3e-4, 1e-3, 3e-3), (1e-5, 3e-5, 1e-4)),
-        test_images=dict.fromkeys(DATASETS),
-        gpt_knobs={"gate_init": (5.0, 3.0, 1.0), "num_prompts": (10, 5, 20)},
-        eval_batch_size=256,
-        num_workers=8,  # JPEG decoding and resizing must keep up with the GPU
+        image_size=224, epochs=20, batch_size=64, num_prompts=10, head_lr=1e-2, seeds=(0, 1, 2),
+        sweep_seeds=(0, 1, 2), sweep_blocks=tuple(range(1, DEPTH + 1)), lr_grids=LR_GRIDS,
+        test_images=dict.fromkeys(DATASETS), gpt_knobs=GPT_KNOBS, eval_batch_size=256,
     ),
 }
 
@@ -139,20 +109,9 @@ MODES = {
 def quick(settings: Settings) -> Settings:
     """A smoke setting that goes through every stage (with fewer methods) in about two minutes: it measures nothing."""
     return dataclasses.replace(
-        settings,
-        image_size=28,
-        epochs=None,
-        epoch_candidates=(1,),
-        epoch_check_methods=("gpt",),
-        precision_check={"eurosat": (("gpt", 1),)},
-        gpt_knobs={"gate_init": (5.0, 1.0)},
-        batch_size=8,
-        seeds=(0,),
-        sweep_seeds=(0,),
-        sweep_blocks=(1, DEPTH),
+        settings, image_size=28, epochs=None, epoch_candidates=(1,), epoch_check_methods=("gpt",),
+        precision_check={"eurosat": (("gpt", 1),)}, gpt_knobs={"gate_init": (5.0, 1.0)}, batch_size=8, seeds=(0,),
+        sweep_seeds=(0,), sweep_blocks=(1, DEPTH), lr_grid_extensions=0, max_samples=24,
         lr_grids={m: g[:2] if m == "vpt-shallow" else g[:1] for m, g in settings.lr_grids.items()},
-        lr_grid_extensions=0,
-        max_samples=24,
-        methods=("vpt-shallow", "gpt", "cdc"),
-        ablations=("no-cross-layer",),
+        methods=("vpt-shallow", "gpt", "cdc"), ablations=("no-cross-layer",),
     )

