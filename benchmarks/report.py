@@ -143,7 +143,7 @@ def _ratio_reading(tables: list[dict[str, Any]]) -> str:
     return PAIRED_TEXT if paired else MEDIANS_TEXT
 
 
-def _ratio_cells(r: dict[str, Any], method: str) -> tuple[list[str], list[tuple[str, str, float, float]]]:
+def ratio_cells(r: dict[str, Any], method: str) -> tuple[list[str], list[tuple[str, str, float, float]]]:
     """The table cells of a method's training and inference ratios (median of the rounds [quartiles]) with their
     targets, and (reading, what, value, target) of each target not met: "missed" (three quarters of the rounds
     above it) or "noise" (the median above it, the lower quartile within)."""
@@ -166,7 +166,7 @@ def _ratio_cells(r: dict[str, Any], method: str) -> tuple[list[str], list[tuple[
     return cells, above
 
 
-def _target_lines(above: list[tuple[str, str]]) -> list[str]:
+def target_lines(above: list[tuple[str, str]]) -> list[str]:
     """The sentences under a ratio table, from (reading, description) of every target not met."""
     missed = [d for reading, d in above if reading == "missed"]
     noisy = [d for reading, d in above if reading == "noise"]
@@ -228,13 +228,13 @@ def _cost_per_precision(record: dict[str, Any], page: str = "benchmarks_cost.md"
                 results = block["num_prompts_10"][size]
                 if method not in results:
                     continue
-                cells, misses = _ratio_cells(results[method], method)
+                cells, misses = ratio_cells(results[method], method)
                 above += [
                     (r, f"{LABELS.get(method, method)} {w} on {size} in {precision} ({v:.3f}x > {t:.2f}x)")
                     for r, w, v, t in misses
                 ]
                 lines.append(f"| {size} | {_method_label(method)} | {precision} | " + " | ".join(cells) + " |")
-    lines += _target_lines(above)
+    lines += target_lines(above)
     lines += _sweep_note(
         [m for p, b in blocks.items() for m in _sweep_missed(b.get("num_prompts_sweep", {}), f" in {p}")],
         next(iter(s["sizes"])),

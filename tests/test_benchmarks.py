@@ -101,12 +101,12 @@ def test_cost_ratios_are_paired_per_round_and_a_target_is_missed_only_beyond_the
     assert cost.target_mark("gpt", spread, inference=True) == " ≈" and cost.target_mark("lora", beyond, True) == ""
     # the summary page: the median, its quartiles, and only the miss beyond the spread is listed as missed
     rows = {"train_ratio_to_floor": 1.0, "train_ratio_quartiles": [0.99, 1.01]}
-    cells, above = report._ratio_cells({**rows, **spread}, "gpt")
+    cells, above = report.ratio_cells({**rows, **spread}, "gpt")
     assert cells[2] == "1.060x [1.03–1.06]" and "within the rounds' spread" in cells[3]
     assert above == [("noise", "inference", 1.06, 1.05)]
-    cells, above = report._ratio_cells({**rows, **beyond}, "cdc")
+    cells, above = report.ratio_cells({**rows, **beyond}, "cdc")
     assert cells[2] == "**1.080x [1.07–1.09]**" and above == [("missed", "inference", 1.08, 1.05)]
-    assert report._target_lines([("noise", "GPT inference")]) == [
+    assert report.target_lines([("noise", "GPT inference")]) == [
         "",
         "No target is missed at 10 prompts.",
         "Above the target, but within the spread of the rounds: GPT inference.",

