@@ -34,20 +34,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+from transformers import Dinov2Backbone, Dinov2Config, UperNetConfig, UperNetForSemanticSegmentation
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-from transformers import Dinov2Backbone, Dinov2Config, UperNetConfig, UperNetForSemanticSegmentation  # noqa: E402
-
-import gated_vpt  # noqa: E402  (importing it registers the tuner types with PEFT)
+import gated_vpt  # importing it registers the tuner types with PEFT
 
 NUM_LABELS = 4  # background, rectangle, disc, triangle
 CLASS_NAMES = ("background", "rectangle", "disc", "triangle")

@@ -92,3 +92,13 @@ def test_reloaded_adapter_reproduces_the_trained_model(run):
     eval_x, eval_y = example.make_batch(16, IMAGE_SIZE, torch.Generator().manual_seed(SEED + 10_000))
     miou, _ = example.mean_iou(example.predict(loaded, eval_x), eval_y)
     assert miou == pytest.approx(results["miou"], abs=1e-9)
+
+
+def test_importing_the_example_changes_no_process_wide_setting(monkeypatch):
+    import importlib
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # what the example used to set for the whole process
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    importlib.reload(example)
+    assert dict(os.environ) == environ and torch.get_num_threads() == threads
