@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 # Copyright 2026 The gated-vpt authors. Licensed under the Apache License, Version 2.0.
-"""Accuracy of GPT and CDC against the usual baselines under the VTAB-1k protocol, on the real DINOv2 ViT-S/14.
+"""Accuracy of every prompt method against the usual baselines under the VTAB-1k protocol, on the real DINOv2 ViT-S/14.
 
-Protocol (issues #6, #17; ../shared/data/README.md): per dataset, 1,000 class-balanced training images = 800 train +
-200 val. Every choice is made on the dataset's own 200 val images (train on the 800, measure on the 200); then each
-method is trained on all 1,000 with what was chosen and tested. Every run is a command line of
+Protocol (issues #6, #17, #35; ../shared/data/README.md): per dataset, 1,000 class-balanced training images = 800
+train + 200 val. Every choice is made on the dataset's own 200 val images (train on the 800, measure on the 200); then
+each method is trained on all 1,000 with what was chosen and tested. Every run is a command line of
 examples/image_classification.py. The stages, each decided from the finished runs of the ones before it: epochs (the
 first E of 4, 8, 16 where training 2E epochs moves GPT's and LoRA's mean val accuracy by < 1 point), precision (some
 of those runs in bf16 against fp32), selection (learning rates, grown past an end of the grid where the best is
-there; then GPT's gate_init and number of prompts), main (linear probe, full fine-tuning, LoRA, VPT-shallow,
-VPT-deep, GPT, CDC; 3 seeds), ablations (CDC without each of its parts) and sweep (VPT-shallow's insertion block).
-The page (docs/benchmarks_accuracy.md) states each in full; MODES in vtab_accuracy/protocol.py holds the settings.
+there; then each method's knobs: GPT's gate_init and number of prompts, the SPT variant, VFPT's alpha), main (linear
+probe, full fine-tuning, LoRA, VPT-shallow, VPT-deep, GPT, CDC, then the second study's VPT-deep / CDC / GPT + SPT,
+VFPT, VAPT, E²VPT, VPT-shallow + VIPAMIN; 3 seeds), ablations (CDC without each of its parts) and sweep
+(VPT-shallow's insertion block); method by method, each one's selection then its test runs, so every sitting
+finishes whole table rows. The page (docs/benchmarks_accuracy.md) states each in full; MODES in
+vtab_accuracy/protocol.py holds the settings.
 
 Modes: cpu (98 px, fp32, 1,000 test images per dataset; several hours on a 2-core CPU, run in sittings) and gpu (224
 px, 20 epochs, the full test splits; one GPU with --jobs 1). Subsets other than the EuroSAT one bundled with gated-vpt
@@ -20,10 +23,10 @@ are sampled from ../shared/data into --data-dir; for a GPU machine without it, w
 Resumable: a run's directory is named after its settings' hash and the run is reused once it has results.json; each
 finished run is copied into --results-dir (committed) beside commands.jsonl, the command of every sitting. Processes
 may run side by side (a lock per run): on 2 cores one process per dataset (--datasets D --jobs 1) keeps both busy,
-where --jobs 2 runs in rounds that wait for their last run. One precision and one kind of device per dataset:
-`--precision auto` is bf16 only where it is native (`gated_vpt.has_native_bf16`) and the example trains on a GPU
-wherever there is one, so a machine that would train a dataset's runs otherwise than its committed runs did does not
-add to them; --report-only renders anywhere.
+where --jobs 2 runs the next two runs in rounds that wait for their last run. One precision and one kind of device
+per dataset: `--precision auto` is bf16 only where it is native (`gated_vpt.has_native_bf16`) and the example trains
+on a GPU wherever there is one, so a machine that would train a dataset's runs otherwise than its committed runs did
+does not add to them; --report-only renders anywhere.
 
     python benchmarks/accuracy.py --mode cpu --jobs 2                      # runs, then renders the docs
     python benchmarks/accuracy.py --mode cpu --datasets cifar10 --jobs 1   # one dataset (may run beside another)
@@ -160,10 +163,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     with command_log.open("a") as f:
         f.write(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "pid": os.getpid()}) + "\n")
-    # Each round runs what the finished runs make known (the epoch check's next pair, the learning rates' and then
-    # GPT's knobs' candidates, the test runs), until a round finds nothing new to run.
+    # Each round runs the first --jobs runs of those known, in the plan's order (a method's selection, then its test
+    # runs, before the next method's), then looks again: the finished runs make the next ones known (the epoch
+    # check's next pair, rates past an end of a grid, a method's knobs, its test runs), until nothing is left.
     while todo:
-        failed += execute(plan, todo, args.jobs)
+        failed += execute(plan, todo[: args.jobs], args.jobs)
         write_report(plan, out, command_log, render)
         todo = runnable()
     write_report(plan, out, command_log, render)

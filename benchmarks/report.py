@@ -76,6 +76,9 @@ def accuracy_section(record: Optional[dict[str, Any]]) -> list[str]:
     lines += [f"- {f}" for f in record["findings"]] or ["- nothing to compare yet"]
     lines += ["", "Each prompt method against LoRA and full fine-tuning:", ""]
     lines += [f"- {f}" for f in record.get("versus", [])] or ["- nothing to compare yet"]
+    lines += ["", "The goal: a prompt method at or above LoRA, within 1 point of full fine-tuning, under 0.5% of the "
+              "parameters (the table of every method against it is in benchmarks_accuracy.md):", ""]
+    lines += [f"- {f}" for f in (record.get("goal") or {}).get("lines", [])] or ["- not judged yet"]
     lines += ["", "What the insertion sweep shows:", ""]
     lines += [f"- {f}" for f in record.get("sweep_reading", [])] or ["- not run yet"]
     lines += ["", "What to pick, for which goal (read off the numbers above):", ""]

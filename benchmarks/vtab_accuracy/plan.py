@@ -19,7 +19,17 @@ from typing import Any, Optional
 
 import _runs  # benchmarks/_runs.py
 
-from .protocol import ABLATIONS, BUNDLED_TEST, DATASETS, STAGES, Settings
+from .protocol import (
+    ABLATIONS,
+    BASE_METHODS,
+    BUNDLED_TEST,
+    DATASETS,
+    FIXED_KNOBS,
+    INHERITS_KNOBS,
+    KNOB_FLAGS,
+    STAGES,
+    Settings,
+)
 from .sampling import data_name, image_folder
 
 
@@ -36,13 +46,17 @@ class Spec:
     layers: int = 0  # the example's --layers: prompts from 0-based block `layers` on; insertion block k = layers + 1
     ablation: str = ""  # a key of ABLATIONS (method "cdc")
     precision: str = ""  # the example's --precision; "": the settings' `precision`
-    gate_init: Optional[float] = None  # None: the example's default
+    # The knobs (KNOB_FLAGS); None: the method's default, the first value of its grid in `Settings.knobs`
+    gate_init: Optional[float] = None  # GPT's (None: the example's default)
     num_prompts: Optional[int] = None  # None: the settings' num_prompts
+    prompt_init: Optional[str] = None  # the SPT rows' variant
+    fourier_fraction: Optional[float] = None  # VFPT's alpha
 
     @property
     def name(self) -> str:
         tail = f"-{self.ablation}" if self.ablation else ""
-        knobs = "".join(f"-{t}{v:g}" for t, v in (("g", self.gate_init), ("p", self.num_prompts)) if v is not None)
+        tags = (("g", self.gate_init), ("p", self.num_prompts), ("i", self.prompt_init), ("a", self.fourier_fraction))
+        knobs = "".join(f"-{t}{v}" if isinstance(v, str) else f"-{t}{v:g}" for t, v in tags if v is not None)
         precision = f"-{self.precision}" if self.precision else ""
         return (f"{self.dataset}-{self.split}-{self.method}{tail}-lr{self.lr:g}{knobs}-e{self.epochs:g}"
                 f"-L{self.layers}{precision}-s{self.seed}")
@@ -50,6 +64,28 @@ class Spec:
 
 def _middle(grid: tuple[float, ...]) -> float:
     return grid[len(grid) // 2]
+
+
+# Spec fields added after runs were committed: left out of a run's identity while unset, so no committed run's
+# directory (a hash of its identity) changes
+LATER_FIELDS = ("prompt_init", "fourier_fraction")
+KNOBS = tuple(KNOB_FLAGS)
+
+
+def knob_grid(settings: Settings, method: str, knob: str) -> tuple:
+    """The values the method's `knob` is tuned over (its own, else those of the method it takes its knobs from)."""
+    return settings.knobs.get(method, {}).get(knob) or settings.knobs.get(INHERITS_KNOBS.get(method), {}).get(knob, ())
+
+
+def knob_value(settings: Settings, spec: Spec, knob: str):
+    """What the spec's run sets `knob` to: the spec's value, else what its row fixes, else the first of its grid, else
+    None (the example's default)."""
+    value = getattr(spec, knob)
+    if value is None:
+        value = FIXED_KNOBS.get(spec.method, {}).get(knob)
+    if value is None:
+        value = next(iter(knob_grid(settings, spec.method, knob)), None)
+    return value
 
 
 class Plan:
@@ -76,7 +112,7 @@ class Plan:
     def run_dir(self, spec: Spec) -> pathlib.Path:
         s = self.settings
         identity = {
-            **dataclasses.asdict(spec),
+            **{k: v for k, v in dataclasses.asdict(spec).items() if v is not None or k not in LATER_FIELDS},
             "model": pathlib.Path(self.model).name,
             "data": data_name(spec.dataset, s.test_images[spec.dataset]),
             **{k: getattr(s, k) for k in ("image_size", "batch_size", "num_prompts", "head_lr", "precision")},
@@ -173,48 +209,55 @@ class Plan:
                 pairs.append((spec, dataclasses.replace(spec, precision=other)))
         return pairs
 
-    def selection(self, dataset: str, epochs: float) -> tuple[Optional[dict[str, dict[str, Any]]], list[Spec]]:
-        """(method -> what was chosen on val, or None until all of it is known; every selection run known so far).
+    def selection(self, dataset: str, epochs: float) -> tuple[dict[str, dict[str, Any]], list[Spec]]:
+        """(method -> what was chosen on val, for the methods whose selection is complete; every selection run known so
+        far, method by method).
 
         Each method's learning rates on seed 0; where the best is an end of the grid (once its runs are done), the next
-        rate past that end too, up to `lr_grid_extensions` more. Then GPT's knobs at its chosen rate."""
+        rate past that end too, up to `lr_grid_extensions` more. Then the method's knobs at its chosen rate, one after
+        the other. A row that takes its knobs from another method (INHERITS_KNOBS) starts once that one's are chosen."""
         s, specs, chosen = self.settings, [], {}
         for method in s.methods:
+            source = INHERITS_KNOBS.get(method)
+            if source in s.methods and source not in chosen:
+                continue
+            # the source's chosen knobs, except those this row tunes itself
+            base = {k: chosen[source][k] for k in KNOBS
+                    if source in chosen and k not in s.knobs.get(method, {}) and chosen[source][k] is not None}
             grid = s.lr_grids[method]
             while True:
-                candidates = [self.spec(dataset, "val", method, lr, s.seeds[0], epochs) for lr in grid]
+                candidates = [self.spec(dataset, "val", method, lr, s.seeds[0], epochs, **base) for lr in grid]
                 best = self._best(candidates)
                 if (best is None or len(grid) - len(s.lr_grids[method]) >= s.lr_grid_extensions or len(grid) < 2
                         or best[0].lr not in (grid[0], grid[-1])):
                     break
                 grid = (*grid, next_rate(grid[-1], up=True)) if best[0].lr == grid[-1] else (next_rate(grid[0]), *grid)
             specs += candidates
-            if best is not None:
-                chosen[method] = best
-        if "gpt" in chosen:  # GPT's knobs go on beside the other methods' rates
-            for knob, values in s.gpt_knobs.items():
-                incumbent = chosen["gpt"][0]
+            for knob, values in s.knobs.get(method, {}).items() if best is not None else ():
+                incumbent = best[0]
                 # the first value is the default: the incumbent run itself, not a copy of it with the value spelt out
                 candidates = [incumbent] + [dataclasses.replace(incumbent, **{knob: v}) for v in values[1:]]
                 specs += [c for c in candidates if c not in specs]
-                chosen["gpt"] = self._best(candidates)
-                if chosen["gpt"] is None:
-                    return None, specs
-        if len(chosen) < len(s.methods):
-            return None, specs
-        return {m: {"lr": r.lr, "gate_init": r.gate_init, "num_prompts": r.num_prompts, "val_accuracy": accuracy}
-                for m, (r, accuracy) in chosen.items()}, specs
+                best = self._best(candidates)
+                if best is None:
+                    break
+            if best is not None:
+                run, accuracy = best
+                chosen[method] = {"lr": run.lr, **{k: getattr(run, k) for k in KNOBS}, "val_accuracy": accuracy}
+        return chosen, specs
 
     def final(self, dataset: str, epochs: float, chosen: dict[str, dict[str, Any]]) -> list[tuple[str, Spec]]:
-        """(stage, spec) of the test-split runs, in the order they are run. Sweep k = 1 is main's VPT-shallow."""
+        """(stage, spec) of the test-split runs of the chosen methods, method by method. Sweep k = 1 is main's
+        VPT-shallow."""
         s = self.settings
 
         def spec(method: str, seed: int, **extra) -> Spec:
-            knobs = {k: v for k, v in chosen[method].items() if k in ("lr", "gate_init", "num_prompts")}
+            knobs = {k: v for k, v in chosen[method].items() if k in ("lr", *KNOBS)}
             return self.spec(dataset, "test", method, seed=seed, epochs=epochs, **knobs, **extra)
 
-        stages = [("main", spec(m, seed)) for seed in s.seeds for m in s.methods]
-        stages += [("ablations", spec("cdc", seed, ablation=a)) for seed in s.seeds for a in s.ablations]
+        stages = [("main", spec(m, seed)) for m in s.methods if m in chosen for seed in s.seeds]
+        if "cdc" in chosen:
+            stages += [("ablations", spec("cdc", seed, ablation=a)) for seed in s.seeds for a in s.ablations]
         if "vpt-shallow" in chosen:  # the sweep moves VPT-shallow's prompts
             sweep = [spec("vpt-shallow", seed, layers=k - 1) for seed in s.sweep_seeds for k in s.sweep_blocks]
             stages += [("sweep", run) for run in sweep]
@@ -232,12 +275,15 @@ class Plan:
                     for seed in s.seeds]
         if "precision" in stages:
             out += [("precision", spec) for pair in self.precision_runs(dataset) for spec in pair]
-        if epochs is not None:
+        if epochs is not None:  # method by method: its selection, then its test runs (then CDC's ablations, the sweep)
             chosen, selection = self.selection(dataset, epochs)
-            if "selection" in stages:
-                out += [("selection", spec) for spec in selection]
-            if chosen is not None:
-                out += [(stage, spec) for stage, spec in self.final(dataset, epochs, chosen) if stage in stages]
+            final = self.final(dataset, epochs, chosen)
+            for method in s.methods:
+                if "selection" in stages:
+                    out += [("selection", spec) for spec in selection if spec.method == method]
+                if "main" in stages:
+                    out += [(stage, spec) for stage, spec in final if stage == "main" and spec.method == method]
+            out += [(stage, spec) for stage, spec in final if stage != "main" and stage in stages]
         first: dict[Spec, str] = {}
         for stage, spec in out:
             first.setdefault(spec, stage)
@@ -255,7 +301,7 @@ class Plan:
             data = ["--dataset", "eurosat-vtab1k", "--eval-split", spec.split]  # the example's bundled subset
         else:
             data = ["--dataset", str(image_folder(spec.dataset, n, self.data_dir, self.shared) / spec.split)]
-        method = ABLATIONS[spec.ablation][0] if spec.ablation else spec.method
+        method = ABLATIONS[spec.ablation][0] if spec.ablation else BASE_METHODS.get(spec.method, spec.method)
         argv = [
             *("--model", self.model, "--method", method, *data),
             *("--lr", f"{spec.lr:g}", "--head-lr", f"{s.head_lr:g}", "--seed", str(spec.seed)),
@@ -263,8 +309,10 @@ class Plan:
             *("--eval-batch-size", str(s.eval_batch_size), "--num-prompts", str(spec.num_prompts or s.num_prompts)),
             *("--layers", str(spec.layers), "--no-progress", "--precision", spec.precision or s.precision),
         ]
-        if spec.gate_init is not None:
-            argv += ["--gate-init", f"{spec.gate_init:g}"]
+        for knob, flag in KNOB_FLAGS.items():
+            value = None if knob == "num_prompts" else knob_value(s, spec, knob)  # num_prompts: always given above
+            if value is not None:
+                argv += [flag, value if isinstance(value, str) else f"{value:g}"]
         if s.max_samples:
             argv += ["--max-train-samples", str(s.max_samples), "--max-eval-samples", str(s.max_samples)]
         return argv if probe else [*argv, "--no-linear-probe"]
@@ -290,13 +338,15 @@ def next_rate(lr: float, up: bool = False) -> float:
 
 
 def probe_carriers(plan: Plan, specs: list[Spec]) -> set[Spec]:
-    """The runs that also fit the linear probe: each dataset's first run on val in its own precision (the selection
-    page shows its probe), and each seed's GPT test run (the main table's linear probe)."""
-    first_val: dict[str, Spec] = {}
-    for s in specs:
-        if s.split == "val" and plan.asked_precision(s) == plan.precision_of(s.dataset):
-            first_val.setdefault(s.dataset, s)
-    return {*first_val.values(), *(s for s in specs if s.split == "test" and s.method == "gpt" and not s.ablation)}
+    """The runs among `specs` that also fit the linear probe: each dataset's first run on val in its own precision,
+    in the order of the plan (the selection page shows its probe), and each seed's GPT test run (the main table's
+    linear probe)."""
+    first_val = set()
+    for dataset in {s.dataset for s in specs}:
+        own = (s for _, s in plan.runs(dataset, STAGES)
+               if s.split == "val" and plan.asked_precision(s) == plan.precision_of(s.dataset))
+        first_val.add(next(own, None))
+    return {s for s in specs if s in first_val or (s.split == "test" and s.method == "gpt" and not s.ablation)}
 
 
 def execute(plan: Plan, specs: list[Spec], jobs: int) -> list[str]:

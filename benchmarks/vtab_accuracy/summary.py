@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import _runs  # benchmarks/_runs.py
 
-from .plan import Plan, Spec
+from .plan import KNOBS, Plan, Spec
 from .protocol import ABLATIONS, DATASETS, LABELS, PROMPT_METHODS, STAGES, THE, TITLES, TRAIN_PER_CLASS, VAL_PER_CLASS
 
 RESULT_KEYS = ("num_train", "num_eval", "num_classes", "trainable_parameters", "adapter_bytes", "train_loss", "steps")
@@ -36,15 +36,16 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
                            "selection": [spec.name for spec in selection], "precision": precision,
                            "precision_means": precision_means(precision)}
         runs += [record_of(stage, spec, plan.results(spec)) for stage, spec in plan.runs(dataset, STAGES)]
-        # runs whose settings are not known yet, counted with placeholders: the selection before the epochs are
-        # chosen (its base grids and GPT's knobs; rates past a grid's end are not foreseen), the test runs before the
-        # learning rates are
-        if epochs is None:
-            knobs = sum(len(v) - 1 for v in s.gpt_knobs.values()) if "gpt" in s.methods else 0
-            count = sum(len(s.lr_grids[m]) for m in s.methods) + knobs
-            pending.append({"dataset": dataset, "group": "selection", "runs": count, "epochs": None})
-        if chosen is None:
-            count = len({spec for _, spec in plan.final(dataset, 0, {m: {"lr": s.lr_grids[m][0]} for m in s.methods})})
+        # runs whose settings are not known yet, counted with placeholders: a method's selection runs not listed yet
+        # (all of them before the epochs are chosen; its knobs' before its rate is; rates past a grid's end are not
+        # foreseen), the test runs of the methods not chosen yet
+        waiting = [m for m in s.methods if m not in (chosen or {})]
+        count = sum(max(0, len(s.lr_grids[m]) + sum(len(v) - 1 for v in s.knobs.get(m, {}).values())
+                        - sum(spec.method == m for spec in selection)) for m in waiting)
+        if count:
+            pending.append({"dataset": dataset, "group": "selection", "runs": count, "epochs": epochs})
+        count = len({spec for _, spec in plan.final(dataset, 0, {m: {"lr": s.lr_grids[m][0]} for m in waiting})})
+        if count:
             pending.append({"dataset": dataset, "group": "main + ablations + sweep", "runs": count, "epochs": epochs})
         # how the study's finished runs (the precision check's other precision aside) trained: one entry, or a shortfall
         trained = plan.trained(dataset).get(plan.precision_of(dataset))
@@ -77,7 +78,7 @@ def collect(plan: Plan, command_log: pathlib.Path, render_command: str) -> dict[
         # dataset -> how its study's finished runs trained ("bf16 on cpu") -> how many: one entry each, or a shortfall
         "conditions_used": conditions,
         "checks": checks, "summary": summary, "findings": findings(summary), "versus": versus(summary),
-        "guide": guide(summary), "sweep_reading": sweep_reading(summary),
+        "guide": guide(summary), "goal": goal(summary), "sweep_reading": sweep_reading(summary),
         "precision_reading": precision_reading(checks),
         "runs": runs,
         # committed per-run results the protocol no longer names (made before a setting changed): kept, not used
@@ -174,7 +175,7 @@ def table_row(runs: list[dict[str, Any]], stage: str, seeds, **match) -> dict[st
     done = [found[s] for s in seeds if s in found and found[s]["done"]]
     out = stats([found[s]["accuracy"] if s in found and found[s]["done"] else None for s in seeds])
     first = next(iter(found.values()), {})
-    out.update(seeds=list(seeds), **{k: first.get(k) for k in ("lr", "gate_init", "num_prompts")})
+    out.update(seeds=list(seeds), **{k: first.get(k) for k in ("lr", *KNOBS)})
     if done:
         out.update(trainable_parameters=done[0]["trainable_parameters"], adapter_bytes=done[0]["adapter_bytes"],
                    train_s=statistics.fmean(r["train_s"] for r in done),
@@ -227,6 +228,65 @@ def versus(summary: dict[str, Any], methods=PROMPT_METHODS, references=REFERENCE
                 lines.append(f"{TITLES[dataset]}: {LABELS[ours]} is {word} {THE.get(ref, LABELS[ref])}{by} "
                              f"({_versus(a, b)}){noise}.")
     return lines
+
+
+# The second study's goal (issue #35): a prompt method at or above LoRA's mean accuracy and within this many points of
+# full fine-tuning's, training under this share of the model's parameters (full fine-tuning's trainable count)
+GOAL_POINTS_TO_FULL, GOAL_PARAMETER_SHARE = 1.0, 0.005
+
+
+def goal(summary: dict[str, Any]) -> dict[str, Any]:
+    """Per dataset, each prompt method with a mean against the goal: its gaps to LoRA and to full fine-tuning (points,
+    with their standard errors), its share of the parameters, whether it meets the goal (only once every seed of it,
+    LoRA and full fine-tuning is in; None before), and the points it would need to gain to meet both accuracy terms;
+    and the readings: which methods meet it, else the closest under the parameter bound and by how much it misses."""
+    rows, lines = [], []
+    for dataset, tables in summary.items():
+        main = tables["main"]
+        lora, full = main.get("lora"), main.get("full")
+        if not lora or not full or lora["mean"] is None or full["mean"] is None or not full.get("trainable_parameters"):
+            continue
+        mine = []
+        for method in PROMPT_METHODS:
+            r = main.get(method)
+            if not r or r["mean"] is None or not r.get("trainable_parameters"):
+                continue
+            (to_lora, se_lora), (to_full, se_full) = gap_points(r, lora), gap_points(r, full)
+            share = r["trainable_parameters"] / full["trainable_parameters"]
+            complete = all(x["n"] == len(x["values"]) for x in (r, lora, full))
+            needs = max(0.0, -to_lora, -to_full - GOAL_POINTS_TO_FULL)
+            meets = (needs == 0.0 and share < GOAL_PARAMETER_SHARE) if complete else None
+            mine.append({"dataset": dataset, "method": method, "mean": r["mean"], "n": r["n"],
+                         "seeds": len(r["values"]), "to_lora_points": to_lora, "to_lora_se": se_lora,
+                         "to_full_points": to_full, "to_full_se": se_full, "parameter_share": share, "meets": meets,
+                         "needs_points": needs})
+        rows += mine
+        title, done = TITLES[dataset], [r for r in mine if r["meets"] is not None]
+        met = [r for r in done if r["meets"]]
+        if met:
+            lines.append(f"{title}: the goal is met by " + ", ".join(
+                f"{LABELS[r['method']]} ({_gaps(r)})" for r in sorted(met, key=lambda r: -r["mean"])) + ".")
+            continue
+        small = [r for r in done if r["parameter_share"] < GOAL_PARAMETER_SHARE]
+        if small:
+            best = min(small, key=lambda r: (r["needs_points"], -r["mean"]))
+            listed = sum(m in main for m in PROMPT_METHODS)
+            lines.append(f"{title}: no prompt configuration meets the goal ({len(done)} of {listed} prompt methods "
+                         f"judged, with every seed in). The closest under {100 * GOAL_PARAMETER_SHARE:g}% of the "
+                         "parameters is "
+                         f"{LABELS[best['method']]}, {best['needs_points']:.1f} points short: {_gaps(best)}.")
+    return {"rows": rows, "lines": lines}
+
+
+def _gaps(r: dict[str, Any]) -> str:
+    def gap(points: float, se: Optional[float], ref: str) -> str:
+        if round(points, 1) == 0:
+            return f"level with {ref}"
+        return f"{abs(points):.1f}{'' if se is None else f' ± {se:.1f}'} {'above' if points > 0 else 'below'} {ref}"
+
+    return (f"{100 * r['mean']:.1f}, {gap(r['to_lora_points'], r['to_lora_se'], 'LoRA')}, "
+            f"{gap(r['to_full_points'], r['to_full_se'], 'full fine-tuning')}, "
+            f"{100 * r['parameter_share']:.2f}% of the parameters")
 
 
 def gap_points(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, Optional[float]]:
