@@ -703,6 +703,11 @@ def test_the_goal_reading_says_who_meets_it_or_how_far_the_closest_is():
     main["cdc"] = row(0.94, 0.93, params=200_000)  # as good, but over 0.5% of the parameters
     reading = study_summary.goal({"eurosat": {"main": main}})
     assert reading["lines"][0].startswith("EuroSAT: the goal is met by VPT-deep (93.0, 1.5 ± ")
+    # 1.5 points above LoRA with a standard error of 1.1: met by the means, and the page says the lead is noise
+    assert reading["lines"][1] == (
+        "EuroSAT: by the means only for VPT-deep: the lead over LoRA is within twice its standard error, so level with "
+        "LoRA rather than clearly above it."
+    )
     assert {r["method"]: r["meets"] for r in reading["rows"]} == {"vpt-deep": True, "gpt": False, "cdc": False}
     main["lora"] = stats(0.925, None)  # a seed of a reference missing: not judged yet
     main["lora"]["trainable_parameters"] = 150_000

@@ -4,6 +4,7 @@ the benchmark's data sampling is the documented rule."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -149,3 +150,20 @@ def test_vtab1k_sampling_rule_picks_the_bundled_eurosat_subset():
         names, codes = bundled["filenames"], bundled["split"]
     for part, code in (("train", 0), ("val", 1), ("test", 2)):
         assert sorted(map(str, filenames[picked[part]])) == sorted(map(str, names[codes == code])), part
+
+
+def _quoted_results(text: str) -> list[str]:
+    """The 'mean ± std' figures a prose passage quotes (line breaks and spacing normalised)."""
+    return re.findall(r"\d+\.\d ± \d+\.\d", " ".join(text.split()))
+
+
+def test_the_readme_and_the_faq_quote_the_accuracy_page():
+    """README's Benchmarks paragraph and the FAQ's "which method" entry are hand-written from the study's page: every
+    mean ± std they quote is one the page (rendered from the committed runs) shows."""
+    page = " ".join((DOCS / "benchmarks_accuracy.md").read_text().split())
+    readme = (REPO / "README.md").read_text().split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    faq = (DOCS / "faq.md").read_text().split("\n### Which prompt method should I pick?\n", 1)[1].split("\n### ", 1)[0]
+    for name, text in (("README.md", readme), ("docs/faq.md", faq)):
+        quoted = _quoted_results(text)
+        assert quoted, name
+        assert [q for q in quoted if q not in page] == [], f"{name} quotes figures the accuracy page does not show"
