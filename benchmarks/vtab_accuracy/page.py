@@ -318,7 +318,7 @@ def _checks(record: dict[str, Any]) -> list[str]:
             r = runs[name]
             pick = chosen.get(r["method"], {})
             is_chosen = bool(pick) and all(pick.get(k) == r.get(k) for k in ("lr", *KNOB_NAMES))
-            lines.append(f"| {TITLES[dataset]} | {LABELS[r['method']]} | {r['lr']:g} | {_knobs(s, r, every=True)} | "
+            lines.append(f"| {TITLES[dataset]} | {LABELS[r['method']]} | {r['lr']:g} | {_knobs(s, r)} | "
                          f"{pts(r.get('accuracy'))} | {'**yes**' if is_chosen else ''} |")
         probe = next((runs[n]["linear_probe"] for n in check["selection"] if runs[n].get("linear_probe")), None)
         if probe:
@@ -339,17 +339,16 @@ def _checks(record: dict[str, Any]) -> list[str]:
 KNOB_NAMES = {"gate_init": "gate_init", "num_prompts": "prompts", "prompt_init": "init", "fourier_fraction": "α"}
 
 
-def _knobs(settings: dict[str, Any], row: dict[str, Any], every: bool = False) -> str:
-    """A run's knobs: those set off their defaults, or (`every`) each knob its method is tuned over, defaults
-    included (the first value of its grid); "—" where there are none."""
-    grids = settings["knobs"].get(row["method"], {})
-    parts = []
+def _knobs(settings: dict[str, Any], row: dict[str, Any]) -> str:
+    """A run's knobs: those it sets, and each knob its method is tuned over at its default (the first value of its
+    grid); "—" where there are none."""
+    grids, parts = settings["knobs"].get(row["method"], {}), []
     for key, name in KNOB_NAMES.items():
         value = row.get(key)
-        if value is None and every and grids.get(key):
+        if value is None and grids.get(key):
             value = grids[key][0]
         if value is not None:
-            parts.append(f"{name} {_g(value) if not isinstance(value, str) else value}")
+            parts.append(f"{name} {_g(value)}")
     return ", ".join(parts) or "—"
 
 
@@ -357,7 +356,7 @@ def _chosen(settings: dict[str, Any], method: str, row: dict[str, Any]) -> str:
     """A table row's learning rate, and the knobs the selection chose (defaults of the tuned ones included)."""
     if row.get("lr") is None:  # not chosen yet
         return "—"
-    knobs = _knobs(settings, {**row, "method": method}, every=True)
+    knobs = _knobs(settings, {**row, "method": method})
     return _g(row["lr"]) + ("" if knobs == "—" else f" ({knobs})")
 
 
